@@ -1,0 +1,270 @@
+"""The workflow config: load, validate, and expand sweeps into named runs.
+
+Serves the contract "a run is named by its parameters": every training run of the graph is one
+entry of `resolve_runs(config)`, keyed by a run id built from (dataset, arch, size, tokens,
+parallelism), and carrying exactly the settings that run depends on, so Snakemake reruns a run
+when, and only when, one of its own settings changes. A bad key or value fails here, naming the
+key, before any job is planned.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG_PATH = REPO_ROOT / "workflow" / "config" / "default.yaml"
+
+# Defaults of the MoE layer, applied under an arch of kind "moe".
+MOE_DEFAULTS = {
+    "num_experts": 4,
+    "top_k": 1,
+    "capacity_factor": 1.25,
+    "aux_loss_weight": 0.01,
+    "z_loss_weight": 0.001,
+    "every": 1,
+    "shared_expert": False,
+    "granularity": 1,
+}
+MOE_KEYS = set(MOE_DEFAULTS)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the key, the value and what was expected."""
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    """Read a YAML config (the embedded default when `path` is None) and validate it."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    return validate_config(raw, source=str(path))
+
+
+def _key_path(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _schema_error_message(error: jsonschema.ValidationError, source: str) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        unknown = sorted(k for k in instance if k not in allowed)
+        parts = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            parts.append(f"unknown key '{_key_path([*error.absolute_path, key])}'{hint}")
+        return f"{source}: {'; '.join(parts)}; allowed keys here: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"{source}: at '{where}': {error.message}"
+    if error.validator == "propertyNames":
+        return f"{source}: at '{where}': name {error.instance!r} is not allowed: {error.message}"
+    return f"{source}: invalid value for '{where}': {error.message}"
+
+
+def _apply_defaults(instance: Any, schema: dict) -> None:
+    """Fill in the schema's `default`s, recursively, for objects present in the instance."""
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _apply_defaults(instance[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _apply_defaults(value, extra)
+
+
+def validate_config(raw: Any, source: str = "config") -> dict:
+    """Validate against the JSON schema, fill defaults, then check cross-references."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a config must be a mapping, got {type(raw).__name__}")
+    config = copy.deepcopy(raw)
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise ConfigError(_schema_error_message(errors[0], source))
+    _apply_defaults(config, schema)
+    _check_references(config, source)
+    return config
+
+
+def _check_references(config: dict, source: str) -> None:
+    for name, size in config["sizes"].items():
+        if size["d_model"] % size["n_head"]:
+            raise ConfigError(
+                f"{source}: sizes.{name}: d_model={size['d_model']} is not divisible by "
+                f"n_head={size['n_head']}"
+            )
+        if (size["d_model"] // size["n_head"]) % 2:
+            raise ConfigError(
+                f"{source}: sizes.{name}: head dim d_model/n_head="
+                f"{size['d_model'] // size['n_head']} must be even for rotary embeddings"
+            )
+    for name, arch in config["archs"].items():
+        if arch["kind"] == "dense":
+            stray = sorted(set(arch) - {"kind"})
+            if stray:
+                raise ConfigError(
+                    f"{source}: archs.{name}: kind dense takes no MoE settings, got {stray}"
+                )
+        else:
+            moe = {**MOE_DEFAULTS, **{k: v for k, v in arch.items() if k != "kind"}}
+            experts = moe["num_experts"] * moe["granularity"]
+            if moe["top_k"] * moe["granularity"] > experts:
+                raise ConfigError(
+                    f"{source}: archs.{name}.top_k={moe['top_k']} exceeds num_experts="
+                    f"{moe['num_experts']}"
+                )
+    for name, par in config["parallelism"].items():
+        world = par["dp"] * par["fsdp"] * par["tp"] * par["ep"]
+        if world != 1:
+            raise ConfigError(
+                f"{source}: parallelism.{name}: world size {world} (dp*fsdp*tp*ep) is not "
+                f"supported yet; only single-process runs (all sizes 1) train in this version"
+            )
+    for name, sweep in config["sweeps"].items():
+        for key, table in [("dataset", "datasets")]:
+            if sweep[key] not in config[table]:
+                raise ConfigError(
+                    f"{source}: sweeps.{name}.{key}: unknown {key} '{sweep[key]}' "
+                    f"(defined: {', '.join(config[table])})"
+                )
+        sweep.setdefault("parallelism", [next(iter(config["parallelism"]))])
+        for key in ("archs", "sizes", "parallelism"):
+            for entry in sweep[key]:
+                if entry not in config[key]:
+                    raise ConfigError(
+                        f"{source}: sweeps.{name}.{key}: unknown entry '{entry}' "
+                        f"(defined under {key}: {', '.join(config[key])})"
+                    )
+    if config["scaling"]["sweep"] not in config["sweeps"]:
+        raise ConfigError(
+            f"{source}: scaling.sweep: unknown sweep '{config['scaling']['sweep']}' "
+            f"(defined: {', '.join(config['sweeps'])})"
+        )
+
+
+def tokens_label(tokens: int) -> str:
+    """50000 -> '50k', 2000000 -> '2M', 1234 -> '1234': short, exact and unique."""
+    if tokens % 1_000_000 == 0:
+        return f"{tokens // 1_000_000}M"
+    if tokens % 1000 == 0:
+        return f"{tokens // 1000}k"
+    return str(tokens)
+
+
+def run_id_for(dataset: str, arch: str, size: str, tokens: int, parallelism: str) -> str:
+    return f"{dataset}_{arch}_{size}_t{tokens_label(tokens)}_{parallelism}"
+
+
+def vocab_size_for(config: dict, dataset: str) -> int:
+    return config["tokenizer"]["vocab_size"]
+
+
+def tokens_dir(config: dict, dataset: str) -> str:
+    return f"{dataset}-v{vocab_size_for(config, dataset)}"
+
+
+def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
+    size_cfg = config["sizes"][size]
+    arch_cfg = config["archs"][arch]
+    moe = None
+    if arch_cfg["kind"] == "moe":
+        moe = {**MOE_DEFAULTS, **{k: v for k, v in arch_cfg.items() if k != "kind"}}
+    return {
+        "vocab_size": vocab_size_for(config, dataset),
+        "seq_len": config["training"]["seq_len"],
+        "n_layer": size_cfg["n_layer"],
+        "d_model": size_cfg["d_model"],
+        "n_head": size_cfg["n_head"],
+        "mlp_ratio": size_cfg.get("mlp_ratio", config["model"]["mlp_ratio"]),
+        "tied_embeddings": config["model"]["tied_embeddings"],
+        "moe": moe,
+    }
+
+
+def resolve_runs(config: dict) -> dict[str, dict]:
+    """Every run of every sweep, keyed by run id, each with only the settings it depends on."""
+    runs: dict[str, dict] = {}
+    for sweep_name, sweep in config["sweeps"].items():
+        dataset = sweep["dataset"]
+        for arch in sweep["archs"]:
+            for size in sweep["sizes"]:
+                for tokens in sweep["tokens"]:
+                    for par in sweep["parallelism"]:
+                        run_id = run_id_for(dataset, arch, size, tokens, par)
+                        run = {
+                            "run_id": run_id,
+                            "dataset": dataset,
+                            "arch": arch,
+                            "arch_kind": config["archs"][arch]["kind"],
+                            "size": size,
+                            "tokens": tokens,
+                            "parallelism_name": par,
+                            "parallelism": dict(config["parallelism"][par]),
+                            "model": _model_settings(config, dataset, size, arch),
+                            "training": dict(config["training"]),
+                            "profile": dict(config["profile"]),
+                        }
+                        runs.setdefault(run_id, run)
+                        runs[run_id].setdefault("sweeps", [])
+                        runs[run_id]["sweeps"].append(sweep_name)
+    return runs
+
+
+def sweep_run_ids(config: dict, sweep_name: str) -> list[str]:
+    return [rid for rid, run in resolve_runs(config).items() if sweep_name in run["sweeps"]]
+
+
+def run_settings_json(run: dict) -> str:
+    """The run's settings as canonical JSON (what the trainer gets and what Snakemake compares)."""
+    settings = {k: v for k, v in run.items() if k != "sweeps"}
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m nanigpt.config [CONFIG]`: validate a config and list the runs it declares."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    runs = resolve_runs(config)
+    print(f"config OK: {len(runs)} runs")
+    for run_id in runs:
+        print(f"  {run_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Measurement built into every run: where does time go in a training step? (project question 1)
+
+`timers` times the phases of a step (data, forward, backward, optimizer), `trace` records a
+torch.profiler window of a few steps, `hardware` holds the datasheet peaks that turn counted FLOPs
+into MFU, and `provenance` stamps every output with the config hash, code version, packages and
+device so that numbers from different machines and commits can be told apart.
+"""
+
+from nanigpt.measure.hardware import mfu, peak_bf16_flops
+from nanigpt.measure.provenance import collect_provenance, config_hash
+from nanigpt.measure.timers import StepTimer
+from nanigpt.measure.trace import TraceWindow
+
+__all__ = [
+    "StepTimer",
+    "TraceWindow",
+    "collect_provenance",
+    "config_hash",
+    "mfu",
+    "peak_bf16_flops",
+]

@@ -1,0 +1,638 @@
+"""Chinchilla approach 3: fit L(N, D) = E + A/N^alpha + B/D^beta per architecture.
+
+Serves core question 4 (what do scaling laws feel like in practice, and how do dense and MoE
+scale?). The parametric form and the compute-optimal allocation it implies are approach 3 of
+Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (Chinchilla). The fitting
+details follow the replication of Besiroglu et al. 2024, "Chinchilla Scaling: A replication
+attempt": the Huber loss (delta = 1e-3) on residuals of log-loss, the log-sum-exp parametrisation
+
+    log L(N, D) = LSE(a - alpha log N, b - beta log D, e),   A = e^a, B = e^b, E = e^e,
+
+L-BFGS from a grid of initialisations, and confidence intervals from a bootstrap over runs.
+
+N is the run's non-embedding active parameter count by default (`--n-column` picks another), D the
+tokens trained, and the loss `final_val_bpb` (bits/byte, comparable across tokenizers) by default.
+Compute is the counted FLOPs of the model (`flops_per_token * D`), not 6ND: along the frontier the
+counted FLOPs per token are a fitted linear function of N (`k * N + c`, from the runs themselves);
+the 6ND frontier is written beside it. For small models the two differ because attention over the
+context and the (embedding-sized) output head are a large share of the work, and 6N leaves both out.
+
+CLI: `python -m nanigpt.scaling.fit --runs runs.parquet --out fits.json [--loss final_val_bpb]
+[--n-column params_non_embedding_active] [--bootstrap 200] [--seed 0] [--strict]`
+
+fits.json holds one entry per `arch_kind` in the table: a fit, or `{"error": msg}` when the fit is
+refused (too few runs, degenerate data). The CLI still exits 0 then, so the headline figure is drawn
+with the points and a note that the fit was refused; `--strict` makes any refusal exit 1. Unreadable
+input (no table, a missing column) exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy.optimize import minimize
+
+from nanigpt.io import write_json_atomic
+
+HUBER_DELTA = 1e-3
+MIN_POINTS = 5
+MIN_DISTINCT = 2
+PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
+LOSS_UNITS = {"final_val_bpb": "bits/byte", "final_val_loss": "nats/token"}
+N_COLUMNS = (
+    "params_non_embedding_active",
+    "params_active",
+    "params_total",
+    "params_non_embedding_total",
+)
+# Bounds on theta = (a, b, e, alpha, beta). Exponents are kept non-negative and finite; a fit that
+# ends on an exponent bound is refused as degenerate (the loss does not follow a power law there).
+EXPONENT_MAX = 4.0
+THETA_BOUNDS = [(-30.0, 80.0), (-30.0, 80.0), (-20.0, 10.0), (0.0, EXPONENT_MAX), (0.0, EXPONENT_MAX)]
+# Initialisation grid (Besiroglu et al. 2024 use a finer one; the objective is evaluated on all of
+# it at once and L-BFGS starts only from the best few, which finds the same optimum for far less).
+GRID_EXPONENTS = (0.1, 0.25, 0.4, 0.6, 0.9, 1.3)
+GRID_LOG_SCALES = tuple(np.arange(0.0, 27.5, 2.5))
+GRID_FLOOR_FRACTIONS = (0.05, 0.3, 0.6, 0.85, 0.97)
+N_STARTS = 8
+# The N grid on which the frontier is minimised (log N spans 1 .. 1e20 parameters).
+_LOG_N_GRID = np.linspace(0.0, math.log(1e20), 3000)
+
+
+class FitError(ValueError):
+    """A fit refused: too few points, degenerate data, or an optimum that is no power law."""
+
+
+@dataclass(frozen=True)
+class LawParams:
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+
+    @classmethod
+    def from_theta(cls, theta: Sequence[float]) -> LawParams:
+        a, b, e, alpha, beta = (float(x) for x in theta)
+        return cls(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
+
+    def loss(self, n: Any, d: Any) -> np.ndarray:
+        n = np.asarray(n, dtype=float)
+        d = np.asarray(d, dtype=float)
+        return self.E + self.A / n**self.alpha + self.B / d**self.beta
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.E, self.A, self.B, self.alpha, self.beta])
+
+
+@dataclass(frozen=True)
+class FlopsPerToken:
+    """Training FLOPs per token as a function of N: `k * N + c` (6N when k = 6, c = 0)."""
+
+    k: float
+    c: float
+    kind: str  # "linear" (fitted on the runs' counted FLOPs) or "6N"
+    max_rel_error: float | None = None  # of the linear model on the runs it was fitted to
+
+    def __call__(self, n: Any) -> np.ndarray:
+        return self.k * np.asarray(n, dtype=float) + self.c
+
+    @classmethod
+    def six_n(cls) -> FlopsPerToken:
+        return cls(k=6.0, c=0.0, kind="6N")
+
+    @classmethod
+    def fit(cls, n: np.ndarray, flops_per_token: np.ndarray) -> FlopsPerToken:
+        """Least squares over the runs; falls back to 6N when N does not vary or the slope is <= 0."""
+        n = np.asarray(n, dtype=float)
+        fpt = np.asarray(flops_per_token, dtype=float)
+        ok = np.isfinite(n) & np.isfinite(fpt) & (fpt > 0)
+        if len(np.unique(n[ok])) < 2:
+            return cls.six_n()
+        k, c = np.polyfit(n[ok], fpt[ok], 1)
+        if k <= 0:
+            return cls.six_n()
+        rel = np.abs(k * n[ok] + c - fpt[ok]) / fpt[ok]
+        return cls(k=float(k), c=float(c), kind="linear", max_rel_error=float(rel.max()))
+
+
+@dataclass
+class LawFit:
+    """A fitted law with its bootstrap replicates (rows of E, A, B, alpha, beta)."""
+
+    params: LawParams
+    theta: np.ndarray
+    n_points: int
+    objective: float
+    bootstrap: np.ndarray = field(default_factory=lambda: np.empty((0, 5)))
+    n_bootstrap: int = 0
+    ci_level: float = 0.95
+
+    def ci(self, name: str) -> tuple[float, float]:
+        """Percentile interval of one parameter over the bootstrap replicates (NaN if none)."""
+        if len(self.bootstrap) == 0:
+            return (math.nan, math.nan)
+        col = self.bootstrap[:, PARAM_NAMES.index(name)]
+        tail = 100 * (1 - self.ci_level) / 2
+        lo, hi = np.percentile(col, [tail, 100 - tail])
+        return (float(lo), float(hi))
+
+    def bootstrap_params(self) -> list[LawParams]:
+        return [LawParams(*row) for row in self.bootstrap]
+
+
+# --- the objective ------------------------------------------------------------------------------
+
+
+def _objective(
+    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, weights: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Weighted Huber loss of log-loss residuals and its gradient, in units of delta^2.
+
+    Dividing by delta^2 does not move the optimum but keeps the objective O(1) per point, so
+    L-BFGS's relative stopping rule is not met before the fit has converged.
+    """
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    top = terms.max(axis=0)
+    exp_terms = np.exp(terms - top)
+    total = exp_terms.sum(axis=0)
+    residual = top + np.log(total) - log_l
+    abs_r = np.abs(residual)
+    huber = np.where(
+        abs_r <= HUBER_DELTA, 0.5 * residual**2, HUBER_DELTA * (abs_r - 0.5 * HUBER_DELTA)
+    )
+    d_huber = weights * np.clip(residual, -HUBER_DELTA, HUBER_DELTA)
+    softmax = exp_terms / total
+    grad = np.array(
+        [
+            np.sum(d_huber * softmax[0]),
+            np.sum(d_huber * softmax[1]),
+            np.sum(d_huber * softmax[2]),
+            -np.sum(d_huber * softmax[0] * log_n),
+            -np.sum(d_huber * softmax[1] * log_d),
+        ]
+    )
+    scale = 1.0 / HUBER_DELTA**2
+    return float(np.sum(weights * huber)) * scale, grad * scale
+
+
+def _grid(log_l_min: float) -> np.ndarray:
+    """Initial thetas: the product of the exponent, scale and floor grids, shape (M, 5)."""
+    e_values = [log_l_min + math.log(f) for f in GRID_FLOOR_FRACTIONS]
+    mesh = np.meshgrid(GRID_LOG_SCALES, GRID_LOG_SCALES, e_values, GRID_EXPONENTS, GRID_EXPONENTS)
+    return np.stack([m.ravel() for m in mesh], axis=1)
+
+
+def _grid_objective(grid: np.ndarray, log_n, log_d, log_l) -> np.ndarray:
+    a, b, e, alpha, beta = (grid[:, i : i + 1] for i in range(5))
+    t1 = a - alpha * log_n
+    t2 = b - beta * log_d
+    pred = np.logaddexp(np.logaddexp(t1, t2), e)
+    abs_r = np.abs(pred - log_l)
+    huber = np.where(abs_r <= HUBER_DELTA, 0.5 * abs_r**2, HUBER_DELTA * (abs_r - 0.5 * HUBER_DELTA))
+    return huber.sum(axis=1)
+
+
+def _minimise(theta0, log_n, log_d, log_l, weights) -> tuple[np.ndarray, float]:
+    result = minimize(
+        _objective,
+        theta0,
+        args=(log_n, log_d, log_l, weights),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=THETA_BOUNDS,
+        options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9},
+    )
+    return result.x, float(result.fun)
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _check_points(n: np.ndarray, d: np.ndarray, loss: np.ndarray, labels: Sequence[str]) -> None:
+    if not (len(n) == len(d) == len(loss)):
+        raise FitError(f"N, D and loss differ in length: {len(n)}, {len(d)}, {len(loss)}")
+    for name, values in (("N", n), ("D", d), ("loss", loss)):
+        bad = np.flatnonzero(~np.isfinite(values) | (values <= 0))
+        if len(bad):
+            i = int(bad[0])
+            raise FitError(
+                f"{name} must be finite and > 0; run {labels[i]!r} has {name} = {values[i]}"
+            )
+    if len(n) < MIN_POINTS:
+        raise FitError(
+            f"{len(n)} runs; a 5-parameter law needs at least {MIN_POINTS} (runs: {list(labels)})"
+        )
+    for name, values in (("N (parameters)", n), ("D (tokens)", d)):
+        distinct = len(np.unique(values))
+        if distinct < MIN_DISTINCT:
+            raise FitError(
+                f"degenerate data: {distinct} distinct value(s) of {name} over {len(n)} runs; "
+                f"need at least {MIN_DISTINCT} to fit its exponent"
+            )
+    if np.ptp(np.log(loss)) < 1e-9:
+        raise FitError(f"degenerate data: all {len(loss)} losses are equal ({loss[0]})")
+    centred = np.stack([np.log(n), np.log(d)], axis=1)
+    centred = (centred - centred.mean(axis=0)) / centred.std(axis=0)
+    singular = np.linalg.svd(centred, compute_uv=False)
+    if singular[-1] < 1e-6 * singular[0]:
+        raise FitError(
+            "degenerate data: log D is a linear function of log N over these runs "
+            "(every run uses the same tokens-per-parameter rule), so the N and D terms "
+            "cannot be told apart"
+        )
+
+
+def _check_optimum(theta: np.ndarray) -> None:
+    if not np.all(np.isfinite(theta)):
+        raise FitError(f"the fit did not converge to finite values: {theta}")
+    for name, value in (("alpha", theta[3]), ("beta", theta[4])):
+        if value < 1e-3 or value > EXPONENT_MAX - 1e-3:
+            raise FitError(
+                f"degenerate fit: {name} = {value:.3g} lies on its bound [0, {EXPONENT_MAX}]; "
+                f"the loss does not follow a power law in {'N' if name == 'alpha' else 'D'} "
+                "over these runs"
+            )
+
+
+# --- the fit ------------------------------------------------------------------------------------
+
+
+def fit_law(
+    n: Any,
+    d: Any,
+    loss: Any,
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+    ci_level: float = 0.95,
+    labels: Sequence[str] | None = None,
+) -> LawFit:
+    """Fit L(N, D) = E + A/N^alpha + B/D^beta; raise FitError rather than return nonsense.
+
+    The bootstrap resamples runs with replacement (as integer weights on the points) and refits each
+    replicate with L-BFGS warm-started from the full-data optimum; replicates that are themselves
+    degenerate (one distinct N, say) are skipped, and `n_bootstrap` counts those kept.
+    """
+    n = np.asarray(n, dtype=float)
+    d = np.asarray(d, dtype=float)
+    loss = np.asarray(loss, dtype=float)
+    labels = list(labels) if labels is not None else [f"#{i}" for i in range(len(n))]
+    _check_points(n, d, loss, labels)
+    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
+    ones = np.ones_like(log_n)
+
+    grid = _grid(float(log_l.min()))
+    starts = grid[np.argsort(_grid_objective(grid, log_n, log_d, log_l))[:N_STARTS]]
+    best_theta, best_obj = None, math.inf
+    for theta0 in starts:
+        theta, obj = _minimise(theta0, log_n, log_d, log_l, ones)
+        if obj < best_obj:
+            best_theta, best_obj = theta, obj
+    _check_optimum(best_theta)
+
+    rng = np.random.default_rng(seed)
+    replicates = []
+    for _ in range(bootstrap):
+        idx = rng.integers(0, len(n), len(n))
+        if len(np.unique(n[idx])) < MIN_DISTINCT or len(np.unique(d[idx])) < MIN_DISTINCT:
+            continue
+        weights = np.bincount(idx, minlength=len(n)).astype(float)
+        theta, _ = _minimise(best_theta, log_n, log_d, log_l, weights)
+        if np.all(np.isfinite(theta)):
+            replicates.append(LawParams.from_theta(theta).as_array())
+    return LawFit(
+        params=LawParams.from_theta(best_theta),
+        theta=best_theta,
+        n_points=len(n),
+        objective=best_obj * HUBER_DELTA**2,
+        bootstrap=np.array(replicates).reshape(-1, 5),
+        n_bootstrap=len(replicates),
+        ci_level=ci_level,
+    )
+
+
+# --- compute-optimal allocation -----------------------------------------------------------------
+
+
+def compute_optimal(
+    params: LawParams, flops: Any, flops_per_token: FlopsPerToken
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """N_opt, D_opt and the loss there for each compute budget C = flops_per_token(N) * D.
+
+    Minimises L(N, C / flops_per_token(N)) over a log-N grid (1 .. 1e20) refined by a parabola
+    through the best grid point and its neighbours; budgets whose optimum lies on the grid's edge
+    get NaN.
+    """
+    flops = np.atleast_1d(np.asarray(flops, dtype=float))
+    n_grid = np.exp(_LOG_N_GRID)
+    fpt = flops_per_token(n_grid)
+    valid = fpt > 0
+    log_n = _LOG_N_GRID[valid]
+    n_term = params.A * np.exp(-params.alpha * log_n)
+    log_fpt = np.log(fpt[valid])
+    # B / D^beta with D = C / fpt(N)  ->  B * exp(beta * (log fpt - log C))
+    d_term = params.B * np.exp(params.beta * (log_fpt[None, :] - np.log(flops)[:, None]))
+    reducible = n_term[None, :] + d_term
+    j = np.argmin(reducible, axis=1)
+    inside = (j > 0) & (j < len(log_n) - 1)
+    jc = np.clip(j, 1, len(log_n) - 2)
+    rows = np.arange(len(flops))
+    y0, y1, y2 = reducible[rows, jc - 1], reducible[rows, jc], reducible[rows, jc + 1]
+    curvature = y0 - 2 * y1 + y2
+    offset = np.where(curvature > 0, 0.5 * (y0 - y2) / np.where(curvature > 0, curvature, 1), 0.0)
+    step = log_n[1] - log_n[0]
+    n_opt = np.exp(log_n[jc] + np.clip(offset, -1, 1) * step)
+    d_opt = flops / flops_per_token(n_opt)
+    loss_opt = params.loss(n_opt, d_opt)
+    nan = np.full_like(flops, np.nan)
+    return (np.where(inside, n_opt, nan), np.where(inside, d_opt, nan), np.where(inside, loss_opt, nan))
+
+
+def allocation_exponents(params: LawParams) -> dict[str, float]:
+    """Under C = 6ND: N_opt = G (C/6)^a, D_opt = (C/6)^b / G (Hoffmann et al. 2022, eq. 4)."""
+    s = params.alpha + params.beta
+    return {
+        "a": params.beta / s,
+        "b": params.alpha / s,
+        "G": (params.alpha * params.A / (params.beta * params.B)) ** (1 / s),
+    }
+
+
+def frontier_crossing(flops: np.ndarray, loss_a: np.ndarray, loss_b: np.ndarray) -> float | None:
+    """The first budget where the sign of loss_a - loss_b changes (log-interpolated), or None."""
+    diff = np.asarray(loss_a) - np.asarray(loss_b)
+    ok = np.isfinite(diff)
+    x, diff = np.log(np.asarray(flops)[ok]), diff[ok]
+    change = np.flatnonzero(np.sign(diff[:-1]) * np.sign(diff[1:]) < 0)
+    if len(change) == 0:
+        return None
+    i = int(change[0])
+    t = diff[i] / (diff[i] - diff[i + 1])
+    return float(math.exp(x[i] + t * (x[i + 1] - x[i])))
+
+
+# --- runs table -> fits.json --------------------------------------------------------------------
+
+
+def _ci_pair(values: np.ndarray, level: float) -> list[float | None]:
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return [None, None]
+    tail = 100 * (1 - level) / 2
+    return [float(x) for x in np.percentile(values, [tail, 100 - tail])]
+
+
+def _band(rows: list[np.ndarray], level: float) -> tuple[np.ndarray, np.ndarray]:
+    if not rows:
+        return np.array([]), np.array([])
+    stack = np.array(rows)
+    tail = 100 * (1 - level) / 2
+    with np.errstate(all="ignore"):
+        lo = np.nanpercentile(stack, tail, axis=0) if np.isfinite(stack).any() else stack[0]
+        hi = np.nanpercentile(stack, 100 - tail, axis=0) if np.isfinite(stack).any() else stack[0]
+    return lo, hi
+
+
+def frontier_flops_grid(table: pl.DataFrame, n_points: int = 64) -> np.ndarray:
+    flops = table["flops_total"].to_numpy().astype(float)
+    flops = flops[np.isfinite(flops) & (flops > 0)]
+    return np.geomspace(flops.min() / 2, flops.max() * 2, n_points)
+
+
+def fit_arch(
+    table: pl.DataFrame,
+    *,
+    loss_column: str = "final_val_bpb",
+    n_column: str = "params_non_embedding_active",
+    bootstrap: int = 200,
+    seed: int = 0,
+    ci_level: float = 0.95,
+    flops_grid: np.ndarray | None = None,
+) -> tuple[dict[str, Any], LawFit, FlopsPerToken]:
+    """Fit one architecture's runs; returns the fits.json entry, the fit and its FLOPs model."""
+    n = table[n_column].to_numpy().astype(float)
+    d = table["tokens_trained"].to_numpy().astype(float)
+    loss = table[loss_column].to_numpy().astype(float)
+    law = fit_law(
+        n, d, loss, bootstrap=bootstrap, seed=seed, ci_level=ci_level, labels=table["run_id"]
+    )
+    if "flops_per_token" in table.columns:
+        fpt_model = FlopsPerToken.fit(n, table["flops_per_token"].to_numpy().astype(float))
+    else:
+        fpt_model = FlopsPerToken.six_n()
+    flops_grid = frontier_flops_grid(table) if flops_grid is None else flops_grid
+    n_opt, d_opt, loss_opt = compute_optimal(law.params, flops_grid, fpt_model)
+    n_6nd, d_6nd, loss_6nd = compute_optimal(law.params, flops_grid, FlopsPerToken.six_n())
+    band_lo, band_hi = _band(
+        [compute_optimal(p, flops_grid, fpt_model)[2] for p in law.bootstrap_params()], ci_level
+    )
+    predicted = law.params.loss(n, d)
+    exponents = allocation_exponents(law.params)
+    boot_exponents = [allocation_exponents(p) for p in law.bootstrap_params()]
+    entry: dict[str, Any] = {
+        "n_points": law.n_points,
+        "run_ids": list(table["run_id"]),
+        "n_column": n_column,
+        "loss_column": loss_column,
+        "loss_unit": LOSS_UNITS.get(loss_column, "?"),
+        "n_bootstrap": law.n_bootstrap,
+        "ci_level": ci_level,
+        "seed": seed,
+        "huber_delta": HUBER_DELTA,
+        "objective": law.objective,
+        "rms_log_residual": float(np.sqrt(np.mean((np.log(predicted) - np.log(loss)) ** 2))),
+        "n_range": [float(n.min()), float(n.max())],
+        "d_range": [float(d.min()), float(d.max())],
+        "n_opt_exponent": exponents["a"],
+        "n_opt_exponent_ci": _ci_pair(np.array([x["a"] for x in boot_exponents]), ci_level),
+        "d_opt_exponent": exponents["b"],
+        "d_opt_exponent_ci": _ci_pair(np.array([x["b"] for x in boot_exponents]), ci_level),
+        "flops_per_token_model": {
+            "kind": fpt_model.kind,
+            "k": fpt_model.k,
+            "c": fpt_model.c,
+            "max_rel_error": fpt_model.max_rel_error,
+        },
+        "frontier_flops": flops_grid,
+        "frontier_loss": loss_opt,
+        "frontier_loss_lo": band_lo,
+        "frontier_loss_hi": band_hi,
+        "frontier_n_opt": n_opt,
+        "frontier_d_opt": d_opt,
+        "frontier_tokens_per_param": d_opt / n_opt,
+        "frontier_loss_6nd": loss_6nd,
+        "frontier_n_opt_6nd": n_6nd,
+        "frontier_d_opt_6nd": d_6nd,
+        "frontier_tokens_per_param_6nd": d_6nd / n_6nd,
+    }
+    for name in PARAM_NAMES:
+        entry[name] = getattr(law.params, name)
+        entry[f"{name}_ci"] = list(law.ci(name))
+    if {"flops_total", "flops_6nd"} <= set(table.columns):
+        ratio = table["flops_total"].to_numpy() / table["flops_6nd"].to_numpy()
+        entry["flops_counted_over_6nd"] = {
+            "min": float(np.min(ratio)),
+            "median": float(np.median(ratio)),
+            "max": float(np.max(ratio)),
+        }
+    if loss_column == "final_val_bpb" and "floor_bpb" in table.columns:
+        floor = float(table["floor_bpb"].drop_nulls().mean() or math.nan)
+        if math.isfinite(floor):
+            lo, hi = law.ci("E")
+            entry["floor_bpb"] = floor
+            entry["E_minus_floor"] = law.params.E - floor
+            entry["floor_in_E_ci"] = bool(lo <= floor <= hi) if math.isfinite(lo) else None
+    return entry, law, fpt_model
+
+
+def _crossover(
+    flops_grid: np.ndarray,
+    fit_a: tuple[LawFit, FlopsPerToken],
+    fit_b: tuple[LawFit, FlopsPerToken],
+    ci_level: float,
+) -> dict[str, Any]:
+    """Where arch a's frontier crosses arch b's, on a budget range far wider than the runs."""
+    wide = np.geomspace(flops_grid.min() / 1e3, flops_grid.max() * 1e9, 240)
+    (law_a, fpt_a), (law_b, fpt_b) = fit_a, fit_b
+    loss_a = compute_optimal(law_a.params, wide, fpt_a)[2]
+    loss_b = compute_optimal(law_b.params, wide, fpt_b)[2]
+    point = frontier_crossing(wide, loss_a, loss_b)
+    pairs = list(zip(law_a.bootstrap_params(), law_b.bootstrap_params(), strict=False))
+    crossings = [
+        frontier_crossing(
+            wide, compute_optimal(pa, wide, fpt_a)[2], compute_optimal(pb, wide, fpt_b)[2]
+        )
+        for pa, pb in pairs
+    ]
+    found = np.array([c for c in crossings if c is not None])
+    below = loss_a[np.isfinite(loss_a - loss_b)] < loss_b[np.isfinite(loss_a - loss_b)]
+    return {
+        "flops": point,
+        "flops_ci": _ci_pair(found, ci_level) if len(found) else [None, None],
+        "fraction_bootstrap_crossing": float(len(found) / len(pairs)) if pairs else None,
+        "searched_flops": [float(wide.min()), float(wide.max())],
+        "lower_at_smallest_budget": bool(below[0]) if len(below) else None,
+    }
+
+
+def fit_all(
+    table: pl.DataFrame,
+    *,
+    loss_column: str = "final_val_bpb",
+    n_column: str = "params_non_embedding_active",
+    bootstrap: int = 200,
+    seed: int = 0,
+    ci_level: float = 0.95,
+) -> dict[str, Any]:
+    """`{arch_kind: fit entry or {"error": msg}}` over every arch_kind in the table.
+
+    Every fit shares one frontier FLOPs grid so frontiers can be compared point by point. Each
+    non-dense fit gets `crossover_vs_dense` when the dense fit succeeded too.
+    """
+    needed = {"run_id", "arch_kind", "tokens_trained", n_column, loss_column, "flops_total"}
+    missing = sorted(needed - set(table.columns))
+    if missing:
+        raise KeyError(f"runs table lacks column(s) {missing}; has {table.columns}")
+    if table.height == 0:
+        raise ValueError("runs table is empty")
+    grid = frontier_flops_grid(table)
+    out: dict[str, Any] = {}
+    laws: dict[str, tuple[LawFit, FlopsPerToken]] = {}
+    for arch_kind in sorted(table["arch_kind"].unique().to_list()):
+        rows = table.filter(pl.col("arch_kind") == arch_kind).sort("run_id")
+        try:
+            entry, law, fpt = fit_arch(
+                rows,
+                loss_column=loss_column,
+                n_column=n_column,
+                bootstrap=bootstrap,
+                seed=seed,
+                ci_level=ci_level,
+                flops_grid=grid,
+            )
+        except FitError as e:
+            out[arch_kind] = {"error": f"{arch_kind}: {e}", "n_points": rows.height}
+            continue
+        out[arch_kind] = entry
+        laws[arch_kind] = (law, fpt)
+    if "dense" in laws:
+        for arch_kind, pair in laws.items():
+            if arch_kind != "dense":
+                out[arch_kind]["crossover_vs_dense"] = _crossover(
+                    grid, pair, laws["dense"], ci_level
+                )
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf become null (JSON has neither); numpy values become Python ones."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanigpt.scaling.fit",
+        description="Fit L(N, D) = E + A/N^alpha + B/D^beta per arch_kind (Chinchilla approach 3).",
+    )
+    parser.add_argument("--runs", required=True, help="runs.parquet from nanigpt.scaling.aggregate")
+    parser.add_argument("--out", required=True, help="fits.json to write")
+    parser.add_argument("--loss", default="final_val_bpb", choices=sorted(LOSS_UNITS))
+    parser.add_argument("--n-column", default="params_non_embedding_active", choices=N_COLUMNS)
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ci", type=float, default=0.95, help="confidence level of intervals")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any fit is refused")
+    args = parser.parse_args(argv)
+    if not Path(args.runs).is_file():
+        print(f"error: runs table not found: {args.runs}", file=sys.stderr)
+        return 2
+    try:
+        table = pl.read_parquet(args.runs)
+        fits = fit_all(
+            table,
+            loss_column=args.loss,
+            n_column=args.n_column,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            ci_level=args.ci,
+        )
+    except (KeyError, ValueError, pl.exceptions.PolarsError, OSError) as e:
+        print(f"error: {args.runs}: {e}", file=sys.stderr)
+        return 2
+    write_json_atomic(args.out, _jsonable(fits))
+    refused = 0
+    for arch_kind, entry in fits.items():
+        if "error" in entry:
+            refused += 1
+            print(f"{arch_kind}: fit refused: {entry['error']}", file=sys.stderr)
+        else:
+            print(
+                f"{arch_kind}: E={entry['E']:.4g} A={entry['A']:.4g} B={entry['B']:.4g} "
+                f"alpha={entry['alpha']:.3f} {entry['alpha_ci']} beta={entry['beta']:.3f} "
+                f"{entry['beta_ci']} ({entry['n_points']} runs, {entry['n_bootstrap']} bootstrap)"
+            )
+    print(f"wrote {args.out}")
+    return 1 if (args.strict and refused) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Config validation and sweep expansion: bad keys fail early, run ids follow parameters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from nanigpt.config import (
+    ConfigError,
+    load_config,
+    resolve_runs,
+    run_id_for,
+    run_settings_json,
+    tokens_label,
+    validate_config,
+)
+from tests.workflow_util import SMOKE_CONFIG, load_smoke
+
+
+def test_default_and_smoke_configs_are_valid():
+    default = load_config()
+    smoke = load_config(SMOKE_CONFIG)
+    assert len(resolve_runs(default)) >= 18
+    assert len(resolve_runs(smoke)) == 18
+
+
+def test_misspelled_key_names_the_key_and_suggests():
+    raw = load_smoke()
+    raw["training"]["lrr"] = raw["training"].pop("lr")
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    message = str(err.value)
+    assert "training.lrr" in message
+    assert "did you mean 'lr'" in message
+
+
+def test_out_of_range_value_names_the_key():
+    raw = load_smoke()
+    raw["sizes"]["a"]["n_layer"] = 0
+    with pytest.raises(ConfigError, match=r"sizes\.a\.n_layer"):
+        validate_config(raw)
+
+
+def test_unknown_sweep_reference_is_named():
+    raw = load_smoke()
+    raw["sweeps"]["scaling"]["sizes"].append("huge")
+    with pytest.raises(ConfigError, match=r"sweeps\.scaling\.sizes: unknown entry 'huge'"):
+        validate_config(raw)
+
+
+def test_head_dim_must_divide():
+    raw = load_smoke()
+    raw["sizes"]["a"]["n_head"] = 3
+    with pytest.raises(ConfigError, match=r"sizes\.a: d_model=16 is not divisible by n_head=3"):
+        validate_config(raw)
+
+
+def test_multi_process_parallelism_is_refused_for_now():
+    raw = load_smoke()
+    raw["parallelism"]["single"] = {"dp": 2}
+    with pytest.raises(ConfigError, match=r"parallelism\.single: world size 2"):
+        validate_config(raw)
+
+
+def test_run_ids_are_derived_from_parameters():
+    assert tokens_label(50_000) == "50k"
+    assert tokens_label(2_000_000) == "2M"
+    assert tokens_label(1234) == "1234"
+    assert run_id_for("mix", "moe", "s1", 50_000, "single") == "mix_moe_s1_t50k_single"
+    runs = resolve_runs(load_config(SMOKE_CONFIG))
+    run = runs["tiny_moe_c_t4096_single"]
+    assert run["model"]["n_layer"] == 2 and run["model"]["moe"]["num_experts"] == 2
+    assert run["arch_kind"] == "moe" and run["tokens"] == 4096
+
+
+def test_changing_one_size_changes_only_its_runs_settings():
+    raw = load_smoke()
+    before = {k: run_settings_json(v) for k, v in resolve_runs(validate_config(raw)).items()}
+    changed = copy.deepcopy(raw)
+    changed["sizes"]["a"]["d_model"] = 20
+    changed["sizes"]["a"]["n_head"] = 2
+    after = {k: run_settings_json(v) for k, v in resolve_runs(validate_config(changed)).items()}
+    differing = {k for k in before if before[k] != after[k]}
+    assert differing == {k for k in before if "_a_" in k}
+    assert len(differing) == 6
+
+
+def test_defaults_are_filled():
+    config = load_config(SMOKE_CONFIG)
+    assert config["training"]["schedule"] == "cosine"
+    assert config["parallelism"]["single"] == {"dp": 1, "fsdp": 1, "tp": 1, "ep": 1}
+    assert config["tokenizer"]["impl"] == "rust"

@@ -1,0 +1,159 @@
+"""The graph as a user drives it: validation before any job, a full smoke build, incremental reruns.
+
+These tests run Snakemake on the smoke config in a scratch folder; the build is shared by the
+module (about a minute on 2 cores), each rerun check works on its own copy of the config.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.workflow_util import (
+    REPO,
+    SMOKE_CONFIG,
+    TARGET,
+    load_smoke,
+    planned_jobs,
+    snakemake,
+    snakemake_env,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+STAGES = {
+    "synthetic_data",
+    "train_tokenizer",
+    "encode_tokens",
+    "train_run",
+    "aggregate_runs",
+    "fit_scaling",
+    "plot_moe_vs_dense",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A working directory in which the whole smoke graph has been built once."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    config = write_config(workdir / "smoke.yaml", load_smoke())
+    started = time.monotonic()
+    snakemake(workdir, "--cores", "2", TARGET, config=config)
+    print(f"smoke graph built in {time.monotonic() - started:.1f} s")
+    return workdir
+
+
+def copy_build(built: Path, dest: Path) -> Path:
+    """A copy of the built folder (outputs and Snakemake's metadata) to change without harm."""
+    shutil.copytree(built, dest, symlinks=True, copy_function=shutil.copy2)
+    return dest
+
+
+def test_dry_run_lists_every_stage(tmp_path):
+    config = write_config(tmp_path / "smoke.yaml", load_smoke())
+    rules = {rule for rule, _ in planned_jobs(tmp_path, config)}
+    assert STAGES <= rules
+    assert not (tmp_path / "data").exists(), "a dry run must not build anything"
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c["training"].__setitem__("lrr", 0.1), "training.lrr"),
+        (lambda c: c["sizes"]["a"].__setitem__("d_model", -4), "sizes.a.d_model"),
+    ],
+    ids=["misspelled-key", "out-of-range"],
+)
+def test_bad_config_fails_before_any_job(tmp_path, edit, key):
+    raw = load_smoke()
+    edit(raw)
+    config = write_config(tmp_path / "bad.yaml", raw)
+    result = snakemake(tmp_path, "--cores", "1", TARGET, config=config, check=False)
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_smoke_graph_end_to_end(built):
+    svg = (built / TARGET).read_text()
+    assert svg.lstrip().startswith("<svg") or "<svg" in svg[:500]
+    fits = json.loads((built / "results/scaling/fits.json").read_text())
+    assert set(fits) >= {"dense", "moe"}
+    for run_dir in (built / "results/runs").iterdir():
+        for name in ("config.json", "metrics.parquet", "trace.json.gz", "summary.json"):
+            assert (run_dir / name).stat().st_size > 0, f"{run_dir.name}/{name}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["run_id"] == run_dir.name
+        provenance = summary["provenance"]
+        assert {"config_hash", "code_version", "packages", "device"} <= set(provenance)
+
+
+def test_no_op_rerun_has_nothing_to_do(built):
+    jobs = planned_jobs(built, built / "smoke.yaml")
+    assert jobs == [], f"a rebuilt graph planned {jobs}"
+
+
+def test_changing_one_size_reruns_exactly_its_runs(built, tmp_path):
+    work = copy_build(built, tmp_path / "w")
+    raw = load_smoke()
+    changed = copy.deepcopy(raw)
+    changed["sizes"]["b"]["d_model"] = 28
+    config = write_config(work / "smoke.yaml", changed)
+    jobs = planned_jobs(work, config)
+    train_runs = {out.split("/")[2] for rule, out in jobs if rule == "train_run"}
+    expected = {f"tiny_{arch}_b_t{t}_single" for arch in ("dense", "moe") for t in (1024, 2048, 4096)}
+    assert train_runs == expected
+    others = {rule for rule, _ in jobs if rule != "train_run"}
+    assert others == {"aggregate_runs", "fit_scaling", "plot_moe_vs_dense", "all"}
+
+
+def test_changing_the_data_seed_reruns_everything_downstream(built, tmp_path):
+    work = copy_build(built, tmp_path / "w")
+    changed = load_smoke()
+    changed["datasets"]["tiny"]["seed"] = 8
+    config = write_config(work / "smoke.yaml", changed)
+    rules = [rule for rule, _ in planned_jobs(work, config)]
+    assert STAGES <= set(rules)
+    assert rules.count("train_run") == 18
+    assert rules.count("encode_tokens") == 2
+
+
+def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
+    """SIGKILL the whole Snakemake process group mid-training: the run must be planned again."""
+    work = copy_build(built, tmp_path / "w")
+    raw = load_smoke()
+    raw["sweeps"]["scaling"]["tokens"] = [1024, 2048, 4096, 200_000]
+    config = write_config(work / "smoke.yaml", raw)
+    target = "results/runs/tiny_dense_c_t200k_single/summary.json"
+    run_dir = work / "results/runs/tiny_dense_c_t200k_single"
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+        "--configfile", str(config), "--cores", "1", target,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=snakemake_env(), cwd=work, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "config.json").exists():
+            assert proc.poll() is None, "snakemake ended before the run started"
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        time.sleep(2.0)  # well inside training: 200k tokens take far longer
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "summary.json").exists()
+    planned = {out for rule, out in planned_jobs(work, config, target)}
+    assert any("tiny_dense_c_t200k_single" in out for out in planned)

@@ -1,0 +1,16 @@
+# Stage 5: the figures. The headline: loss vs training FLOPs, dense and MoE, fitted frontiers,
+# and the data's exact entropy floor.
+
+
+rule plot_moe_vs_dense:
+    input:
+        runs="results/scaling/runs.parquet",
+        fits="results/scaling/fits.json",
+        truth=f"data/synthetic/{config['sweeps'][config['scaling']['sweep']]['dataset']}/ground_truth.json",
+    output:
+        "results/scaling/moe_vs_dense.svg",
+    log:
+        f"{LOGS}/plot_moe_vs_dense.log",
+    shell:
+        "python -m nanigpt.plots.moe_vs_dense --runs {input.runs} --fits {input.fits}"
+        " --ground-truth {input.truth} --out {output} > {log} 2>&1"

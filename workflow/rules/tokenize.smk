@@ -1,0 +1,35 @@
+# Stage 2: byte-level BPE trained in Rust, then every split encoded into binary token shards.
+
+
+def dataset_of_tokdir(wildcards):
+    return wildcards.tokdir.rsplit("-v", 1)[0]
+
+
+rule train_tokenizer:
+    input:
+        lambda w: f"data/synthetic/{dataset_of_tokdir(w)}/train.parquet",
+    output:
+        "data/tokenizer/{tokdir}/tokenizer.json",
+    params:
+        vocab=lambda w: int(w.tokdir.rsplit("-v", 1)[1]),
+        impl=config["tokenizer"]["impl"],
+    log:
+        f"{LOGS}/train_tokenizer/{{tokdir}}.log",
+    shell:
+        "python -m nanigpt.data.tokenize train --input {input} --vocab-size {params.vocab}"
+        " --impl {params.impl} --out {output} > {log} 2>&1"
+
+
+rule encode_tokens:
+    input:
+        tokenizer="data/tokenizer/{tokdir}/tokenizer.json",
+        text=lambda w: f"data/synthetic/{dataset_of_tokdir(w)}/{w.split}.parquet",
+    output:
+        "data/tokens/{tokdir}/{split}.bin",
+    params:
+        impl=config["tokenizer"]["impl"],
+    log:
+        f"{LOGS}/encode_tokens/{{tokdir}}-{{split}}.log",
+    shell:
+        "python -m nanigpt.data.tokenize encode --tokenizer {input.tokenizer} --input {input.text}"
+        " --impl {params.impl} --out {output} > {log} 2>&1"

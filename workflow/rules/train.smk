@@ -1,0 +1,23 @@
+# Stage 3: one training run per (dataset, arch, size, tokens, parallelism) of every sweep.
+# The run's own settings are its params, so changing them reruns this run and nothing else.
+
+
+rule train_run:
+    input:
+        train=lambda w: shard_path(run_of(w), "train"),
+        val=lambda w: shard_path(run_of(w), "val"),
+        truth=lambda w: f"data/synthetic/{run_of(w)['dataset']}/ground_truth.json",
+    output:
+        config="results/runs/{run_id}/config.json",
+        metrics="results/runs/{run_id}/metrics.parquet",
+        trace="results/runs/{run_id}/trace.json.gz",
+        summary="results/runs/{run_id}/summary.json",
+    params:
+        run=lambda w: run_settings_json(run_of(w)),
+    threads: config["training"]["threads"]
+    log:
+        f"{LOGS}/train_run/{{run_id}}.log",
+    shell:
+        "python -m nanigpt.train --run-config {params.run:q} --train {input.train}"
+        " --val {input.val} --ground-truth {input.truth} --out results/runs/{wildcards.run_id}"
+        " > {log} 2>&1"
