@@ -1,0 +1,1 @@
+"""Data pipeline: synthetic sources, tokenizer, token shards, batch loader."""
