@@ -1,0 +1,246 @@
+"""The GPT that every run trains: a dense model and its MoE twin differ only in the MLP.
+
+Serves core question 3 (when and why do MoEs win) and the scaling fits: sizes come from a few knobs
+(`n_layer`, `d_model`, `n_head`, `mlp_ratio`) so a sweep is one list in the config, and the exact
+parameter and FLOP count of any config is in `nanigpt.model.flops`.
+
+Architecture (LLaMA-style, Touvron et al. 2023): pre-norm blocks with RMSNorm (Zhang & Sennrich
+2019), rotary position embeddings (Su et al. 2021), causal attention through
+`F.scaled_dot_product_attention` (flash kernels on GPU), SwiGLU MLP (Shazeer 2020), no biases,
+optionally tied input/output embeddings. Init: normal(0, 0.02), with the two projections that write
+into the residual stream (attention `wo`, MLP `w_down`) scaled by 1/sqrt(2 * n_layer) (GPT-2,
+Radford et al. 2019) so the residual's variance does not grow with depth.
+
+The model knows nothing of parallelism: `nanigpt.parallel` applies DDP, FSDP, TP and EP from
+outside. Reading order: config, rotary embedding, attention, block, model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanigpt.model.moe import MoE, MoEConfig, SwiGLU
+
+MLP_MULTIPLE = 8  # the MLP width is rounded to a multiple of this (tensor-core friendly shapes)
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    seq_len: int
+    n_layer: int
+    d_model: int
+    n_head: int
+    # SwiGLU hidden width / d_model, taken as is: 8/3 matches the parameters of a 4x GELU MLP.
+    mlp_ratio: float = 8 / 3
+    tied_embeddings: bool = False
+    moe: MoEConfig | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "seq_len", "n_layer", "d_model", "n_head"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{key}={value!r}: expected an integer >= 1")
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model={self.d_model}: not divisible by n_head={self.n_head}; expected a "
+                f"width that splits into equal heads"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"model.d_model={self.d_model}, n_head={self.n_head}: head dim {self.head_dim} is "
+                f"odd; rotary embeddings need an even head dim"
+            )
+        if not isinstance(self.mlp_ratio, int | float) or not self.mlp_ratio > 0:
+            raise ValueError(f"model.mlp_ratio={self.mlp_ratio!r}: expected a number > 0")
+        if not isinstance(self.tied_embeddings, bool):
+            raise ValueError(
+                f"model.tied_embeddings={self.tied_embeddings!r}: expected true or false"
+            )
+        if self.moe is not None:
+            if not self.moe_layers:
+                raise ValueError(
+                    f"model.moe.every={self.moe.every}: no MoE layer among n_layer={self.n_layer} "
+                    f"(layer i is MoE when (i + 1) % every == 0); expected every <= n_layer"
+                )
+            self.moe.expert_hidden(self.mlp_hidden)  # refuses a granularity that does not divide
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Build from a run's `model` dict; unknown or missing keys fail with the key named."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"model: unknown key(s) {unknown}; expected keys among {sorted(known)}"
+            )
+        required = ("vocab_size", "seq_len", "n_layer", "d_model", "n_head")
+        missing = [key for key in required if key not in d]
+        if missing:
+            raise ValueError(f"model: missing key(s) {missing}")
+        d = dict(d)
+        moe = d.get("moe")
+        if isinstance(moe, dict):
+            moe_known = {f.name for f in fields(MoEConfig)}
+            moe_unknown = sorted(set(moe) - moe_known)
+            if moe_unknown:
+                raise ValueError(
+                    f"model.moe: unknown key(s) {moe_unknown}; expected keys among {sorted(moe_known)}"
+                )
+            if "num_experts" not in moe:
+                raise ValueError("model.moe: missing key 'num_experts'")
+            d["moe"] = MoEConfig(**moe)
+        elif moe is not None and not isinstance(moe, MoEConfig):
+            raise ValueError(f"model.moe={moe!r}: expected null or a mapping")
+        return cls(**d)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Dense SwiGLU width: mlp_ratio * d_model rounded to the nearest multiple of 8 (>= 8)."""
+        return max(MLP_MULTIPLE, MLP_MULTIPLE * round(self.mlp_ratio * self.d_model / MLP_MULTIPLE))
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """Indices of the layers whose MLP is an MoE: every `every`-th, counting from 1."""
+        if self.moe is None:
+            return ()
+        return tuple(i for i in range(self.n_layer) if (i + 1) % self.moe.every == 0)
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # [batch, time, vocab]
+    loss: torch.Tensor | None  # mean cross-entropy, nats/token; None without targets
+    aux_loss: torch.Tensor  # weighted MoE auxiliary losses summed over MoE layers; 0 for dense
+    moe_stats: list[dict[str, Any]]  # one dict per MoE layer ("layer" + MoE.forward's stats)
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * theta_i, theta_i = base^(-2i/head_dim) (RoFormer, Su et al. 2021)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()  # [seq_len, head_dim / 2]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i + d/2}) of x [batch, heads, time, head_dim] (GPT-NeoX layout)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        # Separate q, k, v projections so tensor parallelism can shard each column-wise.
+        self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (
+            w(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+            for w in (self.wq, self.wk, self.wv)
+        )
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.is_moe = layer in cfg.moe_layers
+        if self.is_moe:
+            self.mlp = MoE(cfg.d_model, cfg.mlp_hidden, cfg.moe)
+        else:
+            self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        if not self.is_moe:
+            return x + self.mlp(self.mlp_norm(x)), None, None
+        h, aux_loss, stats = self.mlp(self.mlp_norm(x))
+        return x + h, aux_loss, {"layer": self.layer, **stats}
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tied_embeddings:
+            self.lm_head.weight = self.wte.weight
+        cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        std = self.cfg.init_std
+        residual_std = std / math.sqrt(2 * self.cfg.n_layer)  # GPT-2 scaled residual init
+        nn.init.normal_(self.wte.weight, std=std)
+        if not self.cfg.tied_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=std)
+        self.norm.reset_parameters()
+        for block in self.blocks:
+            block.attn_norm.reset_parameters()
+            block.mlp_norm.reset_parameters()
+            for w in (block.attn.wq, block.attn.wk, block.attn.wv):
+                nn.init.normal_(w.weight, std=std)
+            nn.init.normal_(block.attn.wo.weight, std=residual_std)
+            if block.is_moe:
+                block.mlp.init_weights(std, residual_std)
+            else:
+                nn.init.normal_(block.mlp.w_gate.weight, std=std)
+                nn.init.normal_(block.mlp.w_up.weight, std=std)
+                nn.init.normal_(block.mlp.w_down.weight, std=residual_std)
+
+    def set_moe_impl(self, impl: str) -> None:
+        """Choose the expert kernel of every MoE layer: "auto", "grouped" or "loop"."""
+        for block in self.blocks:
+            if block.is_moe:
+                block.mlp.impl = impl
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        length = idx.shape[1]
+        if length > self.cfg.seq_len:
+            raise ValueError(f"input length {length} exceeds model.seq_len={self.cfg.seq_len}")
+        cos, sin = self.rope_cos[:length], self.rope_sin[:length]
+        x = self.wte(idx)
+        aux_loss = torch.zeros((), device=idx.device)
+        moe_stats = []
+        for block in self.blocks:
+            x, block_aux, stats = block(x, cos, sin)
+            if block_aux is not None:
+                aux_loss = aux_loss + block_aux
+                moe_stats.append(stats)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return ModelOutput(logits, loss, aux_loss, moe_stats)
