@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 def write_gzip_atomic(src: Path, dest: Path) -> None:
     """Gzip `src` into `dest` through a temporary file, so `dest` appears whole or not at all."""
-    with atomic_path(dest) as tmp, open(src, "rb") as fin, gzip.open(tmp, "wb", compresslevel=6) as fout:
+    with (
+        atomic_path(dest) as tmp,
+        open(src, "rb") as fin,
+        gzip.open(tmp, "wb", compresslevel=6) as fout,
+    ):
         shutil.copyfileobj(fin, fout)
 
 
@@ -79,7 +83,8 @@ class TraceWindow:
             prof.export_chrome_trace(str(raw))
             write_gzip_atomic(raw, self.out_path)
         self.written = True
-        log.info(f"profiler trace written to {self.out_path}")
+        message = f"profiler trace written to {self.out_path}"
+        log.info(message)
 
     def __enter__(self) -> TraceWindow:
         if self.enabled:

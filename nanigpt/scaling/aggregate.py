@@ -84,6 +84,10 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if summary.get(key) is None]
     if missing:
         raise AggregateError(f"summary {path}: missing required key(s) {missing}")
+    for key in REQUIRED_KEYS[2:]:
+        value = summary[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AggregateError(f"summary {path}: {key} = {value!r}, expected a number")
     row: dict[str, Any] = {}
     for key, value in summary.items():
         if key == "provenance":
@@ -119,7 +123,9 @@ def aggregate(paths: Iterable[str | Path]) -> pl.DataFrame:
         try:
             columns[key] = pl.Series(key, values, dtype=dtype, strict=False)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as e:
-            raise AggregateError(f"column {key!r}: values {values[:5]} do not form a column: {e}")
+            raise AggregateError(
+                f"column {key!r}: values {values[:5]} do not form a column: {e}"
+            ) from e
     return pl.DataFrame(columns).sort("run_id")
 
 

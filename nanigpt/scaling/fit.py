@@ -18,7 +18,7 @@ the 6ND frontier is written beside it. For small models the two differ because a
 context and the (embedding-sized) output head are a large share of the work, and 6N leaves both out.
 
 CLI: `python -m nanigpt.scaling.fit --runs runs.parquet --out fits.json [--loss final_val_bpb]
-[--n-column params_non_embedding_active] [--bootstrap 200] [--seed 0] [--strict]`
+[--n-column params_non_embedding_active] [--bootstrap 100] [--seed 0] [--strict]`
 
 fits.json holds one entry per `arch_kind` in the table: a fit, or `{"error": msg}` when the fit is
 refused (too few runs, degenerate data). The CLI still exits 0 then, so the headline figure is drawn
@@ -29,16 +29,21 @@ input (no table, a missing column) exits 2.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import ctypes
+import glob
 import math
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy
 from scipy.optimize import minimize
 
 from nanigpt.io import write_json_atomic
@@ -57,15 +62,24 @@ N_COLUMNS = (
 # Bounds on theta = (a, b, e, alpha, beta). Exponents are kept non-negative and finite; a fit that
 # ends on an exponent bound is refused as degenerate (the loss does not follow a power law there).
 EXPONENT_MAX = 4.0
-THETA_BOUNDS = [(-30.0, 80.0), (-30.0, 80.0), (-20.0, 10.0), (0.0, EXPONENT_MAX), (0.0, EXPONENT_MAX)]
+THETA_BOUNDS = [
+    (-30.0, 80.0),
+    (-30.0, 80.0),
+    (-20.0, 10.0),
+    (0.0, EXPONENT_MAX),
+    (0.0, EXPONENT_MAX),
+]
 # Initialisation grid (Besiroglu et al. 2024 use a finer one; the objective is evaluated on all of
 # it at once and L-BFGS starts only from the best few, which finds the same optimum for far less).
 GRID_EXPONENTS = (0.1, 0.25, 0.4, 0.6, 0.9, 1.3)
 GRID_LOG_SCALES = tuple(np.arange(0.0, 27.5, 2.5))
 GRID_FLOOR_FRACTIONS = (0.05, 0.3, 0.6, 0.85, 0.97)
 N_STARTS = 8
-# The N grid on which the frontier is minimised (log N spans 1 .. 1e20 parameters).
-_LOG_N_GRID = np.linspace(0.0, math.log(1e20), 3000)
+# Bootstrap refits start at the full-data optimum, so few iterations are needed; the cap only
+# bounds the rare replicate that wanders along a flat valley (it then stops close to its optimum).
+BOOTSTRAP_MAXITER = 400
+# The frontier's optimum N is searched in 1 .. 1e20 parameters.
+_LOG_N_MAX = math.log(1e20)
 
 
 class FitError(ValueError):
@@ -150,6 +164,31 @@ class LawFit:
         return [LawParams(*row) for row in self.bootstrap]
 
 
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Run scipy's own OpenBLAS on one thread for the duration (best effort, Linux wheels).
+
+    L-BFGS-B calls BLAS on 5-vectors; OpenBLAS's worker threads only add overhead there, which on
+    a loaded 2-core machine made each iteration ~50x slower. numpy's and torch's BLAS are untouched.
+    """
+    libs = []
+    pattern = os.path.join(
+        os.path.dirname(scipy.__file__), os.pardir, "scipy.libs", "*openblas*.so"
+    )
+    for path in glob.glob(pattern):
+        try:
+            lib = ctypes.CDLL(path)
+            libs.append((lib, lib.scipy_openblas_get_num_threads()))
+            lib.scipy_openblas_set_num_threads(1)
+        except (OSError, AttributeError):
+            continue
+    try:
+        yield
+    finally:
+        for lib, threads in libs:
+            lib.scipy_openblas_set_num_threads(threads)
+
+
 # --- the objective ------------------------------------------------------------------------------
 
 
@@ -162,28 +201,19 @@ def _objective(
     L-BFGS's relative stopping rule is not met before the fit has converged.
     """
     a, b, e, alpha, beta = theta
-    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
-    top = terms.max(axis=0)
-    exp_terms = np.exp(terms - top)
-    total = exp_terms.sum(axis=0)
+    t1 = a - alpha * log_n
+    t2 = b - beta * log_d
+    top = np.maximum(np.maximum(t1, t2), e)
+    x1, x2, x3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(e - top)
+    total = x1 + x2 + x3
     residual = top + np.log(total) - log_l
-    abs_r = np.abs(residual)
-    huber = np.where(
-        abs_r <= HUBER_DELTA, 0.5 * residual**2, HUBER_DELTA * (abs_r - 0.5 * HUBER_DELTA)
-    )
-    d_huber = weights * np.clip(residual, -HUBER_DELTA, HUBER_DELTA)
-    softmax = exp_terms / total
-    grad = np.array(
-        [
-            np.sum(d_huber * softmax[0]),
-            np.sum(d_huber * softmax[1]),
-            np.sum(d_huber * softmax[2]),
-            -np.sum(d_huber * softmax[0] * log_n),
-            -np.sum(d_huber * softmax[1] * log_d),
-        ]
-    )
+    clipped = np.clip(residual, -HUBER_DELTA, HUBER_DELTA)  # the Huber loss's derivative
+    huber = clipped * (residual - 0.5 * clipped)  # r^2/2 inside delta, delta(|r| - delta/2) out
+    g = weights * clipped / total  # times the softmax weights x_i / total below
+    gx1, gx2 = g * x1, g * x2
+    grad = np.array([gx1.sum(), gx2.sum(), g @ x3, -(gx1 @ log_n), -(gx2 @ log_d)])
     scale = 1.0 / HUBER_DELTA**2
-    return float(np.sum(weights * huber)) * scale, grad * scale
+    return float(weights @ huber) * scale, grad * scale
 
 
 def _grid(log_l_min: float) -> np.ndarray:
@@ -199,11 +229,13 @@ def _grid_objective(grid: np.ndarray, log_n, log_d, log_l) -> np.ndarray:
     t2 = b - beta * log_d
     pred = np.logaddexp(np.logaddexp(t1, t2), e)
     abs_r = np.abs(pred - log_l)
-    huber = np.where(abs_r <= HUBER_DELTA, 0.5 * abs_r**2, HUBER_DELTA * (abs_r - 0.5 * HUBER_DELTA))
+    huber = np.where(
+        abs_r <= HUBER_DELTA, 0.5 * abs_r**2, HUBER_DELTA * (abs_r - 0.5 * HUBER_DELTA)
+    )
     return huber.sum(axis=1)
 
 
-def _minimise(theta0, log_n, log_d, log_l, weights) -> tuple[np.ndarray, float]:
+def _minimise(theta0, log_n, log_d, log_l, weights, maxiter=2000) -> tuple[np.ndarray, float]:
     result = minimize(
         _objective,
         theta0,
@@ -211,7 +243,7 @@ def _minimise(theta0, log_n, log_d, log_l, weights) -> tuple[np.ndarray, float]:
         jac=True,
         method="L-BFGS-B",
         bounds=THETA_BOUNDS,
-        options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9},
+        options={"maxiter": maxiter, "ftol": 1e-12, "gtol": 1e-8},
     )
     return result.x, float(result.fun)
 
@@ -253,9 +285,19 @@ def _check_points(n: np.ndarray, d: np.ndarray, loss: np.ndarray, labels: Sequen
         )
 
 
-def _check_optimum(theta: np.ndarray) -> None:
+def _check_optimum(theta: np.ndarray, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> None:
     if not np.all(np.isfinite(theta)):
         raise FitError(f"the fit did not converge to finite values: {theta}")
+    params = LawParams.from_theta(theta)
+    for name, term in (
+        ("A/N^alpha", params.A / n**params.alpha),
+        ("B/D^beta", params.B / d**params.beta),
+    ):
+        if np.max(term / loss) < 1e-4:
+            raise FitError(
+                f"degenerate fit: the {name} term is below 1e-4 of the loss on every run; "
+                "the loss does not depend on that variable over these runs"
+            )
     for name, value in (("alpha", theta[3]), ("beta", theta[4])):
         if value < 1e-3 or value > EXPONENT_MAX - 1e-3:
             raise FitError(
@@ -273,7 +315,7 @@ def fit_law(
     d: Any,
     loss: Any,
     *,
-    bootstrap: int = 200,
+    bootstrap: int = 100,
     seed: int = 0,
     ci_level: float = 0.95,
     labels: Sequence[str] | None = None,
@@ -289,6 +331,13 @@ def fit_law(
     loss = np.asarray(loss, dtype=float)
     labels = list(labels) if labels is not None else [f"#{i}" for i in range(len(n))]
     _check_points(n, d, loss, labels)
+    with _single_threaded_blas():
+        return _fit_checked(n, d, loss, bootstrap=bootstrap, seed=seed, ci_level=ci_level)
+
+
+def _fit_checked(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstrap: int, seed: int, ci_level: float
+) -> LawFit:
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
     ones = np.ones_like(log_n)
 
@@ -299,7 +348,7 @@ def fit_law(
         theta, obj = _minimise(theta0, log_n, log_d, log_l, ones)
         if obj < best_obj:
             best_theta, best_obj = theta, obj
-    _check_optimum(best_theta)
+    _check_optimum(best_theta, n, d, loss)
 
     rng = np.random.default_rng(seed)
     replicates = []
@@ -308,7 +357,7 @@ def fit_law(
         if len(np.unique(n[idx])) < MIN_DISTINCT or len(np.unique(d[idx])) < MIN_DISTINCT:
             continue
         weights = np.bincount(idx, minlength=len(n)).astype(float)
-        theta, _ = _minimise(best_theta, log_n, log_d, log_l, weights)
+        theta, _ = _minimise(best_theta, log_n, log_d, log_l, weights, maxiter=BOOTSTRAP_MAXITER)
         if np.all(np.isfinite(theta)):
             replicates.append(LawParams.from_theta(theta).as_array())
     return LawFit(
@@ -330,37 +379,47 @@ def compute_optimal(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """N_opt, D_opt and the loss there for each compute budget C = flops_per_token(N) * D.
 
-    Minimises L(N, C / flops_per_token(N)) over a log-N grid (1 .. 1e20) refined by a parabola
-    through the best grid point and its neighbours; budgets whose optimum lies on the grid's edge
-    get NaN.
+    With x = log N, the reducible loss g(x) = A e^(-alpha x) + B (f(N) / C)^beta has
+    g'(x) = -alpha A e^(-alpha x) + beta B (f(N) / C)^beta k N / f(N), which rises through zero
+    once; its root is found by bisection for all budgets at once, with N in (1, 1e20). Budgets
+    whose optimum lies outside that range get NaN.
     """
     flops = np.atleast_1d(np.asarray(flops, dtype=float))
-    n_grid = np.exp(_LOG_N_GRID)
-    fpt = flops_per_token(n_grid)
-    valid = fpt > 0
-    log_n = _LOG_N_GRID[valid]
-    n_term = params.A * np.exp(-params.alpha * log_n)
-    log_fpt = np.log(fpt[valid])
-    # B / D^beta with D = C / fpt(N)  ->  B * exp(beta * (log fpt - log C))
-    d_term = params.B * np.exp(params.beta * (log_fpt[None, :] - np.log(flops)[:, None]))
-    reducible = n_term[None, :] + d_term
-    j = np.argmin(reducible, axis=1)
-    inside = (j > 0) & (j < len(log_n) - 1)
-    jc = np.clip(j, 1, len(log_n) - 2)
-    rows = np.arange(len(flops))
-    y0, y1, y2 = reducible[rows, jc - 1], reducible[rows, jc], reducible[rows, jc + 1]
-    curvature = y0 - 2 * y1 + y2
-    offset = np.where(curvature > 0, 0.5 * (y0 - y2) / np.where(curvature > 0, curvature, 1), 0.0)
-    step = log_n[1] - log_n[0]
-    n_opt = np.exp(log_n[jc] + np.clip(offset, -1, 1) * step)
+    k, c = flops_per_token.k, flops_per_token.c
+    lo_x = max(0.0, math.log(-c / k) + 1e-9) if c < 0 else 0.0
+    lo = np.full_like(flops, lo_x)
+    hi = np.full_like(flops, _LOG_N_MAX)
+    log_c = np.log(flops)
+
+    def slope(x: np.ndarray) -> np.ndarray:
+        n = np.exp(x)
+        f = k * n + c
+        d_term = params.B * np.exp(params.beta * (np.log(f) - log_c))
+        return (
+            -params.alpha * params.A * np.exp(-params.alpha * x) + params.beta * d_term * k * n / f
+        )
+
+    inside = (slope(lo) < 0) & (slope(hi) > 0)
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        rising = slope(mid) > 0
+        hi = np.where(rising, mid, hi)
+        lo = np.where(rising, lo, mid)
+    n_opt = np.exp(0.5 * (lo + hi))
     d_opt = flops / flops_per_token(n_opt)
     loss_opt = params.loss(n_opt, d_opt)
     nan = np.full_like(flops, np.nan)
-    return (np.where(inside, n_opt, nan), np.where(inside, d_opt, nan), np.where(inside, loss_opt, nan))
+    return (
+        np.where(inside, n_opt, nan),
+        np.where(inside, d_opt, nan),
+        np.where(inside, loss_opt, nan),
+    )
 
 
 def allocation_exponents(params: LawParams) -> dict[str, float]:
     """Under C = 6ND: N_opt = G (C/6)^a, D_opt = (C/6)^b / G (Hoffmann et al. 2022, eq. 4)."""
+    if min(params.alpha, params.beta) <= 0:  # a bootstrap replicate on an exponent bound
+        return {"a": math.nan, "b": math.nan, "G": math.nan}
     s = params.alpha + params.beta
     return {
         "a": params.beta / s,
@@ -394,13 +453,15 @@ def _ci_pair(values: np.ndarray, level: float) -> list[float | None]:
 
 
 def _band(rows: list[np.ndarray], level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise percentile band over bootstrap frontiers (NaN where no replicate has a value)."""
     if not rows:
         return np.array([]), np.array([])
     stack = np.array(rows)
     tail = 100 * (1 - level) / 2
-    with np.errstate(all="ignore"):
-        lo = np.nanpercentile(stack, tail, axis=0) if np.isfinite(stack).any() else stack[0]
-        hi = np.nanpercentile(stack, 100 - tail, axis=0) if np.isfinite(stack).any() else stack[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        lo = np.nanpercentile(stack, tail, axis=0)
+        hi = np.nanpercentile(stack, 100 - tail, axis=0)
     return lo, hi
 
 
@@ -415,7 +476,7 @@ def fit_arch(
     *,
     loss_column: str = "final_val_bpb",
     n_column: str = "params_non_embedding_active",
-    bootstrap: int = 200,
+    bootstrap: int = 100,
     seed: int = 0,
     ci_level: float = 0.95,
     flops_grid: np.ndarray | None = None,
@@ -487,8 +548,8 @@ def fit_arch(
             "max": float(np.max(ratio)),
         }
     if loss_column == "final_val_bpb" and "floor_bpb" in table.columns:
-        floor = float(table["floor_bpb"].drop_nulls().mean() or math.nan)
-        if math.isfinite(floor):
+        floor = table["floor_bpb"].drop_nulls().mean()
+        if floor is not None and math.isfinite(floor):
             lo, hi = law.ci("E")
             entry["floor_bpb"] = floor
             entry["E_minus_floor"] = law.params.E - floor
@@ -531,7 +592,7 @@ def fit_all(
     *,
     loss_column: str = "final_val_bpb",
     n_column: str = "params_non_embedding_active",
-    bootstrap: int = 200,
+    bootstrap: int = 100,
     seed: int = 0,
     ci_level: float = 0.95,
 ) -> dict[str, Any]:
@@ -562,7 +623,7 @@ def fit_all(
                 flops_grid=grid,
             )
         except FitError as e:
-            out[arch_kind] = {"error": f"{arch_kind}: {e}", "n_points": rows.height}
+            out[arch_kind] = {"error": str(e), "n_points": rows.height}
             continue
         out[arch_kind] = entry
         laws[arch_kind] = (law, fpt)
@@ -575,12 +636,12 @@ def fit_all(
     return out
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """NaN/inf become null (JSON has neither); numpy values become Python ones."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | np.ndarray):
-        return [_jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+        return [jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -597,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="fits.json to write")
     parser.add_argument("--loss", default="final_val_bpb", choices=sorted(LOSS_UNITS))
     parser.add_argument("--n-column", default="params_non_embedding_active", choices=N_COLUMNS)
-    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (runs)")
+    parser.add_argument("--bootstrap", type=int, default=100, help="bootstrap replicates over runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ci", type=float, default=0.95, help="confidence level of intervals")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any fit is refused")
@@ -618,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyError, ValueError, pl.exceptions.PolarsError, OSError) as e:
         print(f"error: {args.runs}: {e}", file=sys.stderr)
         return 2
-    write_json_atomic(args.out, _jsonable(fits))
+    write_json_atomic(args.out, jsonable(fits))
     refused = 0
     for arch_kind, entry in fits.items():
         if "error" in entry:

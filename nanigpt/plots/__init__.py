@@ -1,0 +1,41 @@
+"""Figures of the study (Altair, saved as SVG): every chart is a file the graph can rebuild.
+
+Serves every core question that ends in a figure; the headline is `moe_vs_dense` (core question 4,
+how do dense and MoE scale?). Charts are written atomically: rendered to a temporary `.svg` beside
+the target (vl-convert picks the format from the suffix), then renamed onto it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import altair as alt
+
+# One colour per architecture, the same in every figure.
+ARCH_COLOURS = {"dense": "#1f77b4", "moe": "#d62728"}
+_FALLBACK_COLOURS = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+def arch_colour_scale(arch_kinds: list[str]) -> alt.Scale:
+    """A colour scale that gives dense and MoE the same colours in every chart."""
+    domain = sorted(arch_kinds)
+    extra = iter(_FALLBACK_COLOURS)
+    return alt.Scale(domain=domain, range=[ARCH_COLOURS.get(a) or next(extra) for a in domain])
+
+
+def save_chart(chart: alt.TopLevelMixin, path: str | os.PathLike) -> Path:
+    """Render `chart` with vl-convert to `path` (format from its suffix), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        chart.save(str(tmp_path))
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
