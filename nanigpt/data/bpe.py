@@ -39,9 +39,7 @@ from nanigpt.io import read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 # GPT-2's pre-split pattern (openai/gpt-2, src/encoder.py).
-GPT2_PATTERN = (
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-)
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 TOKENIZER_FORMAT_VERSION = 1
 
@@ -178,7 +176,9 @@ class Tokenizer:
             elif 0 <= i < len(self.token_bytes):
                 parts.append(self.token_bytes[i])
             else:
-                raise ValueError(f"token id {i} is not in this tokenizer (vocab_size {self.vocab_size})")
+                raise ValueError(
+                    f"token id {i} is not in this tokenizer (vocab_size {self.vocab_size})"
+                )
         return b"".join(parts)
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -221,11 +221,15 @@ class Tokenizer:
             raise bad(f"vocab_size must be an int >= 257, got {vocab_size!r}")
         merges = obj["merges"]
         if not isinstance(merges, list) or len(merges) > vocab_size - 257:
-            raise bad(f"merges must be a list of at most vocab_size - 257 = {vocab_size - 257} pairs")
+            raise bad(
+                f"merges must be a list of at most vocab_size - 257 = {vocab_size - 257} pairs"
+            )
         for rank, m in enumerate(merges):
             ok = isinstance(m, list) and len(m) == 2 and all(isinstance(i, int) for i in m)
             if not ok or not all(0 <= i < 256 + rank for i in m):
-                raise bad(f"merge {rank} is {m!r}: expected [left_id, right_id] with ids < {256 + rank}")
+                raise bad(
+                    f"merge {rank} is {m!r}: expected [left_id, right_id] with ids < {256 + rank}"
+                )
         special = obj.get("special_tokens", {EOT: vocab_size - 1})
         if special != {EOT: vocab_size - 1}:
             raise bad(f"special_tokens must be {{{EOT!r}: {vocab_size - 1}}}, got {special!r}")

@@ -41,15 +41,17 @@ pub fn count_chunks<S: AsRef<str> + Sync>(texts: &[S], splitter: &Splitter) -> V
             splitter.for_each(text.as_ref(), |chunk| *acc.entry(chunk).or_insert(0) += 1);
             acc
         })
-        .reduce(FxHashMap::default, |mut a, b| {
-            let (big, small) = if a.len() >= b.len() { (&mut a, b) } else { (&mut b.clone(), a) };
+        .reduce(FxHashMap::default, |a, b| {
+            let (mut big, small) = if a.len() >= b.len() { (a, b) } else { (b, a) };
             for (k, v) in small {
                 *big.entry(k).or_insert(0) += v;
             }
-            std::mem::take(big)
+            big
         });
-    let mut chunks: Vec<(Vec<u8>, u64)> =
-        counts.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect();
+    let mut chunks: Vec<(Vec<u8>, u64)> = counts
+        .into_iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v))
+        .collect();
     chunks.sort_unstable(); // determinism of the word order (the result does not depend on it)
     chunks
 }
@@ -70,8 +72,10 @@ pub fn train<S: AsRef<str> + Sync>(
 }
 
 pub fn train_from_counts(chunks: &[(Vec<u8>, u64)], num_merges: usize) -> Vec<Pair> {
-    let mut words: Vec<Vec<u32>> =
-        chunks.iter().map(|(c, _)| c.iter().map(|&b| b as u32).collect()).collect();
+    let mut words: Vec<Vec<u32>> = chunks
+        .iter()
+        .map(|(c, _)| c.iter().map(|&b| b as u32).collect())
+        .collect();
     let freqs: Vec<i64> = chunks.iter().map(|&(_, f)| f as i64).collect();
 
     // Initial pair counts and the index pair -> words containing it, in parallel.
@@ -108,14 +112,20 @@ pub fn train_from_counts(chunks: &[(Vec<u8>, u64)], num_merges: usize) -> Vec<Pa
     let mut delta: FxHashMap<Pair, i64> = FxHashMap::default();
 
     while merges.len() < num_merges {
-        let Some((count, Reverse(pair))) = heap.pop() else { break };
+        let Some((count, Reverse(pair))) = heap.pop() else {
+            break;
+        };
         if count <= 0 || counts.get(&pair) != Some(&count) {
             continue; // stale entry
         }
         let new_id = 256 + merges.len() as u32;
         merges.push(pair);
         delta.clear();
-        let mut touched: Vec<u32> = where_.remove(&pair).unwrap_or_default().into_iter().collect();
+        let mut touched: Vec<u32> = where_
+            .remove(&pair)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         touched.sort_unstable();
         for &wi in &touched {
             let word = &words[wi as usize];
@@ -146,7 +156,6 @@ pub fn train_from_counts(chunks: &[(Vec<u8>, u64)], num_merges: usize) -> Vec<Pa
                 heap.push((*c, Reverse(q)));
             }
         }
-        counts.retain(|_, c| *c > 0);
     }
     merges
 }
@@ -174,7 +183,11 @@ impl Bpe {
             }
             ranks.insert((l, r), rank as u32);
         }
-        Ok(Bpe { ranks, vocab_size, splitter: Splitter::new(pattern)? })
+        Ok(Bpe {
+            ranks,
+            vocab_size,
+            splitter: Splitter::new(pattern)?,
+        })
     }
 
     pub fn eot_id(&self) -> u32 {
@@ -192,7 +205,7 @@ impl Bpe {
             let mut best: Option<(u32, Pair)> = None;
             for p in ids.windows(2) {
                 if let Some(&r) = self.ranks.get(&(p[0], p[1])) {
-                    if best.map_or(true, |(br, _)| r < br) {
+                    if !matches!(best, Some((br, _)) if br <= r) {
                         best = Some((r, (p[0], p[1])));
                     }
                 }
@@ -217,7 +230,12 @@ impl Bpe {
     }
 
     /// Ids of `text` (no EOT); a cache maps repeated chunks to their ids.
-    pub fn encode_into(&self, text: &str, out: &mut Vec<u32>, cache: &mut FxHashMap<String, Vec<u32>>) {
+    pub fn encode_into(
+        &self,
+        text: &str,
+        out: &mut Vec<u32>,
+        cache: &mut FxHashMap<String, Vec<u32>>,
+    ) {
         self.splitter.for_each(text, |chunk| {
             if chunk.len() == 1 {
                 out.push(chunk.as_bytes()[0] as u32);
@@ -240,7 +258,11 @@ impl Bpe {
     }
 
     /// Each text's ids, in parallel over documents (one chunk cache per worker).
-    pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S], append_eot: bool) -> Vec<Vec<u32>> {
+    pub fn encode_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        append_eot: bool,
+    ) -> Vec<Vec<u32>> {
         texts
             .par_iter()
             .map_init(FxHashMap::default, |cache, t| {
@@ -262,8 +284,10 @@ mod tests {
 
     /// Full recount per merge: the Python reference's algorithm.
     fn naive(chunks: &[(Vec<u8>, u64)], num_merges: usize) -> Vec<Pair> {
-        let mut words: Vec<Vec<u32>> =
-            chunks.iter().map(|(c, _)| c.iter().map(|&b| b as u32).collect()).collect();
+        let mut words: Vec<Vec<u32>> = chunks
+            .iter()
+            .map(|(c, _)| c.iter().map(|&b| b as u32).collect())
+            .collect();
         let mut merges = vec![];
         for k in 0..num_merges {
             let mut counts: FxHashMap<Pair, u64> = FxHashMap::default();
@@ -275,7 +299,10 @@ mod tests {
             let Some((&best, _)) = counts.iter().min_by_key(|(&p, &c)| (Reverse(c), p)) else {
                 break;
             };
-            words = words.iter().map(|w| merge_pair(w, best, 256 + k as u32)).collect();
+            words = words
+                .iter()
+                .map(|w| merge_pair(w, best, 256 + k as u32))
+                .collect();
             merges.push(best);
         }
         merges

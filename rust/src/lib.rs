@@ -1,13 +1,228 @@
 //! naniGPT's Rust track: the pieces of the data pipeline rewritten from their Python references.
+//!
+//! This file only converts types and releases the GIL; the logic lives in plain Rust modules
+//! (`pretokenize`, `bpe`, `shard`, `loader`) tested by `cargo test`.
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+pub mod bpe;
+pub mod loader;
+pub mod pretokenize;
+pub mod shard;
 
 #[pyfunction]
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
+/// Run `f` on a pool of `num_threads` threads (all cores when None).
+fn with_threads<T: Send>(num_threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    match num_threads {
+        None => Ok(f()),
+        Some(n) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| PyRuntimeError::new_err(format!("cannot start {n} threads: {e}")))?;
+            Ok(pool.install(f))
+        }
+    }
+}
+
+/// Learn BPE merges: `[(left_id, right_id), ...]` in rank order, identical to the Python reference.
+#[pyfunction]
+#[pyo3(signature = (texts, vocab_size, pattern=None, num_threads=None))]
+fn train_bpe(
+    py: Python<'_>,
+    texts: Vec<String>,
+    vocab_size: usize,
+    pattern: Option<String>,
+    num_threads: Option<usize>,
+) -> PyResult<Vec<(u32, u32)>> {
+    let pattern = pattern.unwrap_or_else(|| pretokenize::GPT2_PATTERN.to_string());
+    let splitter = pretokenize::Splitter::new(&pattern).map_err(PyValueError::new_err)?;
+    py.allow_threads(|| with_threads(num_threads, || bpe::train(&texts, vocab_size, &splitter)))?
+        .map_err(PyValueError::new_err)
+}
+
+/// A trained byte-level BPE encoder (merges from tokenizer.json).
+#[pyclass(frozen)]
+struct Bpe {
+    inner: bpe::Bpe,
+}
+
+#[pymethods]
+impl Bpe {
+    #[new]
+    #[pyo3(signature = (merges, vocab_size, pattern=None))]
+    fn new(merges: Vec<(u32, u32)>, vocab_size: u32, pattern: Option<String>) -> PyResult<Self> {
+        let pattern = pattern.unwrap_or_else(|| pretokenize::GPT2_PATTERN.to_string());
+        let inner = bpe::Bpe::new(&merges, vocab_size, &pattern).map_err(PyValueError::new_err)?;
+        Ok(Bpe { inner })
+    }
+
+    #[getter]
+    fn eot_id(&self) -> u32 {
+        self.inner.eot_id()
+    }
+
+    /// Ids of one text (no EOT).
+    fn encode(&self, py: Python<'_>, text: &str) -> Vec<u32> {
+        py.allow_threads(|| self.inner.encode(text))
+    }
+
+    /// Ids of each text, parallel over texts with the GIL released.
+    #[pyo3(signature = (texts, append_eot=false, num_threads=None))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        append_eot: bool,
+        num_threads: Option<usize>,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        py.allow_threads(|| {
+            with_threads(num_threads, || self.inner.encode_batch(&texts, append_eot))
+        })
+    }
+
+    /// Documents as one flat little-endian uint32 buffer with EOT after each, plus each document's
+    /// token count (EOT included): what a shard needs, without a Python list per token.
+    #[pyo3(signature = (texts, num_threads=None))]
+    fn encode_documents<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<String>,
+        num_threads: Option<usize>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
+        let (flat, lengths) = py.allow_threads(|| {
+            with_threads(num_threads, || {
+                let docs = self.inner.encode_batch(&texts, true);
+                let lengths: Vec<u64> = docs.iter().map(|d| d.len() as u64).collect();
+                let mut flat = Vec::with_capacity(lengths.iter().sum::<u64>() as usize * 4);
+                for d in &docs {
+                    for &id in d {
+                        flat.extend_from_slice(&id.to_le_bytes());
+                    }
+                }
+                (flat, lengths)
+            })
+        })?;
+        Ok((PyBytes::new(py, &flat), lengths))
+    }
+}
+
+/// A writable, C-contiguous int64 buffer of exactly `n` items, as a mutable slice.
+// The slice borrows memory that Python owns (not `buf` itself); `check_disjoint` makes sure two
+// such slices never alias.
+#[allow(clippy::mut_from_ref)]
+fn i64_slice<'a>(buf: &'a PyBuffer<i64>, n: usize, name: &str) -> PyResult<&'a mut [i64]> {
+    if buf.readonly() || !buf.is_c_contiguous() || buf.item_count() != n {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a writable C-contiguous int64 buffer of {n} items, got {} items{}",
+            buf.item_count(),
+            if buf.readonly() { " (read-only)" } else { "" }
+        )));
+    }
+    // SAFETY: checked writable, contiguous, of n i64 items; the PyBuffer keeps the memory alive
+    // and the caller (our Python loader) does not touch the array while we fill it.
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr() as *mut i64, n) })
+}
+
+/// Random windows of a token shard, filled into caller-owned int64 arrays (no copies).
+#[pyclass]
+struct BatchLoader {
+    inner: loader::Loader,
+}
+
+/// Refuse output buffers that share memory (two `&mut` to the same bytes would be undefined).
+fn check_disjoint(bufs: &[Option<&PyBuffer<i64>>]) -> PyResult<()> {
+    let spans: Vec<(usize, usize)> = bufs
+        .iter()
+        .flatten()
+        .map(|b| {
+            (
+                b.buf_ptr() as usize,
+                b.buf_ptr() as usize + b.item_count() * 8,
+            )
+        })
+        .collect();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            if a.0 < b.1 && b.0 < a.1 {
+                return Err(PyValueError::new_err(
+                    "x, y and labels must not share memory",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl BatchLoader {
+    #[new]
+    fn new(path: &str, seq_len: usize, batch_size: usize, seed: u64) -> PyResult<Self> {
+        let inner =
+            loader::Loader::new(path, seq_len, batch_size, seed).map_err(PyValueError::new_err)?;
+        Ok(BatchLoader { inner })
+    }
+
+    #[getter]
+    fn num_tokens(&self) -> usize {
+        self.inner.shard.num_tokens
+    }
+
+    #[pyo3(signature = (x, y, labels=None))]
+    fn fill(
+        &mut self,
+        py: Python<'_>,
+        x: PyBuffer<i64>,
+        y: PyBuffer<i64>,
+        labels: Option<PyBuffer<i64>>,
+    ) -> PyResult<()> {
+        let n = self.inner.seq_len * self.inner.batch_size;
+        check_disjoint(&[Some(&x), Some(&y), labels.as_ref()])?;
+        let (xs, ys) = (i64_slice(&x, n, "x")?, i64_slice(&y, n, "y")?);
+        let ls = match &labels {
+            Some(l) => Some(i64_slice(l, n, "labels")?),
+            None => None,
+        };
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.next_batch(xs, ys, ls));
+        Ok(())
+    }
+
+    #[pyo3(signature = (index, n_batches, x, y, labels=None))]
+    fn fill_eval(
+        &self,
+        py: Python<'_>,
+        index: usize,
+        n_batches: usize,
+        x: PyBuffer<i64>,
+        y: PyBuffer<i64>,
+        labels: Option<PyBuffer<i64>>,
+    ) -> PyResult<()> {
+        let n = self.inner.seq_len * self.inner.batch_size;
+        check_disjoint(&[Some(&x), Some(&y), labels.as_ref()])?;
+        let (xs, ys) = (i64_slice(&x, n, "x")?, i64_slice(&y, n, "y")?);
+        let ls = match &labels {
+            Some(l) => Some(i64_slice(l, n, "labels")?),
+            None => None,
+        };
+        let inner = &self.inner;
+        py.allow_threads(|| inner.eval_batch(index, n_batches, xs, ys, ls));
+        Ok(())
+    }
+}
+
 #[pymodule]
 fn nanigpt_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(train_bpe, m)?)?;
+    m.add("GPT2_PATTERN", pretokenize::GPT2_PATTERN)?;
+    m.add_class::<Bpe>()?;
+    m.add_class::<BatchLoader>()?;
     Ok(())
 }

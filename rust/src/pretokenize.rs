@@ -88,69 +88,81 @@ fn classes() -> &'static [u8] {
     })
 }
 
+/// Class and UTF-8 length of the char at byte `i` (ASCII without decoding).
 #[inline]
-fn class_of(c: char) -> u8 {
-    classes()[c as usize]
+fn class_at(text: &str, table: &[u8], i: usize) -> (u8, usize) {
+    let b = text.as_bytes()[i];
+    if b < 0x80 {
+        (table[b as usize], 1)
+    } else {
+        let c = text[i..].chars().next().unwrap();
+        (table[c as usize], c.len_utf8())
+    }
 }
 
 /// End (byte offset) of the GPT-2 chunk starting at `pos`; mirrors the alternatives in order.
 fn gpt2_next(text: &str, pos: usize) -> usize {
+    let table = classes();
     let bytes = text.as_bytes();
-    let rest = &text[pos..];
-    // 1. contractions
-    if bytes[pos] == b'\'' {
-        for suffix in ["s", "t", "re", "ve", "m", "ll", "d"] {
-            if rest[1..].starts_with(suffix) {
-                return pos + 1 + suffix.len();
-            }
+    let len = bytes.len();
+    // 1. contractions: 's 't 're 've 'm 'll 'd
+    if bytes[pos] == b'\'' && pos + 1 < len {
+        match bytes[pos + 1] {
+            b's' | b't' | b'm' | b'd' => return pos + 2,
+            b'r' | b'v' if pos + 2 < len && bytes[pos + 2] == b'e' => return pos + 3,
+            b'l' if pos + 2 < len && bytes[pos + 2] == b'l' => return pos + 3,
+            _ => {}
         }
     }
-    let mut chars = rest.char_indices().peekable();
-    let (_, first) = *chars.peek().unwrap();
     // 2-4. optional ' ' then a run of letters / numbers / other (not space, letter, number)
-    let body_start = if first == ' ' { 1 } else { 0 };
-    if let Some(c) = rest[body_start..].chars().next() {
-        let cls = class_of(c);
-        let run = |want: &dyn Fn(u8) -> bool| -> usize {
-            let mut end = body_start;
-            for (i, ch) in rest[body_start..].char_indices() {
-                if !want(class_of(ch)) {
-                    return pos + body_start + i;
-                }
-                end = body_start + i + ch.len_utf8();
-            }
-            pos + end
+    let body = if bytes[pos] == b' ' { pos + 1 } else { pos };
+    if body < len {
+        let (cls, n) = class_at(text, table, body);
+        let want = if cls & LETTER != 0 {
+            LETTER
+        } else if cls & NUMBER != 0 {
+            NUMBER
+        } else if cls & SPACE == 0 {
+            0 // "other": stop at the first letter, number or space
+        } else {
+            u8::MAX // whitespace: fall through
         };
-        if cls & LETTER != 0 {
-            return run(&|k| k & LETTER != 0);
-        }
-        if cls & NUMBER != 0 {
-            return run(&|k| k & NUMBER != 0);
-        }
-        if cls & (SPACE | LETTER | NUMBER) == 0 {
-            return run(&|k| k & (SPACE | LETTER | NUMBER) == 0);
+        if want != u8::MAX {
+            let mut end = body + n;
+            while end < len {
+                let (k, n) = class_at(text, table, end);
+                let keep = if want == 0 {
+                    k & (SPACE | LETTER | NUMBER) == 0
+                } else {
+                    k & want != 0
+                };
+                if !keep {
+                    break;
+                }
+                end += n;
+            }
+            return end;
         }
     }
     // 5-6. whitespace: `\s+(?!\S)` takes the run but leaves its last char if a non-space follows;
     // `\s+` takes a single char when the run is one char long.
-    let mut n_chars = 0;
+    let mut end = pos;
     let mut last_start = pos;
-    let mut end = text.len();
-    let mut followed = false;
-    for (i, ch) in rest.char_indices() {
-        if class_of(ch) & SPACE == 0 {
-            end = pos + i;
-            followed = true;
+    let mut n_chars = 0;
+    while end < len {
+        let (k, n) = class_at(text, table, end);
+        if k & SPACE == 0 {
             break;
         }
+        last_start = end;
+        end += n;
         n_chars += 1;
-        last_start = pos + i;
     }
     if n_chars == 0 {
-        // Cannot happen: a char is a letter, a number, a space or "other". Keep the scan moving.
-        return pos + first.len_utf8();
+        // Cannot happen (a char is a letter, number, space or other); keep the scan moving.
+        return pos + text[pos..].chars().next().unwrap().len_utf8();
     }
-    if followed && n_chars > 1 {
+    if end < len && n_chars > 1 {
         last_start
     } else {
         end
