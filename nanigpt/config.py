@@ -111,7 +111,28 @@ def validate_config(raw: Any, source: str = "config") -> dict:
     return config
 
 
+def dataset_module(spec: dict) -> str:
+    """The CLI module that builds a dataset of this kind."""
+    return "nanigpt.data.realtext" if spec["kind"] == "python_stdlib" else "nanigpt.data.synthetic"
+
+
+def _check_datasets(config: dict, source: str) -> None:
+    """Each dataset's own spec class checks the keys of its kind, before any job runs."""
+    from nanigpt.data.realtext import RealTextError, RealTextSpec
+    from nanigpt.data.synthetic import SpecError, SyntheticSpec
+
+    for name, spec in config["datasets"].items():
+        try:
+            if spec["kind"] == "python_stdlib":
+                RealTextSpec.from_dict(spec)
+            else:
+                SyntheticSpec.from_dict(spec)
+        except (RealTextError, SpecError, TypeError) as e:
+            raise ConfigError(f"{source}: datasets.{name}: {e}") from None
+
+
 def _check_references(config: dict, source: str) -> None:
+    _check_datasets(config, source)
     for name, size in config["sizes"].items():
         if size["d_model"] % size["n_head"]:
             raise ConfigError(

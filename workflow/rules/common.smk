@@ -1,7 +1,7 @@
 # Shared lookups: the runs the config declares, and the paths of each stage's outputs.
 import json
 
-from nanigpt.config import resolve_runs, run_settings_json, sweep_run_ids, tokens_dir
+from nanigpt.config import dataset_module, resolve_runs, run_settings_json, sweep_run_ids, tokens_dir
 
 RUNS = resolve_runs(config)
 LOGS = "results/logs"
@@ -28,3 +28,41 @@ def shard_path(run, split):
 
 def summaries_of_sweep(sweep):
     return [f"results/runs/{run_id}/summary.json" for run_id in sweep_run_ids(config, sweep)]
+
+
+# Resources of each job, read by cluster executors (workflow/profiles/slurm) and ignored by a
+# local run. Training asks for one task per process of the run's parallelism (dp*fsdp*tp*ep), each
+# with `training.threads` CPUs, and one GPU per process when `training.device` is cuda; a
+# multi-process run is marked `mpi` so the SLURM jobstep does not wrap it in `srun -n1`, and
+# `python -m nanigpt.launch` places the processes (srun + torchrun). Everything else is a small
+# CPU job. Override any value per rule with the profile's `set-resources`.
+TRAIN_ON_GPU = config["training"]["device"] == "cuda"
+TRAIN_MEM_MB_PER_PROCESS = 16000 if TRAIN_ON_GPU else 2000
+TRAIN_RUNTIME_MIN = 720 if TRAIN_ON_GPU else 60
+SMALL_JOB = {"cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
+
+
+def world_size(run):
+    par = run["parallelism"]
+    return par.get("dp", 1) * par.get("fsdp", 1) * par.get("tp", 1) * par.get("ep", 1)
+
+
+def train_tasks(wildcards):
+    return world_size(run_of(wildcards))
+
+
+def train_resources():
+    """The `resources:` of a training job; values are functions of the run's wildcards."""
+    resources = {
+        "tasks": train_tasks,
+        "mpi": lambda w: "srun" if train_tasks(w) > 1 else None,
+        "cpus_per_task": config["training"]["threads"],
+        # sbatch's --mem is per node; memory per CPU stays right however the tasks are placed.
+        "mem_mb_per_cpu": -(-TRAIN_MEM_MB_PER_PROCESS // config["training"]["threads"]),
+        "mem_mb": lambda w: TRAIN_MEM_MB_PER_PROCESS * train_tasks(w),
+        "runtime": TRAIN_RUNTIME_MIN,
+    }
+    if TRAIN_ON_GPU:
+        resources["gpu"] = train_tasks
+        resources["tasks_per_gpu"] = 1
+    return resources

@@ -1,4 +1,5 @@
-# Stage 1: synthetic data with a known loss floor (text + source labels + ground truth).
+# Stage 1: data. Synthetic text with a known loss floor (text + source labels + ground truth),
+# or real text (the stdlib's sources, floor unknown), both in the same layout.
 
 
 rule synthetic_data:
@@ -8,8 +9,11 @@ rule synthetic_data:
         truth="data/synthetic/{dataset}/ground_truth.json",
     params:
         spec=lambda w: json.dumps(config["datasets"][w.dataset], sort_keys=True),
+        module=lambda w: dataset_module(config["datasets"][w.dataset]),
+    resources:
+        **SMALL_JOB,
     log:
         f"{LOGS}/synthetic_data/{{dataset}}.log",
     shell:
-        "python -m nanigpt.data.synthetic --name {wildcards.dataset} --spec-json {params.spec:q}"
+        "python -m {params.module} --name {wildcards.dataset} --spec-json {params.spec:q}"
         " --out data/synthetic/{wildcards.dataset} > {log} 2>&1"

@@ -9,6 +9,8 @@ rule plot_moe_vs_dense:
         truth=f"data/synthetic/{config['sweeps'][config['scaling']['sweep']]['dataset']}/ground_truth.json",
     output:
         "results/scaling/moe_vs_dense.svg",
+    resources:
+        **SMALL_JOB,
     log:
         f"{LOGS}/plot_moe_vs_dense.log",
     shell:

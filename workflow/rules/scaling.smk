@@ -6,6 +6,8 @@ rule aggregate_runs:
         summaries_of_sweep(config["scaling"]["sweep"]),
     output:
         "results/scaling/runs.parquet",
+    resources:
+        **SMALL_JOB,
     log:
         f"{LOGS}/aggregate_runs.log",
     shell:
@@ -22,6 +24,8 @@ rule fit_scaling:
         n_column=config["scaling"]["n_column"],
         bootstrap=config["scaling"]["bootstrap"],
         seed=config["scaling"]["seed"],
+    resources:
+        **SMALL_JOB,
     log:
         f"{LOGS}/fit_scaling.log",
     shell:

@@ -13,6 +13,8 @@ rule train_tokenizer:
     params:
         vocab=lambda w: int(w.tokdir.rsplit("-v", 1)[1]),
         impl=config["tokenizer"]["impl"],
+    resources:
+        **SMALL_JOB,
     log:
         f"{LOGS}/train_tokenizer/{{tokdir}}.log",
     shell:
@@ -28,6 +30,8 @@ rule encode_tokens:
         "data/tokens/{tokdir}/{split}.bin",
     params:
         impl=config["tokenizer"]["impl"],
+    resources:
+        **SMALL_JOB,
     log:
         f"{LOGS}/encode_tokens/{{tokdir}}-{{split}}.log",
     shell:

@@ -15,6 +15,8 @@ rule train_run:
     params:
         run=lambda w: run_settings_json(run_of(w)),
     threads: config["training"]["threads"]
+    resources:
+        **train_resources(),
     log:
         f"{LOGS}/train_run/{{run_id}}.log",
     shell:
