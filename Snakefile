@@ -17,9 +17,11 @@ include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/bench.smk"
 
 
 rule all:
     default_target: True
     input:
         "results/scaling/moe_vs_dense.svg",
+        "results/rust/tokenizer.svg" if "bench" in config else [],

@@ -181,6 +181,12 @@ def _check_references(config: dict, source: str) -> None:
                         f"{source}: sweeps.{name}.{key}: unknown entry '{entry}' "
                         f"(defined under {key}: {', '.join(config[key])})"
                     )
+    for entry in config.get("bench", {}).get("datasets", []):
+        if entry not in config["datasets"]:
+            raise ConfigError(
+                f"{source}: bench.datasets: unknown dataset '{entry}' "
+                f"(defined: {', '.join(config['datasets'])})"
+            )
     if config["scaling"]["sweep"] not in config["sweeps"]:
         raise ConfigError(
             f"{source}: scaling.sweep: unknown sweep '{config['scaling']['sweep']}' "

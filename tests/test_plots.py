@@ -114,3 +114,20 @@ def test_residual_chart(inputs):
     assert fit_residuals.main([*args, "--out", str(out)]) == 0
     svg = out.read_text()
     assert svg.startswith("<svg") and "rms log residual" in svg
+
+
+def test_rust_bench_chart_renders(tmp_path):
+    import polars as pl
+
+    from nanigpt.plots.rust_bench import main as rust_bench_main
+
+    rows = [
+        {"dataset": "mix", "measure": m, "impl": i, "threads": 1, "mb_per_s": v, "corpus": None}
+        for m, i, v in [("train", "python", 1.0), ("train", "rust", 90.0), ("encode", "rust", 40.0)]
+    ]
+    pl.DataFrame(rows).write_parquet(tmp_path / "bench.parquet")
+    out = tmp_path / "bench.svg"
+    assert rust_bench_main(["--bench", str(tmp_path / "bench.parquet"), "--out", str(out)]) == 0
+    svg = out.read_text()
+    assert "<svg" in svg[:300] and "rust (1 thr)" in svg
+    assert rust_bench_main(["--bench", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 2

@@ -20,7 +20,6 @@ import pytest
 
 from tests.workflow_util import (
     REPO,
-    SMOKE_CONFIG,
     TARGET,
     load_smoke,
     planned_jobs,
@@ -39,6 +38,8 @@ STAGES = {
     "aggregate_runs",
     "fit_scaling",
     "plot_moe_vs_dense",
+    "bench_tokenizer",
+    "plot_rust_bench",
 }
 
 
@@ -48,7 +49,7 @@ def built(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("smoke")
     config = write_config(workdir / "smoke.yaml", load_smoke())
     started = time.monotonic()
-    snakemake(workdir, "--cores", "2", TARGET, config=config)
+    snakemake(workdir, "--cores", "2", "all", config=config)
     print(f"smoke graph built in {time.monotonic() - started:.1f} s")
     return workdir
 
@@ -61,8 +62,8 @@ def copy_build(built: Path, dest: Path) -> Path:
 
 def test_dry_run_lists_every_stage(tmp_path):
     config = write_config(tmp_path / "smoke.yaml", load_smoke())
-    rules = {rule for rule, _ in planned_jobs(tmp_path, config)}
-    assert STAGES <= rules
+    rules = {rule for rule, _ in planned_jobs(tmp_path, config, "all")}
+    assert rules >= STAGES
     assert not (tmp_path / "data").exists(), "a dry run must not build anything"
 
 
@@ -85,6 +86,7 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, key):
 
 
 def test_smoke_graph_end_to_end(built):
+    assert "<svg" in (built / "results/rust/tokenizer.svg").read_text()[:500]
     svg = (built / TARGET).read_text()
     assert svg.lstrip().startswith("<svg") or "<svg" in svg[:500]
     fits = json.loads((built / "results/scaling/fits.json").read_text())
@@ -99,8 +101,9 @@ def test_smoke_graph_end_to_end(built):
 
 
 def test_no_op_rerun_has_nothing_to_do(built):
-    jobs = planned_jobs(built, built / "smoke.yaml")
-    assert jobs == [], f"a rebuilt graph planned {jobs}"
+    for target in (TARGET, "all"):
+        jobs = planned_jobs(built, built / "smoke.yaml", target)
+        assert jobs == [], f"a rebuilt graph planned {jobs} for {target}"
 
 
 def test_changing_one_size_reruns_exactly_its_runs(built, tmp_path):
@@ -111,10 +114,12 @@ def test_changing_one_size_reruns_exactly_its_runs(built, tmp_path):
     config = write_config(work / "smoke.yaml", changed)
     jobs = planned_jobs(work, config)
     train_runs = {out.split("/")[2] for rule, out in jobs if rule == "train_run"}
-    expected = {f"tiny_{arch}_b_t{t}_single" for arch in ("dense", "moe") for t in (1024, 2048, 4096)}
+    expected = {
+        f"tiny_{arch}_b_t{t}_single" for arch in ("dense", "moe") for t in (1024, 2048, 4096)
+    }
     assert train_runs == expected
     others = {rule for rule, _ in jobs if rule != "train_run"}
-    assert others == {"aggregate_runs", "fit_scaling", "plot_moe_vs_dense", "all"}
+    assert others == {"aggregate_runs", "fit_scaling", "plot_moe_vs_dense"}
 
 
 def test_changing_the_data_seed_reruns_everything_downstream(built, tmp_path):
@@ -123,7 +128,7 @@ def test_changing_the_data_seed_reruns_everything_downstream(built, tmp_path):
     changed["datasets"]["tiny"]["seed"] = 8
     config = write_config(work / "smoke.yaml", changed)
     rules = [rule for rule, _ in planned_jobs(work, config)]
-    assert STAGES <= set(rules)
+    assert set(rules) >= STAGES
     assert rules.count("train_run") == 18
     assert rules.count("encode_tokens") == 2
 
