@@ -1,0 +1,185 @@
+"""Run the graph's GPU work on a machine without Snakemake: the same CLIs, in dependency order.
+
+Serves questions 1 and 4 on real hardware: the device machine has torch but no uv, Snakemake,
+polars or altair, so this script replays what the rules would run (`python -m nanigpt....`) from a
+plan resolved here beforehand, and packs the run folders into one archive to bring back; the
+aggregate, fit and figures are then built here by the graph's own rules.
+
+    python scripts/gpu_session.py plan workflow/config/h100.yaml --out .gpu/plan.json   # here
+    python3 scripts/gpu_session.py sweep --plan .gpu/plan.json --out $OUT           # device
+    python3 scripts/gpu_session.py throughput --out $OUT                            # device
+
+`throughput` trains the dense GPT at GPT-2 124M and 350M shapes (seq 1024, bf16, compiled, random
+tokens with vocabulary 50304) for a short window to compare tokens/s and MFU with nanoGPT measured
+on the same kind of machine (../shared/ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+
+def sh(args: list[str], log: Path) -> float:
+    """Run one CLI like a rule would (output to its log); raise with the log's tail on failure."""
+    started = time.monotonic()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        code = subprocess.call(args, stdout=f, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - started
+    if code != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"failed ({code}): {' '.join(args)}\n{tail}")
+    print(f"{seconds:7.1f}s  {' '.join(args[:4])} ...", flush=True)
+    return seconds
+
+
+def plan(config_path: str, out: Path) -> None:
+    from nanigpt.config import load_config, resolve_runs, run_settings_json, tokens_dir
+
+    config = load_config(config_path)
+    runs = resolve_runs(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "datasets": config["datasets"],
+                "vocab_size": config["tokenizer"]["vocab_size"],
+                "tokens_dirs": {d: tokens_dir(config, d) for d in config["datasets"]},
+                "runs": {rid: json.loads(run_settings_json(r)) for rid, r in runs.items()},
+            },
+            indent=1,
+        )
+    )
+    print(f"planned {len(runs)} runs into {out}")
+
+
+def sweep(plan_path: Path, out: Path, work: Path) -> None:
+    py = sys.executable
+    p = json.loads(plan_path.read_text())
+    logs = work / "results/logs"
+    timings = {}
+    needed = {r["dataset"] for r in p["runs"].values()}
+    for name in sorted(needed):
+        spec = p["datasets"][name]
+        module = (
+            "nanigpt.data.realtext" if spec["kind"] == "python_stdlib" else "nanigpt.data.synthetic"
+        )
+        syn = work / f"data/synthetic/{name}"
+        timings[f"data_{name}"] = sh(
+            [py, "-m", module, "--name", name, "--spec-json", json.dumps(spec), "--out", str(syn)],
+            logs / f"data_{name}.log",
+        )
+        tok = work / f"data/tokenizer/{p['tokens_dirs'][name]}/tokenizer.json"
+        timings[f"tokenizer_{name}"] = sh(
+            [py, "-m", "nanigpt.data.tokenize", "train", "--input", str(syn / "train.parquet"),
+             "--vocab-size", str(p["vocab_size"]), "--out", str(tok)],
+            logs / f"tokenizer_{name}.log",
+        )  # fmt: skip
+        for split in ("train", "val"):
+            timings[f"encode_{name}_{split}"] = sh(
+                [py, "-m", "nanigpt.data.tokenize", "encode", "--tokenizer", str(tok),
+                 "--input", str(syn / f"{split}.parquet"),
+                 "--out", str(work / f"data/tokens/{p['tokens_dirs'][name]}/{split}.bin")],
+                logs / f"encode_{name}_{split}.log",
+            )  # fmt: skip
+    for run_id, run in p["runs"].items():
+        tokdir = work / f"data/tokens/{p['tokens_dirs'][run['dataset']]}"
+        timings[run_id] = sh(
+            [py, "-m", "nanigpt.train", "--run-config", json.dumps(run),
+             "--train", str(tokdir / "train.bin"), "--val", str(tokdir / "val.bin"),
+             "--ground-truth", str(work / f"data/synthetic/{run['dataset']}/ground_truth.json"),
+             "--out", str(work / f"results/runs/{run_id}")],
+            logs / f"train_{run_id}.log",
+        )  # fmt: skip
+    pack(work, out / "sweep.tar.gz", timings)
+
+
+def pack(work: Path, archive: Path, timings: dict) -> None:
+    (work / "timings.json").write_text(json.dumps(timings, indent=1))
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    keep = ("config.json", "metrics.parquet", "summary.json", "comm.json", "ground_truth.json")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(work / "timings.json", arcname="timings.json")
+        for path in sorted(work.rglob("*")):
+            rel = path.relative_to(work)
+            small_trace = path.name == "trace.json.gz" and path.stat().st_size < 4_000_000
+            if path.is_file() and (path.name in keep or path.suffix == ".log" or small_trace):
+                tar.add(path, arcname=str(rel))
+    print(f"packed {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+
+
+def throughput(out: Path, work: Path, steps: int) -> None:
+    import numpy as np
+
+    from nanigpt.data.shards import write_shard
+
+    py = sys.executable
+    vocab = 50304
+    rng = np.random.default_rng(0)
+    data = work / "data/random"
+    for split, n in (("train", 20_000_000), ("val", 2_000_000)):
+        tokens = rng.integers(0, vocab, size=n, dtype=np.uint16)
+        write_shard(data / f"{split}.bin", tokens, np.zeros(n, np.uint8), byte_count=4 * n,
+                    vocab_size=vocab)  # fmt: skip
+    (data / "ground_truth.json").write_text(json.dumps({"floor_bits_per_byte": None}))
+    shapes = {
+        "gpt2_124M_b32": (12, 768, 12, 32),
+        "gpt2_350M_b16": (24, 1024, 16, 16),
+    }
+    timings = {}
+    for name, (n_layer, d_model, n_head, batch) in shapes.items():
+        run = {
+            "run_id": name, "dataset": "random", "arch": "dense", "arch_kind": "dense",
+            "size": name, "tokens": steps * batch * 1024, "parallelism_name": "single",
+            "parallelism": {"dp": 1, "fsdp": 1, "tp": 1, "ep": 1},
+            "model": {"vocab_size": vocab, "seq_len": 1024, "n_layer": n_layer,
+                      "d_model": d_model, "n_head": n_head, "mlp_ratio": 8 / 3,
+                      "tied_embeddings": True, "moe": None},
+            "training": {"seq_len": 1024, "batch_size": batch, "grad_accum": 1, "lr": 6e-4,
+                         "min_lr_frac": 0.1, "warmup_frac": 0.05, "schedule": "cosine",
+                         "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 10_000,
+                         "eval_batches": 2, "seed": 0, "device": "cuda", "compile": True,
+                         "threads": 4, "checkpoint_every": 0},
+            "profile": {"enabled": True, "wait": steps - 8, "warmup": 2, "active": 3},
+        }  # fmt: skip
+        timings[name] = sh(
+            [py, "-m", "nanigpt.train", "--run-config", json.dumps(run),
+             "--train", str(data / "train.bin"), "--val", str(data / "val.bin"),
+             "--ground-truth", str(data / "ground_truth.json"),
+             "--out", str(work / f"results/runs/{name}")],
+            work / f"results/logs/train_{name}.log",
+        )  # fmt: skip
+        summary = json.loads((work / f"results/runs/{name}/summary.json").read_text())
+        n, tps = summary["params_total"], summary["tokens_per_s"]
+        nanogpt_mfu = (6 * n + 12 * n_layer * d_model * 1024) * tps / 989e12
+        print(f"{name}: {tps:,.0f} tok/s, MFU (ours) {summary['mfu']}, MFU (nanoGPT formula) "
+              f"{nanogpt_mfu:.3f}, params {n:,}", flush=True)  # fmt: skip
+    pack(work, out / "throughput.tar.gz", timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=["plan", "sweep", "throughput"])
+    parser.add_argument("config", nargs="?", help="(plan) the YAML config to resolve")
+    parser.add_argument("--plan", type=Path, default=Path(".gpu/plan.json"))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/nanigpt-gpu"))
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+    if args.mode == "plan":
+        plan(args.config, args.out)
+    elif args.mode == "sweep":
+        sweep(args.plan, args.out, args.work)
+    else:
+        throughput(args.out, args.work, args.steps)
+
+
+if __name__ == "__main__":
+    main()
