@@ -159,13 +159,6 @@ def _check_references(config: dict, source: str) -> None:
                     f"{source}: archs.{name}.top_k={moe['top_k']} exceeds num_experts="
                     f"{moe['num_experts']}"
                 )
-    for name, par in config["parallelism"].items():
-        world = par["dp"] * par["fsdp"] * par["tp"] * par["ep"]
-        if world != 1:
-            raise ConfigError(
-                f"{source}: parallelism.{name}: world size {world} (dp*fsdp*tp*ep) is not "
-                f"supported yet; only single-process runs (all sizes 1) train in this version"
-            )
     for name, sweep in config["sweeps"].items():
         for key, table in [("dataset", "datasets")]:
             if sweep[key] not in config[table]:
@@ -187,11 +180,42 @@ def _check_references(config: dict, source: str) -> None:
                 f"{source}: bench.datasets: unknown dataset '{entry}' "
                 f"(defined: {', '.join(config['datasets'])})"
             )
+    _check_parallelism(config, source)
     if config["scaling"]["sweep"] not in config["sweeps"]:
         raise ConfigError(
             f"{source}: scaling.sweep: unknown sweep '{config['scaling']['sweep']}' "
             f"(defined: {', '.join(config['sweeps'])})"
         )
+
+
+def _check_parallelism(config: dict, source: str) -> None:
+    """Every (parallelism, arch, size) a sweep combines must be able to run: the strategy uses only
+    its dims, tp divides the heads and the MLP width, ep divides the experts (and needs an MoE), the
+    batch splits over the data-parallel ranks (`nanigpt.parallel.apply.validate_parallelism`)."""
+    checked = set()
+    for sweep_name, sweep in config["sweeps"].items():
+        for par in sweep["parallelism"]:
+            setting = config["parallelism"][par]
+            world = setting["dp"] * setting["fsdp"] * setting["tp"] * setting["ep"]
+            if world == 1 and "strategy" not in setting:
+                continue  # one process: nothing to check (and no torch import when planning)
+            from nanigpt.parallel.apply import validate_parallelism
+
+            for arch in sweep["archs"]:
+                for size in sweep["sizes"]:
+                    if (par, arch, size) in checked:
+                        continue
+                    checked.add((par, arch, size))
+                    model = _model_settings(config, sweep["dataset"], size, arch)
+                    try:
+                        validate_parallelism(
+                            setting, model, batch_size=config["training"]["batch_size"]
+                        )
+                    except ValueError as e:
+                        raise ConfigError(
+                            f"{source}: sweeps.{sweep_name}: parallelism '{par}' with arch "
+                            f"'{arch}' and size '{size}' cannot run: {e}"
+                        ) from None
 
 
 def tokens_label(tokens: int) -> str:

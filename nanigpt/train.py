@@ -1,16 +1,38 @@
-"""The training loop, with measurement built in: where does time go in a training step, and how
-close does each run get to its data's loss floor? (project questions 1 and 2)
+"""The training loop, with measurement built in: where does time go in a training step, how much of
+it is communication, and how close does each run get to its data's loss floor? (project questions 1
+and 2)
 
-One process trains one run (`docs/interfaces.md`, "A run"): AdamW (fused on CUDA), warmup + cosine
-or warmup-stable-decay (WSD) learning rate, gradient clipping and accumulation, bf16 autocast on the
-GPU, optional `torch.compile`. On the CPU a run is deterministic: the same seed gives the same losses.
-Every step is timed by phase (`nanigpt.measure.timers`) and written to `metrics.parquet` with its
-counted FLOPs and MFU; a few steps are profiled (`nanigpt.measure.trace`); validation reports
-nats/token, bits/byte and the gap to the dataset's known entropy floor.
+One run (`docs/interfaces.md`, "A run") trains in one process, or in `dp*fsdp*tp*ep` processes under
+torchrun when its parallelism says so (`python -m nanigpt.launch --nproc N -- nanigpt.train ...`):
+the model is built on every rank with the same seed and handed to `nanigpt.parallel.parallelize`,
+every rank draws the same global batch and keeps its rows (`local_batch`), and rank 0 writes the
+outputs. AdamW (fused on CUDA), warmup + cosine or warmup-stable-decay (WSD) learning rate, gradient
+clipping and accumulation, bf16 autocast on the GPU, optional `torch.compile`. On the CPU a run is
+deterministic: the same seed gives the same losses, also across a kill and a resume.
+
+Every step is timed by phase (data, forward, backward, comm, optimizer: `nanigpt.measure.timers`;
+`comm` is the wait for outstanding gradient collectives at the end of backward) and written to
+`metrics.parquet` with its counted FLOPs and MFU, the ledger's communication (bytes, measured,
+blocked = exposed, and alpha-beta predicted seconds; null in one process) and the MoE router's
+health (dropped fraction, router entropy, load coefficient of variation across experts, each the
+mean over MoE layers; null for dense models). A few steps are profiled (`nanigpt.measure.trace`);
+validation reports nats/token, bits/byte and the gap to the dataset's known entropy floor.
+
+Checkpoints (`nanigpt.checkpoint`): every `training.checkpoint_every` steps (default: 10 per run; 0
+turns them off) the run writes `checkpoint.pt`; a trainer that starts and finds one with the same
+run fingerprint resumes from it (and logs the step), one with another fingerprint is ignored with a
+warning (the run starts afresh and overwrites it), and a corrupt, truncated or foreign one stops the
+run with an error naming the file: it is never silently discarded; delete it to start afresh. On
+success the checkpoint is deleted (model.pt holds the weights). Distributed runs checkpoint under
+the replicated strategies (DDP, built-in or hand-written: rank 0 saves); under sharded ones (ZeRO,
+FSDP2, TP, EP) checkpointing is off, with the reason logged.
 
 Outputs in the run folder, each written atomically and in this order: `config.json` (resolved run +
-provenance), `metrics.parquet`, `trace.json.gz`, and `summary.json` last, so a killed or failed run
-never leaves a summary behind.
+provenance), `metrics.parquet`, `trace.json.gz`, `model.pt` (`torch.save` of the unwrapped model's
+full state_dict, rebuilt with `GPTConfig.from_dict(config["run"]["model"])`), `comm.json` (only when
+distributed: per step predicted vs measured communication), and `summary.json` last, so a killed or
+failed run never leaves a summary behind. With `training.snapshot_every` > 0, also
+`snapshots/step_{steps_done:06d}.pt` in model.pt's format every that many steps.
 
     python -m nanigpt.train --run-config JSON_OR_@PATH --train train.bin --val val.bin \\
         --ground-truth ground_truth.json --out results/runs/RUN_ID
@@ -23,6 +45,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -33,7 +56,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.distributed as dist
 
+from nanigpt import checkpoint
 from nanigpt.io import atomic_path, read_json, write_json_atomic
 from nanigpt.measure.hardware import mfu, peak_bf16_flops
 from nanigpt.measure.provenance import collect_provenance
@@ -42,10 +67,17 @@ from nanigpt.measure.trace import TraceWindow
 
 log = logging.getLogger("nanigpt.train")
 
-PHASES = ("data", "forward", "backward", "optimizer")
+PHASES = ("data", "forward", "backward", "comm", "optimizer")
 DEFAULT_PROFILE = {"enabled": True, "wait": 1, "warmup": 1, "active": 2}
 DEFAULT_WSD_DECAY_FRAC = 0.2  # WSD: last 20% of steps decay (Hagele et al. 2024 use 10-20%)
 ADAMW_BETAS = (0.9, 0.95)  # as nanoGPT / GPT-3
+DEFAULT_CHECKPOINTS_PER_RUN = 10  # training.checkpoint_every unset: every 10% of the steps
+# Strategies whose full training state sits on rank 0 (replicated weights and optimizer state).
+CHECKPOINT_STRATEGIES = ("single", "ddp_builtin", "ddp_manual")
+# FSDP2 and DTensor collectives are recorded by a dispatch mode that costs host time on every op:
+# the ledger intercepts them on the first few steps only (their bytes repeat step to step).
+INTERCEPT_STEPS = 3
+COMM_RECORD_STEPS = 3  # collectives listed one by one in comm.json (the first steps of a process)
 
 
 class RunConfigError(ValueError):
@@ -110,6 +142,7 @@ TRAINING_KEYS = {
 }
 PROFILE_KEYS = {"enabled": "bool", "wait": "int", "warmup": "int", "active": "int"}
 PARALLELISM_KEYS = {"dp": "int", "fsdp": "int", "tp": "int", "ep": "int"}
+OPTIONAL_TRAINING_KEYS = {"checkpoint_every": "int?", "snapshot_every": "int?"}
 
 
 def _check_keys(obj: dict, spec: dict[str, str], where: str) -> None:
@@ -179,13 +212,16 @@ def validate_run(run: Any) -> dict[str, Any]:
     )
     for key in ("wait", "warmup", "active"):
         _require(run["profile"][key] >= 0, f"profile.{key}", run["profile"][key], ">= 0")
-    par = run["parallelism"]
-    _require(
-        all(par[k] == 1 for k in PARALLELISM_KEYS),
-        "parallelism",
-        par,
-        "all degrees 1 (this is the single-process trainer; nanigpt.parallel runs the others)",
-    )
+    for key, kind in OPTIONAL_TRAINING_KEYS.items():
+        if t.get(key) is not None:
+            _check_keys(t, {key: kind}, "training.")
+            _require(t[key] >= 0, f"training.{key}", t[key], ">= 0")
+    from nanigpt.parallel.apply import validate_parallelism
+
+    try:
+        validate_parallelism(run["parallelism"], run["model"], batch_size=t["batch_size"])
+    except (ValueError, TypeError) as e:
+        raise RunConfigError(f"run config: {e}") from e
     return run
 
 
@@ -267,20 +303,6 @@ def count_flops(model_cfg: Any, seq_len: int) -> Any:
     return count(model_cfg, seq_len=seq_len)
 
 
-def make_optimizer(model: torch.nn.Module, training: dict, device: torch.device):
-    """AdamW; weight decay on matrices (dim >= 2) only, not on biases and norm gains (nanoGPT)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": training["weight_decay"]},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups, lr=training["lr"], betas=ADAMW_BETAS, eps=1e-8, fused=device.type == "cuda"
-    )
-
-
 def autocast_for(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -338,8 +360,21 @@ METRICS_SCHEMA = pa.schema(
         ("val_loss", pa.float64()),
         ("val_bpb", pa.float64()),
         ("val_gap_bpb", pa.float64()),
+        # the ledger's collectives of the step (null in one process; see Ledger.step_metrics)
+        ("comm_collectives", pa.int64()),
+        ("comm_bytes", pa.int64()),
+        ("comm_wire_bytes", pa.float64()),
+        ("comm_measured_s", pa.float64()),
+        ("comm_blocked_s", pa.float64()),
+        ("comm_predicted_s", pa.float64()),
+        # the router, mean over MoE layers and micro-batches (null for dense models)
+        ("moe_dropped_frac", pa.float64()),
+        ("moe_router_entropy", pa.float64()),
+        ("moe_load_cv", pa.float64()),
     ]
 )
+COMM_COLUMNS = [n for n in METRICS_SCHEMA.names if n.startswith("comm_") and n != "comm_s"]
+MOE_COLUMNS = ["moe_dropped_frac", "moe_router_entropy", "moe_load_cv"]
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -351,16 +386,19 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 class Progress:
     """A tqdm bar on a terminal; log lines with rate and ETA otherwise (Snakemake logs, SLURM)."""
 
-    def __init__(self, total_steps: int, tokens_per_step: int, run_id: str):
+    def __init__(self, total_steps: int, tokens_per_step: int, run_id: str, start_step: int = 0):
         self.total = total_steps
         self.tokens_per_step = tokens_per_step
         self.start = time.perf_counter()
+        self.start_step = start_step
         self.every = max(1, total_steps // 20)
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, desc=run_id, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, desc=run_id, unit="step", dynamic_ncols=True
+            )
 
     def update(self, step: int, loss: float, val_bpb: float | None) -> None:
         done = step + 1
@@ -374,8 +412,9 @@ class Progress:
         if done % self.every and done != self.total and val_bpb is None:
             return
         elapsed = time.perf_counter() - self.start
-        rate = done * self.tokens_per_step / elapsed if elapsed > 0 else float("nan")
-        eta = elapsed / done * (self.total - done)
+        here = done - self.start_step  # steps this process trained (a resumed run starts later)
+        rate = here * self.tokens_per_step / elapsed if elapsed > 0 else float("nan")
+        eta = elapsed / here * (self.total - done)
         val = f" val_bpb {val_bpb:.4f}" if val_bpb is not None else ""
         message = (
             f"step {done}/{self.total} loss {loss:.4f}{val} | {rate:,.0f} tok/s | "
@@ -388,7 +427,28 @@ class Progress:
             self.bar.close()
 
 
+class _MoEStats:
+    """Sums the router statistics of the MoE layers over a step's micro-batches."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros(3, device=device, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, moe_stats: list[dict[str, Any]]) -> None:
+        for stats in moe_stats:
+            load = stats["load"].double()
+            cv = load.std(unbiased=False) / load.mean().clamp_min(1e-12)
+            self.total += torch.stack(
+                [stats["dropped_frac"].double(), stats["router_entropy"].double(), cv]
+            )
+            self.count += 1
+
+    def means(self) -> torch.Tensor | None:
+        return self.total / self.count if self.count else None
+
+
 def train_step(
+    par: Any,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: Any,
@@ -396,40 +456,155 @@ def train_step(
     device: torch.device,
     grad_accum: int,
     grad_clip: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, float, dict[str, float]]:
+    intercept: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, float, dict[str, float], torch.Tensor | None]:
     """One optimizer step over `grad_accum` micro-batches, timed by phase.
 
-    Returns the summed micro-batch losses and aux losses (tensors, not yet synchronised), the
-    gradient norm before clipping, and the phase times.
+    `par` is the `nanigpt.parallel.apply.Parallelized` of the run (one process: the "single"
+    setting, whose calls do nothing but the gradient clipping). Returns this rank's summed
+    micro-batch losses and aux losses (tensors, not yet synchronised), the global gradient norm
+    before clipping, the phase times, and the MoE router statistics (None for a dense model).
     """
     timer.start_step()
     loss_sum = torch.zeros((), device=device)
     aux_sum = torch.zeros((), device=device)
-    for _ in range(grad_accum):
-        with timer.phase("data"):
-            x, y = loader.next_batch()
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-        with timer.phase("forward"), autocast_for(device):
-            out = model(x, y)
-            aux = _as_tensor(out.aux_loss, device)
-            objective = (out.loss + aux) / grad_accum
-        with timer.phase("backward"):
-            objective.backward()
-        loss_sum += out.loss.detach().float()
-        aux_sum += aux.detach()
+    moe = _MoEStats(device)
+    with par.forward_context() if intercept else contextlib.nullcontext():
+        for micro in range(grad_accum):
+            with timer.phase("data"):
+                x, y = par.local_batch(*loader.next_batch())
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+            # accumulate without communication; the last micro-batch's backward syncs
+            last = micro == grad_accum - 1
+            with contextlib.nullcontext() if last else par.no_sync():
+                with timer.phase("forward"), autocast_for(device):
+                    out = model(x, y)
+                    aux = _as_tensor(out.aux_loss, device)
+                    objective = (out.loss + aux) / grad_accum
+                with timer.phase("backward"):
+                    objective.backward()
+            loss_sum += out.loss.detach().float()
+            aux_sum += aux.detach()
+            moe.add(out.moe_stats or [])
+        with timer.phase("comm"):
+            par.sync_grads()  # waits for the gradient collectives still in flight (exposed time)
     with timer.phase("optimizer"):
-        max_norm = grad_clip if grad_clip else float("inf")  # inf: measure the norm, never clip
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grad_norm = par.clip_grad_norm_(grad_clip if grad_clip else None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     times = timer.end_step()
-    return loss_sum, aux_sum, float(grad_norm), times
+    par.end_step()
+    return loss_sum, aux_sum, float(grad_norm), times, moe.means()
+
+
+def mean_over_ranks(values: torch.Tensor) -> list[float]:
+    """Mean of per-rank metric values over all ranks (one all_reduce, outside the ledger: logging
+    is not training communication). One process: the values themselves."""
+    values = values.detach().double()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values.cpu().tolist()
+
+
+# Manually tensor-parallel weights split along dim 1 (row-parallel); the others along dim 0.
+_ROW_PARALLEL = ("attn.wo.weight", "mlp.w_down.weight")
+
+
+def full_state_dict(model: torch.nn.Module, par: Any) -> dict[str, torch.Tensor]:
+    """The unwrapped model's full state_dict on the CPU, gathered from every rank if sharded.
+
+    Collective under a sharded strategy: every rank must call it. DTensor weights (FSDP2, DTensor
+    TP) are gathered with `full_tensor`; hand-sharded ones (manual TP, EP) with an all_gather over
+    their mesh dim (`par.sharded_dims`), concatenated along the dim they were sliced on.
+    """
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, value in model.state_dict().items():
+        t = value.detach()
+        if isinstance(t, DTensor):
+            t = t.full_tensor()
+        for dim in par.sharded_dims.get(name, ()):
+            group = par.mesh[dim].get_group()
+            parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(parts, t.contiguous(), group=group)
+            axis = 1 if dim == "tp" and name.endswith(_ROW_PARALLEL) else 0
+            t = torch.cat(parts, dim=axis)
+        out[name] = t.cpu().clone()
+    return out
+
+
+def save_weights(path: Path, model: torch.nn.Module, par: Any, is_main: bool) -> None:
+    """`torch.save(state_dict)` of the full unwrapped model, atomically, by rank 0."""
+    state = full_state_dict(model, par)
+    if is_main:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+
+class _NoTrace:
+    """The profiler window of ranks other than 0 (only rank 0 profiles and writes the trace)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def recording(self, step: int) -> bool:
+        return False
+
+    def step(self) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
+
+
+def _die_with_launcher() -> None:
+    """Under torchrun, make this worker die with its launcher (Linux `PR_SET_PDEATHSIG`).
+
+    torchrun starts its workers in sessions of their own, so a `kill -9` of the job's process group
+    (Snakemake's, a test's) kills torchrun but leaves the ranks training on, writing into the run
+    folder while the rerun starts. With this, a dead launcher takes its ranks with it.
+    """
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the call above
+        os._exit(1)
+
+
+def _start_processes(run: dict[str, Any]) -> tuple[Any, int, int, torch.device]:
+    """(parallel setting, rank, world size, device); starts the process group when distributed."""
+    from nanigpt.parallel.mesh import ParallelSetting, init_distributed
+
+    t = run["training"]
+    setting = ParallelSetting.from_dict(run["parallelism"])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != setting.world_size:
+        raise RunConfigError(
+            f"run config: parallelism {setting.as_dict()} needs {setting.world_size} processes, "
+            f"but {launched} were started; launch with `python -m nanigpt.launch --nproc "
+            f"{setting.world_size} -- nanigpt.train ...`"
+        )
+    if setting.world_size == 1:
+        return setting, 0, 1, resolve_device(t["device"])
+    if t["device"] != "auto":
+        os.environ.setdefault("NANIGPT_DEVICE", t["device"])
+    if t["device"] == "cuda" and not torch.cuda.is_available():
+        raise RunConfigError("run config: 'training.device' = 'cuda' but CUDA is not available")
+    _die_with_launcher()
+    rank, world, device = init_distributed()
+    return setting, rank, world, device
 
 
 def train(
@@ -439,7 +614,7 @@ def train(
     ground_truth_path: str | Path,
     out_dir: str | Path,
 ) -> dict[str, Any]:
-    """Train one run; write config.json, metrics.parquet, trace.json.gz, summary.json; return the summary."""
+    """Train one run; write its outputs (module docstring) from rank 0; return the summary."""
     wall_start = time.perf_counter()
     run = validate_run(run)
     paths = {
@@ -453,24 +628,36 @@ def train(
     ground_truth = read_json(paths["ground_truth"], what="ground truth file")
     if "floor_bits_per_byte" not in ground_truth:
         raise ValueError(f"ground truth file {paths['ground_truth']} has no 'floor_bits_per_byte'")
-    floor_bpb = float(ground_truth["floor_bits_per_byte"])
+    # Real text has no known floor (null): losses are still reported, gaps are null.
+    floor = ground_truth.get("floor_bits_per_byte")
+    floor_bpb = None if floor is None else float(floor)
+    floor_text = "unknown" if floor_bpb is None else f"{floor_bpb:.4f}"
     out_dir = Path(out_dir)
 
     from nanigpt.data.loader import BatchLoader
     from nanigpt.data.shards import read_shard
+    from nanigpt.parallel.apply import Parallelized, parallelize
+    from nanigpt.parallel.cost_model import calibrate
+    from nanigpt.parallel.ledger import Ledger
+    from nanigpt.parallel.mesh import build_mesh
 
     t = run["training"]
-    device = resolve_device(t["device"])
+    setting, rank, world, device = _start_processes(run)
+    is_main = rank == 0
     if t["threads"]:
         torch.set_num_threads(t["threads"])
-    torch.manual_seed(t["seed"])
+    torch.manual_seed(t["seed"])  # every rank builds the same initial weights
 
     seq_len, batch_size, grad_accum = t["seq_len"], t["batch_size"], t["grad_accum"]
-    tokens_per_step = seq_len * batch_size * grad_accum
+    tokens_per_step = seq_len * batch_size * grad_accum  # the global batch
     steps = math.ceil(run["tokens"] / tokens_per_step)
     warmup_steps = round(t["warmup_frac"] * steps)
     decay_frac = t.get("decay_frac", DEFAULT_WSD_DECAY_FRAC)
     eval_every = t["eval_every"] or 0
+    checkpoint_every = t.get("checkpoint_every")
+    if checkpoint_every is None:
+        checkpoint_every = max(1, math.ceil(steps / DEFAULT_CHECKPOINTS_PER_RUN))
+    snapshot_every = t.get("snapshot_every") or 0
 
     model, model_cfg = build_model(run)
     model.to(device)
@@ -480,31 +667,93 @@ def train(
     peak_flops = (
         peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     )
-    optimizer = make_optimizer(model, t, device)
-    step_model = torch.compile(model) if t["compile"] else model
+
+    # --- resume ----------------------------------------------------------------------------
+    checkpoint_path = out_dir / "checkpoint.pt"
+    fingerprint = checkpoint.run_fingerprint(run, paths)
+    can_checkpoint = setting.strategy in CHECKPOINT_STRATEGIES
+    if not can_checkpoint and is_main:
+        message = (
+            f"{run['run_id']}: checkpointing is off under strategy {setting.strategy!r}: its "
+            f"weights or optimizer state are sharded over the ranks, and only the replicated "
+            f"strategies {list(CHECKPOINT_STRATEGIES)} save from rank 0; a killed run restarts"
+        )
+        log.warning(message)
+    state = None
+    if can_checkpoint and checkpoint_path.exists():
+        state = checkpoint.load(checkpoint_path)  # CheckpointError: refuse, never silently restart
+        if state["fingerprint"] != fingerprint:
+            if is_main:
+                message = (
+                    f"{run['run_id']}: ignoring {checkpoint_path}: it was written for other run "
+                    f"settings or inputs (fingerprint {state['fingerprint'][:12]} != "
+                    f"{fingerprint[:12]}); starting from step 0"
+                )
+                log.warning(message)
+            state = None
+    start_step = state["step"] if state is not None else 0
+    if world > 1:  # every rank read the same file; make sure they agree before training
+        agree = torch.tensor([start_step, -start_step], dtype=torch.int64, device=device)
+        dist.all_reduce(agree, op=dist.ReduceOp.MAX)
+        if agree[0] != -agree[1]:
+            raise checkpoint.CheckpointError(
+                f"{checkpoint_path}: ranks disagree on the step to resume from "
+                f"({-int(agree[1])}..{int(agree[0])})"
+            )
+    if state is not None:
+        model.load_state_dict(state["model"])
+
+    # --- parallelism -----------------------------------------------------------------------
+    ledger = Ledger(device)
+    if world == 1:
+        from nanigpt.parallel.mesh import ParallelSetting
+
+        par = Parallelized(model, ParallelSetting(), None, ledger)
+    else:
+        mesh = build_mesh(setting, device.type)
+        par = parallelize(model, setting, mesh, ledger)
+    fused = device.type == "cuda" and setting.strategy in CHECKPOINT_STRATEGIES
+    optimizer = par.make_optimizer(
+        lr=t["lr"], weight_decay=t["weight_decay"], betas=ADAMW_BETAS, fused=fused or None
+    )
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    link = calibrate(None, device) if world > 1 else None  # alpha-beta fit on this world's links
+    step_model = torch.compile(par.model) if t["compile"] else par.model
 
     provenance = collect_provenance(run, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        out_dir / "config.json",
-        {
-            "run": run,
-            "provenance": provenance,
-            "inputs": {k: str(v) for k, v in paths.items()},
-            "derived": {
-                "device": str(device),
-                "steps": steps,
-                "tokens_per_step": tokens_per_step,
-                "warmup_steps": warmup_steps,
-                "flops_per_token": flops_per_token,
-                "peak_flops": peak_flops,
+    derived = {
+        "device": str(device),
+        "steps": steps,
+        "tokens_per_step": tokens_per_step,
+        "warmup_steps": warmup_steps,
+        "flops_per_token": flops_per_token,
+        "peak_flops": peak_flops,
+        "world_size": world,
+        "strategy": setting.strategy,
+        "checkpoint_every": checkpoint_every if can_checkpoint else 0,
+        "snapshot_every": snapshot_every,
+    }
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".*.tmp"):  # temp files of a killed attempt (nanigpt.io)
+            stale.unlink(missing_ok=True)
+        write_json_atomic(
+            out_dir / "config.json",
+            {
+                "run": run,
+                "provenance": provenance,
+                "inputs": {k: str(v) for k, v in paths.items()},
+                "derived": derived,
             },
-        },
-    )
+        )
 
     train_loader = BatchLoader(
         paths["train"], seq_len, batch_size, t["seed"], impl=t.get("loader_impl", "python")
     )
+    if state is not None:
+        checkpoint.restore_loader(train_loader, state["loader"])
+        checkpoint.set_rng_state(state["rng"])
     val_shard = read_shard(paths["val"])
     if val_shard.byte_count <= 0:
         raise ValueError(f"--val shard {paths['val']} encodes 0 bytes: bits/byte is undefined")
@@ -515,31 +764,86 @@ def train(
     def bits_per_byte(nats_per_token: float) -> float:
         return nats_per_token * val_tokens_per_byte / math.log(2)
 
-    message = (
-        f"{run['run_id']}: {steps} steps x {tokens_per_step} tokens on {provenance['device']}, "
-        f"{flops_per_token:.3g} FLOPs/token, floor {floor_bpb:.4f} bits/byte"
-    )
-    log.info(message)
+    if is_main:
+        message = (
+            f"{run['run_id']}: {steps} steps x {tokens_per_step} tokens on {provenance['device']}"
+            f"{f' x {world} ranks ({setting.strategy})' if world > 1 else ''}, "
+            f"{flops_per_token:.3g} FLOPs/token, floor {floor_text} bits/byte"
+        )
+        log.info(message)
+        if state is not None:
+            message = (
+                f"{run['run_id']}: resuming from {checkpoint_path} at step {start_step}/{steps} "
+                f"({start_step * tokens_per_step} tokens trained)"
+            )
+            log.info(message)
     timer = StepTimer(device, PHASES)
-    progress = Progress(steps, tokens_per_step, run["run_id"])
-    rows: list[dict[str, Any]] = []
+    progress = Progress(steps, tokens_per_step, run["run_id"], start_step) if is_main else None
+    rows: list[dict[str, Any]] = list(state["metrics"]) if state is not None else []
+    wall_before = float(state["wall_s"]) if state is not None else 0.0
     metrics_path = out_dir / "metrics.parquet"
+    trace_path = out_dir / "trace.json.gz"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     profile = run["profile"]
-    trace = TraceWindow(
-        out_dir / "trace.json.gz",
-        device,
-        enabled=profile["enabled"],
-        wait=profile["wait"],
-        warmup=profile["warmup"],
-        active=profile["active"],
-        metadata={"run_id": run["run_id"], "device": provenance["device"]},
-    )
+    trace_offset = 0  # a run resumed before its window closed profiles the window after resuming
+    if not is_main:
+        trace: Any = _NoTrace()
+    else:
+        trace_done = state is not None and state.get("trace") is not None
+        if trace_done:
+            from nanigpt.io import write_bytes_atomic
+
+            write_bytes_atomic(trace_path, state["trace"].numpy().tobytes())
+        elif state is not None and profile["enabled"]:
+            trace_offset = start_step
+        trace = TraceWindow(
+            trace_path,
+            device,
+            enabled=profile["enabled"] and not trace_done,
+            wait=profile["wait"],
+            warmup=profile["warmup"],
+            active=profile["active"],
+            metadata={"run_id": run["run_id"], "device": provenance["device"]},
+        )
+        trace.written = trace_done
+    ledger.step = start_step
+    records: list[dict[str, Any]] = []  # comm.json's per-collective list (first steps)
+
+    def save_checkpoint(steps_done: int) -> None:
+        trace_bytes = None
+        if getattr(trace, "written", False) and trace_path.exists():
+            trace_bytes = torch.frombuffer(bytearray(trace_path.read_bytes()), dtype=torch.uint8)
+        payload = {
+            "fingerprint": fingerprint,
+            "run_id": run["run_id"],
+            "step": steps_done,
+            "steps": steps,
+            "tokens": steps_done * tokens_per_step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": {
+                "step": steps_done,
+                "steps": steps,
+                "warmup_steps": warmup_steps,
+                "schedule": t["schedule"],
+                "decay_frac": decay_frac,
+            },
+            "rng": checkpoint.rng_state(),
+            "loader": checkpoint.loader_state(train_loader, steps_done * grad_accum),
+            "metrics": rows,
+            "wall_s": wall_before + time.perf_counter() - wall_start,
+            "trace": trace_bytes,
+            "parallelism": setting.as_dict(),
+        }
+        size = checkpoint.save(checkpoint_path, payload)
+        message = f"{run['run_id']}: checkpoint at step {steps_done} ({size / 1e6:.1f} MB)"
+        log.info(message)
+
     try:
         with trace:
-            for step in range(steps):
+            for step in range(start_step, steps):
                 lr = lr_at(
                     step,
                     steps,
@@ -551,24 +855,47 @@ def train(
                 )
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss_sum, aux_sum, grad_norm, times = train_step(
-                    step_model, optimizer, train_loader, timer, device, grad_accum, t["grad_clip"]
+                intercept = par.intercepting and step - start_step < INTERCEPT_STEPS
+                loss_sum, aux_sum, grad_norm, times, moe = train_step(
+                    par,
+                    step_model,
+                    optimizer,
+                    train_loader,
+                    timer,
+                    device,
+                    grad_accum,
+                    t["grad_clip"],
+                    intercept=intercept,
                 )
-                loss = loss_sum.item() / grad_accum
+                local = torch.stack([loss_sum.double(), aux_sum.double()]) / grad_accum
+                if moe is not None:
+                    local = torch.cat([local, moe])
+                reduced = mean_over_ranks(local)
+                loss = reduced[0]
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
                         f"{run['run_id']}: loss is {loss} at step {step} (of {steps}, lr {lr:.3g}); "
                         f"stopping the run"
                     )
-                profiled = trace.recording(step)
+                profiled = trace.recording(step - trace_offset)
                 trace.step()
                 tokens_per_s = tokens_per_step / times["step_time_s"]
+                comm = dict.fromkeys(COMM_COLUMNS)
+                if world > 1:
+                    comm = ledger.step_metrics(step, link)
+                    if not par.intercepting or intercept:
+                        comm = {k: comm[k] for k in COMM_COLUMNS}
+                    else:  # library collectives not recorded on this step: unknown, not zero
+                        comm = dict.fromkeys(COMM_COLUMNS)
+                    if len(records) < 100_000 and step - start_step < COMM_RECORD_STEPS:
+                        records.extend(_record_dicts(ledger.step_records(step)))
+                    ledger.clear()
                 row = {
                     "step": step,
                     "tokens": (step + 1) * tokens_per_step,
                     "flops": (step + 1) * tokens_per_step * flops_per_token,
                     "loss": loss,
-                    "aux_loss": aux_sum.item() / grad_accum,
+                    "aux_loss": reduced[1],
                     "lr": lr,
                     "grad_norm": grad_norm,
                     **times,
@@ -579,33 +906,62 @@ def train(
                     "val_loss": None,
                     "val_bpb": None,
                     "val_gap_bpb": None,
+                    **comm,
+                    **dict(zip(MOE_COLUMNS, reduced[2:] or [None] * 3, strict=True)),
                 }
                 is_last = step == steps - 1
                 if is_last or (eval_every and (step + 1) % eval_every == 0):
-                    val_loss = evaluate(step_model, val_batches, device)
+                    val_loss = mean_over_ranks(
+                        torch.tensor([evaluate(step_model, val_batches, device)])
+                    )[0]
                     val_bpb = bits_per_byte(val_loss)
-                    row.update(val_loss=val_loss, val_bpb=val_bpb, val_gap_bpb=val_bpb - floor_bpb)
+                    row.update(
+                        val_loss=val_loss,
+                        val_bpb=val_bpb,
+                        val_gap_bpb=None if floor_bpb is None else val_bpb - floor_bpb,
+                    )
                 rows.append(row)
-                progress.update(step, loss, row["val_bpb"])
-                if row["val_loss"] is not None and not is_last:
+                if progress is not None:
+                    progress.update(step, loss, row["val_bpb"])
+                if is_main and row["val_loss"] is not None and not is_last:
                     write_metrics(metrics_path, rows)  # progress visible during long runs
+                if snapshot_every and (step + 1) % snapshot_every == 0:
+                    save_weights(
+                        out_dir / "snapshots" / f"step_{step + 1:06d}.pt", model, par, is_main
+                    )
+                if (
+                    can_checkpoint
+                    and checkpoint_every
+                    and is_main
+                    and (step + 1) % checkpoint_every == 0
+                    and not is_last
+                ):
+                    save_checkpoint(step + 1)
     except NonFiniteLossError:
-        if rows:
+        if rows and is_main:
             write_metrics(metrics_path, rows)
         raise
     finally:
-        progress.close()
-    write_metrics(metrics_path, rows)
+        if progress is not None:
+            progress.close()
+    if is_main:
+        write_metrics(metrics_path, rows)
+    save_weights(out_dir / "model.pt", model, par, is_main)
 
     # Steady-state throughput: median step time over steps without profiler overhead, after the
     # first (allocator warm-up, compilation). Falls back to all steps for very short runs.
-    steady = [r["step_time_s"] for r in rows[1:] if not r["profiled"]] or [
-        r["step_time_s"] for r in rows
-    ]
-    step_time_median = statistics.median(steady)
+    steady_rows = [r for r in rows[1:] if not r["profiled"]] or rows
+    step_time_median = statistics.median(r["step_time_s"] for r in steady_rows)
     tokens_per_s = tokens_per_step / step_time_median
     tokens_trained = steps * tokens_per_step
     final = rows[-1]
+
+    def median_of(key: str) -> float | None:
+        values = [r[key] for r in steady_rows if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    if world > 1 and is_main:
+        _write_comm_report(out_dir / "comm.json", run, setting, par, link, rows, records)
     summary = {
         "run_id": run["run_id"],
         "dataset": run["dataset"],
@@ -629,22 +985,80 @@ def train(
         "final_val_bpb": final["val_bpb"],
         "floor_bpb": floor_bpb,
         "gap_bpb": final["val_gap_bpb"],
-        "wall_s": time.perf_counter() - wall_start,
+        "wall_s": wall_before + time.perf_counter() - wall_start,
         "tokens_per_s": tokens_per_s,
         "mfu": mfu(flops_per_token, tokens_per_s, peak_flops),
         "device": provenance["device"],
         "step_time_s_median": step_time_median,
         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rows),
+        "world_size": world,
+        "strategy": setting.strategy,
+        "comm_s_median": median_of("comm_s"),
+        "comm_blocked_s_median": median_of("comm_blocked_s"),
+        "comm_predicted_s_median": median_of("comm_predicted_s"),
+        "comm_bytes_per_step": median_of("comm_bytes"),
+        "resumed_from_step": start_step if state is not None else None,
         "provenance": provenance,
     }
-    write_json_atomic(out_dir / "summary.json", summary)
-    message = (
-        f"{run['run_id']}: val {summary['final_val_loss']:.4f} nats/token, "
-        f"{summary['final_val_bpb']:.4f} bits/byte (floor {floor_bpb:.4f}, gap {summary['gap_bpb']:.4f}), "
-        f"{tokens_per_s:,.0f} tok/s, wall {summary['wall_s']:.1f}s"
-    )
-    log.info(message)
+    if is_main:
+        write_json_atomic(out_dir / "summary.json", summary)
+        checkpoint_path.unlink(missing_ok=True)  # the run is complete: model.pt holds the weights
+        message = (
+            f"{run['run_id']}: val {summary['final_val_loss']:.4f} nats/token, "
+            f"{summary['final_val_bpb']:.4f} bits/byte (floor {floor_text}, gap "
+            f"{summary['gap_bpb'] if floor_bpb is None else round(summary['gap_bpb'], 4)}), "
+            f"{tokens_per_s:,.0f} tok/s, wall {summary['wall_s']:.1f}s"
+        )
+        log.info(message)
     return summary
+
+
+def _record_dicts(records: list[Any]) -> list[dict[str, Any]]:
+    from dataclasses import asdict
+
+    return [{k: v for k, v in asdict(r).items() if k != "_marks"} for r in records]
+
+
+def _write_comm_report(
+    path: Path,
+    run: dict[str, Any],
+    setting: Any,
+    par: Any,
+    link: Any,
+    rows: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+) -> None:
+    """comm.json: per step, the ledger's measured, blocked (exposed) and predicted communication."""
+    steps = [{k: r.get(k) for k in ("step", "step_time_s", "comm_s", *COMM_COLUMNS)} for r in rows]
+    known = [s for s in steps if s["comm_bytes"] is not None]
+
+    def total(key: str) -> float | None:
+        values = [s[key] for s in known if s[key] is not None]
+        return sum(values) if values else None
+
+    write_json_atomic(
+        path,
+        {
+            "run_id": run["run_id"],
+            "parallelism": setting.as_dict(),
+            "world_size": setting.world_size,
+            "link_model": link.as_dict() if link is not None else None,
+            "expected_bytes_per_step": par.expected,
+            "steps_recorded": len(known),
+            "totals": {
+                key: total(key)
+                for key in ("comm_bytes", "comm_measured_s", "comm_blocked_s", "comm_predicted_s")
+            },
+            "note": (
+                "measured_s: time inside the collectives; blocked_s: time the step waited for "
+                "them (exposed, not overlapped); predicted_s: alpha-beta model (cost_model). "
+                "FSDP2/DTensor collectives are recorded on the first steps of a process only; "
+                "their time is host launch time, not duration (see parallel/ledger.py)."
+            ),
+            "steps": steps,
+            "records": records,
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,16 +1077,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ground-truth", required=True, help="ground_truth.json of the dataset")
     parser.add_argument("--out", required=True, help="run folder to write")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 logs progress; others warn
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(name)s{f' [rank {rank}]' if rank else ''} %(levelname)s %(message)s",
+    )
     try:
         run = parse_run_config(args.run_config)
         train(run, args.train, args.val, args.ground_truth, args.out)
     except (RunConfigError, FileNotFoundError) as e:
         print(f"nanigpt.train: error: {e}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, ValueError) as e:
+    except (NonFiniteLossError, checkpoint.CheckpointError, ValueError) as e:
         print(f"nanigpt.train: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -56,10 +56,36 @@ def test_head_dim_must_divide():
         validate_config(raw)
 
 
-def test_multi_process_parallelism_is_refused_for_now():
+def test_multi_process_parallelism_is_accepted_and_reaches_the_run():
     raw = load_smoke()
-    raw["parallelism"]["single"] = {"dp": 2}
-    with pytest.raises(ConfigError, match=r"parallelism\.single: world size 2"):
+    raw["parallelism"]["ddp2"] = {"dp": 2, "strategy": "ddp_manual"}
+    raw["sweeps"]["scaling"]["parallelism"] = ["single", "ddp2"]
+    runs = resolve_runs(validate_config(raw))
+    run = runs["tiny_dense_a_t1024_ddp2"]
+    assert run["parallelism"] == {"dp": 2, "fsdp": 1, "tp": 1, "ep": 1, "strategy": "ddp_manual"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"tp": 3}, r"tp=3 does not divide model.n_head=2"),
+        ({"ep": 2}, r"arch 'dense' .*ep=2 but the model is dense"),
+        ({"dp": 3}, r"batch_size=4 is not divisible by the 3 data-parallel ranks"),
+        ({"dp": 2, "strategy": "fsdp2"}, r"strategy 'fsdp2' does not use dp=2"),
+    ],
+)
+def test_parallelism_that_cannot_run_is_refused_before_any_job(setting, message):
+    raw = load_smoke()
+    raw["parallelism"]["bad"] = setting
+    raw["sweeps"]["scaling"]["parallelism"] = ["bad"]
+    with pytest.raises(ConfigError, match=r"sweeps\.scaling: parallelism 'bad' .*" + message):
+        validate_config(raw)
+
+
+def test_unknown_strategy_is_a_schema_error():
+    raw = load_smoke()
+    raw["parallelism"]["single"] = {"strategy": "ddp_magic"}
+    with pytest.raises(ConfigError, match=r"parallelism\.single\.strategy"):
         validate_config(raw)
 
 

@@ -36,8 +36,10 @@ SUMMARY_KEYS = {
 }  # fmt: skip
 METRIC_COLUMNS = {
     "step", "tokens", "flops", "loss", "aux_loss", "lr", "grad_norm", "step_time_s", "data_s",
-    "forward_s", "backward_s", "optimizer_s", "other_s", "tokens_per_s", "mfu",
-    "peak_memory_bytes", "profiled", "val_loss", "val_bpb", "val_gap_bpb",
+    "forward_s", "backward_s", "comm_s", "optimizer_s", "other_s", "tokens_per_s", "mfu",
+    "peak_memory_bytes", "profiled", "val_loss", "val_bpb", "val_gap_bpb", "comm_collectives",
+    "comm_bytes", "comm_wire_bytes", "comm_measured_s", "comm_blocked_s", "comm_predicted_s",
+    "moe_dropped_frac", "moe_router_entropy", "moe_load_cv",
 }  # fmt: skip
 
 
@@ -49,15 +51,19 @@ def _tokens(n: int, seed: int) -> np.ndarray:
     return np.where(noise, rng.integers(0, VOCAB, n), cycle).astype(np.uint16)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("data")
+def write_tiny_data(root: Path) -> dict[str, Path]:
+    """Train and val shards of the learnable stream, and a ground truth with its floor."""
     paths = {"train": root / "train.bin", "val": root / "val.bin", "gt": root / "ground_truth.json"}
     for split, n, seed in (("train", 8192, 0), ("val", 2048, 1)):
         tokens = _tokens(n, seed)
         write_shard(paths[split], tokens, np.zeros(n, np.int32), byte_count=2 * n, vocab_size=VOCAB)
     paths["gt"].write_text(json.dumps({"dataset": "tiny", "floor_bits_per_byte": FLOOR_BPB}))
     return paths
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def make_run(tokens: int = 1280, profile: bool = False, **training) -> dict:
@@ -138,8 +144,10 @@ def test_loss_decreases_and_metrics_are_complete(data, tmp_path):
     assert rows[-1]["flops"] == pytest.approx(summary["flops_total"])
     assert summary["mfu"] is None and rows[0]["mfu"] is None  # no CPU peak
     for r in rows:
-        phases = r["data_s"] + r["forward_s"] + r["backward_s"] + r["optimizer_s"] + r["other_s"]
+        phases = sum(r[f"{phase}_s"] for phase in ("data", "forward", "backward", "comm"))
+        phases += r["optimizer_s"] + r["other_s"]
         assert phases == pytest.approx(r["step_time_s"])
+        assert r["comm_bytes"] is None and r["moe_load_cv"] is None  # one process, dense
     assert rows[0]["lr"] < rows[3]["lr"] and rows[-1]["lr"] == pytest.approx(1e-3)
 
 
@@ -268,9 +276,10 @@ def test_cli_end_to_end_writes_the_four_files(data, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
         "metrics.parquet",
+        "model.pt",
         "summary.json",
         "trace.json.gz",
-    ]  # fmt: skip; and no temporary files
+    ]  # fmt: skip; no temporary files, and the checkpoint is gone once the run is complete
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
     assert set(summary["provenance"]) == {"config_hash", "code_version", "packages", "device"}
@@ -287,9 +296,14 @@ def test_cli_end_to_end_writes_the_four_files(data, tmp_path):
     assert [r["profiled"] for r in rows] == [False, True, True, False, False, False]
     mtimes = [
         (out / name).stat().st_mtime_ns
-        for name in ("config.json", "metrics.parquet", "summary.json")
+        for name in ("config.json", "metrics.parquet", "model.pt", "summary.json")
     ]
     assert mtimes == sorted(mtimes)
+    # model.pt: the full state_dict, loadable into a model rebuilt from config.json
+    from nanigpt.model.gpt import GPT, GPTConfig
+
+    rebuilt = GPT(GPTConfig.from_dict(config["run"]["model"]))
+    rebuilt.load_state_dict(torch.load(out / "model.pt", weights_only=True))
 
 
 def test_killed_run_leaves_no_summary(data, tmp_path):
@@ -333,5 +347,9 @@ def test_moe_run_trains_with_aux_loss(data, tmp_path):
     run["model"]["moe"] = {"num_experts": 4, "top_k": 1, "aux_loss_weight": 0.01}
     summary, rows = run_train(data, tmp_path, run)
     assert all(r["aux_loss"] > 0 for r in rows)
+    for r in rows:  # the router's health, mean over MoE layers: top-1 of 4 experts
+        assert 0 <= r["moe_dropped_frac"] < 1
+        assert 0 < r["moe_router_entropy"] <= math.log(4) + 1e-6
+        assert r["moe_load_cv"] >= 0
     assert summary["params_active"] < summary["params_total"]
     assert math.isfinite(summary["final_val_loss"])

@@ -1,20 +1,37 @@
 # Stage 6 (core question 3): expert specialization against the known sources of the mixture, load
 # balance against capacity, and where MoE overtakes dense. Reads `moe_analysis` from the config:
-#   sweeps: MoE sweeps to analyse (every MoE run: specialization.json + heatmap; per sweep: the
-#           load-balance and crossover figures); control_sweep: the same MoE trained on a
-#           single-source dataset; eval_dataset: whose validation text scores specialization
-#           (default: each run's own; the control then needs the mixture's text, encoded with the
-#           control's tokenizer); max_tokens: tokens analysed per model; bootstrap: crossover fits.
+#   sweeps: every MoE run of these gets specialization.json (+ counts.parquet) and a heatmap;
+#   control_sweep: the same MoE trained on a single-source dataset (the MI figure's baseline);
+#   eval_dataset: whose validation text scores specialization (default: each run's own; the
+#     control is then scored on the mixture's text, encoded with the control's tokenizer);
+#   load: {name: [sweeps]} -> results/moe/load_vs_capacity_{name}.svg;
+#   crossover: {name: [sweeps]} -> results/moe/crossover_{name}.svg (+ crossover_fits_{name}.json);
+#   max_tokens: tokens analysed per model; bootstrap: replicates of the crossover fits.
 # Snapshots over training come from `training.snapshot_every` (the trainer writes them).
 MOE_ANALYSIS = config.get("moe_analysis") or {}
 MOE_SWEEPS = list(MOE_ANALYSIS.get("sweeps") or [])
 MOE_CONTROL_SWEEP = MOE_ANALYSIS.get("control_sweep")
+MOE_LOAD = dict(MOE_ANALYSIS.get("load") or {})
+MOE_CROSSOVER = dict(MOE_ANALYSIS.get("crossover") or {})
 
-for _sweep in MOE_SWEEPS + ([MOE_CONTROL_SWEEP] if MOE_CONTROL_SWEEP else []):
-    if _sweep not in config["sweeps"]:
-        raise WorkflowError(
-            f"moe_analysis: unknown sweep '{_sweep}' (defined: {', '.join(config['sweeps'])})"
-        )
+for _where, _sweeps in [
+    ("sweeps", MOE_SWEEPS),
+    ("control_sweep", [MOE_CONTROL_SWEEP] if MOE_CONTROL_SWEEP else []),
+    *[(f"load.{k}", v) for k, v in MOE_LOAD.items()],
+    *[(f"crossover.{k}", v) for k, v in MOE_CROSSOVER.items()],
+]:
+    for _sweep in _sweeps:
+        if _sweep not in config["sweeps"]:
+            raise WorkflowError(
+                f"moe_analysis.{_where}: unknown sweep '{_sweep}' "
+                f"(defined: {', '.join(config['sweeps'])})"
+            )
+
+if MOE_ANALYSIS.get("eval_dataset") and MOE_ANALYSIS["eval_dataset"] not in config["datasets"]:
+    raise WorkflowError(
+        f"moe_analysis.eval_dataset: unknown dataset '{MOE_ANALYSIS['eval_dataset']}' "
+        f"(defined: {', '.join(config['datasets'])})"
+    )
 
 
 def moe_run_ids(sweep):
@@ -48,11 +65,20 @@ def spec_files(run_ids):
     return [f"results/moe/{rid}/specialization.json" for rid in run_ids]
 
 
+def run_ids_of(sweeps, moe_only):
+    """Run ids of several sweeps, each once, in config order."""
+    of_sweep = moe_run_ids if moe_only else (lambda s: sweep_run_ids(config, s))
+    return list(dict.fromkeys(rid for s in sweeps for rid in of_sweep(s)))
+
+
 MOE_TARGETS = (
-    [f"results/moe/{rid}/heatmap.svg" for s in MOE_SWEEPS for rid in moe_run_ids(s)]
-    + [f"results/moe/load_vs_capacity_{s}.svg" for s in MOE_SWEEPS]
-    + [f"results/moe/crossover_{s}.svg" for s in MOE_SWEEPS]
+    [
+        f"results/moe/{rid}/heatmap.svg"
+        for rid in run_ids_of(MOE_SWEEPS + ([MOE_CONTROL_SWEEP] if MOE_CONTROL_SWEEP else []), True)
+    ]
     + (["results/moe/mi_vs_step.svg"] if MOE_SWEEPS else [])
+    + [f"results/moe/load_vs_capacity_{name}.svg" for name in MOE_LOAD]
+    + [f"results/moe/crossover_{name}.svg" for name in MOE_CROSSOVER]
 )
 
 
@@ -123,30 +149,37 @@ rule moe_mi_vs_step:
 
 rule moe_load_vs_capacity:
     input:
-        lambda w: spec_files(moe_run_ids(w.sweep)),
+        lambda w: spec_files(run_ids_of(MOE_LOAD[w.name], moe_only=True)),
     output:
-        "results/moe/load_vs_capacity_{sweep}.svg",
+        "results/moe/load_vs_capacity_{name}.svg",
+    wildcard_constraints:
+        name="|".join(MOE_LOAD) or "(?!)",
     resources:
         **SMALL_JOB,
     log:
-        f"{LOGS}/moe_load_vs_capacity/{{sweep}}.log",
+        f"{LOGS}/moe_load_vs_capacity/{{name}}.log",
     shell:
         "python -m nanigpt.plots.moe load --spec {input} --out {output} > {log} 2>&1"
 
 
 rule moe_crossover:
     input:
-        lambda w: summaries_of_sweep(w.sweep),
+        lambda w: [
+            f"results/runs/{rid}/summary.json"
+            for rid in run_ids_of(MOE_CROSSOVER[w.name], moe_only=False)
+        ],
     output:
-        svg="results/moe/crossover_{sweep}.svg",
-        fits="results/moe/crossover_fits_{sweep}.json",
+        svg="results/moe/crossover_{name}.svg",
+        fits="results/moe/crossover_fits_{name}.json",
+    wildcard_constraints:
+        name="|".join(MOE_CROSSOVER) or "(?!)",
     params:
         loss=config["scaling"]["loss"],
         bootstrap=MOE_ANALYSIS.get("bootstrap", 20),
     resources:
         **SMALL_JOB,
     log:
-        f"{LOGS}/moe_crossover/{{sweep}}.log",
+        f"{LOGS}/moe_crossover/{{name}}.log",
     shell:
         "python -m nanigpt.plots.moe crossover --summaries {input} --out {output.svg}"
         " --fits-out {output.fits} --loss {params.loss} --bootstrap {params.bootstrap} > {log} 2>&1"

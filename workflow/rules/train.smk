@@ -1,5 +1,9 @@
 # Stage 3: one training run per (dataset, arch, size, tokens, parallelism) of every sweep.
 # The run's own settings are its params, so changing them reruns this run and nothing else.
+# With a world size > 1 (dp*fsdp*tp*ep) nanigpt.launch starts torchrun (srun + torchrun under
+# SLURM); with 1 it runs the trainer in its own process. checkpoint.pt, comm.json and snapshots/
+# are deliberately not outputs: Snakemake must not delete the checkpoint of a failed or killed run
+# (the rerun resumes from it), and comm.json exists only for distributed runs.
 
 
 rule train_run:
@@ -11,15 +15,18 @@ rule train_run:
         config="results/runs/{run_id}/config.json",
         metrics="results/runs/{run_id}/metrics.parquet",
         trace="results/runs/{run_id}/trace.json.gz",
+        model="results/runs/{run_id}/model.pt",
         summary="results/runs/{run_id}/summary.json",
     params:
         run=lambda w: run_settings_json(run_of(w)),
+        world=lambda w: world_size(run_of(w)),
     threads: config["training"]["threads"]
     resources:
         **train_resources(),
     log:
         f"{LOGS}/train_run/{{run_id}}.log",
     shell:
-        "python -m nanigpt.train --run-config {params.run:q} --train {input.train}"
+        "python -m nanigpt.launch --nproc {params.world} -- nanigpt.train"
+        " --run-config {params.run:q} --train {input.train}"
         " --val {input.val} --ground-truth {input.truth} --out results/runs/{wildcards.run_id}"
         " > {log} 2>&1"

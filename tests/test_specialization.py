@@ -1,0 +1,298 @@
+"""Expert specialization measures and MoE figures (issue 10): MI on constructed routers, refusals,
+the CLI end to end on a tiny model and shard, and the figures as valid SVG."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from nanigpt.data.shards import Shard, write_shard
+from nanigpt.measure import specialization as spec
+from nanigpt.model.gpt import GPT, GPTConfig
+from nanigpt.plots import moe as moe_plots
+
+VOCAB, SEQ_LEN = 64, 16
+
+
+# --- pure measures on constructed assignments ------------------------------------------------------
+
+
+def test_mi_is_zero_for_a_router_independent_of_the_source():
+    # Every (expert, source) pair appears n_e * m_s times: an exact product distribution.
+    n_e, m_s = np.array([1, 2, 3]), np.array([4, 1, 2, 5])
+    experts, sources = [], []
+    for e, ne in enumerate(n_e):
+        for s, ms in enumerate(m_s):
+            experts += [e] * (ne * ms)
+            sources += [s] * (ne * ms)
+    counts = spec.count_matrix(np.array(experts), np.array(sources), num_experts=3)
+    assert counts.tolist() == np.outer(n_e, m_s).tolist()
+    assert spec.mutual_information(counts) == 0.0
+    out = spec.specialization(counts)
+    assert out["normalized_mi"] == 0.0
+    # near-independent counts (not an exact product) give a small positive MI, never negative
+    noisy = counts.copy()
+    noisy[0, 0] += 1
+    assert 0.0 < spec.mutual_information(noisy) < 1e-2
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_bijective_router_scores_log_k_over_h_source_equal_one(k):
+    rng = np.random.default_rng(k)
+    sources = np.repeat(np.arange(k), 50)  # uniform: H(source) = ln k
+    perm = rng.permutation(k)
+    experts = perm[sources]
+    counts = spec.count_matrix(experts, sources, num_experts=k)
+    out = spec.specialization(counts)
+    assert out["mi_nats"] == pytest.approx(math.log(k), rel=1e-12)
+    assert out["h_source_nats"] == pytest.approx(math.log(k), rel=1e-12)
+    assert out["normalized_mi"] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_normalized_mi_lies_in_zero_one_on_random_routers():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        e, s = rng.integers(1, 9), rng.integers(2, 6)
+        n = rng.integers(5, 300)
+        sources = rng.integers(0, s, n)
+        # a router that follows the source with some probability, else picks at random
+        follow = rng.random(n) < rng.random()
+        experts = np.where(follow, sources % e, rng.integers(0, e, n))
+        counts = spec.count_matrix(experts, sources, num_experts=int(e))
+        out = spec.specialization(counts)
+        if out["normalized_mi"] is not None:
+            assert 0.0 <= out["normalized_mi"] <= 1.0
+            assert out["mi_nats"] <= min(out["h_source_nats"], out["h_expert_nats"]) + 1e-12
+
+
+def test_all_k_choices_are_counted_and_top1_is_the_first_column():
+    experts = np.array([[0, 1], [1, 0], [2, 1]])
+    sources = np.array([0, 1, 1])
+    assert spec.count_matrix(experts[:, :1], sources, 3).tolist() == [[1, 0], [0, 1], [0, 1]]
+    assert spec.count_matrix(experts, sources, 3).tolist() == [[1, 1], [1, 2], [0, 1]]
+
+
+def test_one_source_gives_null_normalisation_with_a_reason():
+    counts = spec.count_matrix(np.array([0, 1, 1, 2]), np.zeros(4, int), num_experts=3)
+    out = spec.specialization(counts)
+    assert out["mi_nats"] == 0.0
+    assert out["normalized_mi"] is None
+    assert "H(source) = 0" in out["normalized_mi_reason"]
+
+
+def test_load_cv():
+    assert spec.coefficient_of_variation([0.25] * 4) == 0.0
+    assert spec.coefficient_of_variation([1.0, 0.0]) == pytest.approx(1.0)
+
+
+def test_shards_without_labels_are_refused(tmp_path):
+    tokens = np.arange(100) % VOCAB
+    for labels, words in [
+        (None, "no source labels"),
+        (np.zeros(0, np.int64), "0 source labels"),
+        (np.full(100, -1), "unlabelled"),
+    ]:
+        shard = Shard(tmp_path / "x.bin", tokens, labels, 100, VOCAB)
+        with pytest.raises(spec.SpecializationError, match=words):
+            spec.analysis_windows(shard, SEQ_LEN, None)
+    with pytest.raises(spec.SpecializationError, match="unlabelled"):
+        spec.count_matrix(np.array([0, 1]), np.array([0, -1]), 2)
+
+
+# --- a tiny run end to end ---------------------------------------------------------------------------
+
+
+def tiny_model_cfg(num_experts=4, top_k=1, capacity_factor=1.25) -> dict:
+    return {
+        "vocab_size": VOCAB,
+        "seq_len": SEQ_LEN,
+        "n_layer": 2,
+        "d_model": 16,
+        "n_head": 2,
+        "mlp_ratio": 2,
+        "tied_embeddings": True,
+        "moe": {
+            "num_experts": num_experts,
+            "top_k": top_k,
+            "capacity_factor": capacity_factor,
+            "aux_loss_weight": 0.01,
+            "z_loss_weight": 0.001,
+            "every": 1,
+            "shared_expert": False,
+            "granularity": 1,
+        },
+    }
+
+
+def labelled_stream(n_tokens: int, num_sources: int, seed: int = 0):
+    """Documents of 40 tokens; source s writes tokens from its own slice of the vocabulary."""
+    rng = np.random.default_rng(seed)
+    tokens, labels = [], []
+    width = VOCAB // max(1, num_sources)
+    while len(tokens) < n_tokens:
+        s = int(rng.integers(num_sources))
+        tokens += list(s * width + rng.integers(0, width, 40))
+        labels += [s] * 40
+    return np.array(tokens[:n_tokens]), np.array(labels[:n_tokens])
+
+
+def make_run(tmp_path, name="mixmoe", num_sources=4, steps=(0, 10), moe_kwargs=None, train=True):
+    """A run folder with config.json, summary.json, model.pt and snapshots; plus its val shard."""
+    model_cfg = tiny_model_cfg(**(moe_kwargs or {}))
+    run_dir = tmp_path / "runs" / name
+    (run_dir / "snapshots").mkdir(parents=True)
+    run = {
+        "run_id": name,
+        "dataset": "mix" if num_sources > 1 else "solo",
+        "arch": "moe",
+        "arch_kind": "moe",
+        "size": "s1",
+        "tokens": 1000,
+        "model": model_cfg,
+        "training": {"seq_len": SEQ_LEN, "batch_size": 4},
+    }
+    (run_dir / "config.json").write_text(json.dumps({"run": run, "derived": {"steps": steps[-1]}}))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_dict(model_cfg))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tokens, labels = labelled_stream(4000, num_sources)
+    rng = np.random.default_rng(1)
+    for step in range(steps[-1] + 1):
+        if step in steps:
+            torch.save(model.state_dict(), run_dir / "snapshots" / f"step_{step:06d}.pt")
+        if step == steps[-1] or not train:
+            continue
+        starts = rng.integers(0, len(tokens) - SEQ_LEN - 1, 8)
+        x = torch.from_numpy(np.stack([tokens[s : s + SEQ_LEN] for s in starts]))
+        y = torch.from_numpy(np.stack([tokens[s + 1 : s + SEQ_LEN + 1] for s in starts]))
+        out = model(x, y)
+        (out.loss + out.aux_loss).backward()
+        opt.step()
+        opt.zero_grad()
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    (run_dir / "summary.json").write_text(json.dumps({"run_id": name, "steps": steps[-1]}))
+    val_tokens, val_labels = labelled_stream(1200, num_sources, seed=7)
+    val = tmp_path / f"{name}_val.bin"
+    write_shard(val, val_tokens, val_labels, byte_count=len(val_tokens), vocab_size=VOCAB)
+    return run_dir, val
+
+
+def test_cli_end_to_end(tmp_path):
+    run_dir, val = make_run(tmp_path)
+    out = tmp_path / "moe" / "mixmoe" / "specialization.json"
+    rc = spec.main(
+        ["--run-dir", str(run_dir), "--val", str(val), "--out", str(out), "--max-tokens", "640"]
+    )
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert [e["step"] for e in result["over_training"]] == [0, 10]  # the final snapshot is model.pt
+    assert result["final"]["path"].endswith("model.pt")
+    assert result["tokens_analysed"] == 640
+    assert result["sources_seen"] == [0, 1, 2, 3]
+    for layer in result["final"]["layers"]:
+        assert np.asarray(layer["counts_top1"]).shape == (4, 4)
+        assert np.asarray(layer["counts_top1"]).sum() == 640
+        assert 0 <= layer["normalized_mi_top1"] <= 1
+        assert sum(layer["load"]) == pytest.approx(1.0)
+        assert 0 <= layer["dropped_frac"] < 1
+        assert 0 < layer["router_entropy_nats"] <= math.log(4) + 1e-6
+    counts = pl.read_parquet(out.with_name("counts.parquet"))
+    assert counts.height == 2 * 2 * 4 * 4  # steps x layers x experts x sources
+    assert counts.filter(pl.col("step") == 10)["count_top1"].sum() == 2 * 640
+
+    # a dense run and a missing model are refused with a message, exit code 2
+    config = json.loads((run_dir / "config.json").read_text())
+    config["run"]["model"]["moe"] = None
+    dense_dir = tmp_path / "runs" / "dense"
+    dense_dir.mkdir()
+    (dense_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(spec.SpecializationError, match="dense"):
+        spec.analyse_run(dense_dir, val)
+    (run_dir / "model.pt").unlink()
+    assert spec.main(["--run-dir", str(run_dir), "--val", str(val), "--out", str(out)]) == 2
+
+
+def test_single_source_shard_gives_null_normalised_mi(tmp_path):
+    run_dir, val = make_run(tmp_path, name="solomoe", num_sources=1, steps=(2,), train=False)
+    result = spec.analyse_run(run_dir, val, max_tokens=320)
+    layer = result["final"]["layers"][0]
+    assert layer["normalized_mi_top1"] is None
+    assert "H(source) = 0" in layer["normalized_mi_reason"]
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def assert_svg(path):
+    text = path.read_text()
+    assert text.lstrip().startswith("<svg") and text.rstrip().endswith("</svg>")
+
+
+def test_figures_render_to_svg(tmp_path):
+    specs = []
+    for name, sources, moe_kwargs in [
+        ("mixmoe", 4, {"capacity_factor": 1.0}),
+        ("mixdropless", 4, {"capacity_factor": None, "top_k": 2}),
+        ("solomoe", 1, {}),
+    ]:
+        run_dir, val = make_run(tmp_path, name, sources, steps=(0, 3), moe_kwargs=moe_kwargs)
+        out = tmp_path / "moe" / name / "specialization.json"
+        assert spec.main(["--run-dir", str(run_dir), "--val", str(val), "--out", str(out),
+                          "--max-tokens", "320"]) == 0  # fmt: skip
+        specs.append(str(out))
+    svg = tmp_path / "moe"
+    assert moe_plots.main(["heatmap", "--spec", specs[0], "--out", str(svg / "h.svg")]) == 0
+    assert moe_plots.main(["heatmap", "--spec", specs[2], "--out", str(svg / "h1.svg")]) == 0
+    assert moe_plots.main(["mi", "--spec", *specs, "--out", str(svg / "mi.svg")]) == 0
+    assert moe_plots.main(["load", "--spec", *specs, "--out", str(svg / "load.svg")]) == 0
+    for name in ("h", "h1", "mi", "load"):
+        assert_svg(svg / f"{name}.svg")
+
+
+def test_crossover_figure_from_summaries(tmp_path):
+    summaries = []
+    rng = np.random.default_rng(0)
+    for arch, kind, experts in [("dense", "dense", 1), ("moeE2", "moe", 2), ("moeE4", "moe", 4)]:
+        for d_model in (16, 32):
+            for tokens in (1000, 4000):
+                run_id = f"mix_{arch}_d{d_model}_t{tokens}"
+                folder = tmp_path / run_id
+                folder.mkdir()
+                moe = None if kind == "dense" else {"num_experts": experts, "top_k": 1}
+                model = {"n_layer": 1, "d_model": d_model, "mlp_ratio": 4, "moe": moe}
+                (folder / "config.json").write_text(json.dumps({"run": {"model": model}}))
+                fpt = 6.0 * d_model**2 * 12
+                loss = 1.0 + 50 / d_model + 30 / tokens**0.5 - 0.01 * experts
+                summary = {
+                    "run_id": run_id,
+                    "arch": arch,
+                    "arch_kind": kind,
+                    "tokens_target": tokens,
+                    "tokens_trained": tokens,
+                    "params_total": 12 * d_model**2 * experts,
+                    "params_active": 12 * d_model**2,
+                    "params_non_embedding_active": 12 * d_model**2,
+                    "flops_per_token": fpt,
+                    "flops_total": fpt * tokens,
+                    "final_val_bpb": loss + rng.normal(0, 1e-3),
+                }
+                (folder / "summary.json").write_text(json.dumps(summary))
+                summaries.append(str(folder / "summary.json"))
+    out, fits_out = tmp_path / "crossover.svg", tmp_path / "fits.json"
+    args = ["crossover", "--summaries", *summaries, "--out", str(out), "--fits-out", str(fits_out)]
+    assert moe_plots.main([*args, "--bootstrap", "0"]) == 0
+    assert_svg(out)
+    fits = json.loads(fits_out.read_text())
+    assert set(fits) == {
+        "dense",
+        "moeE2: E=2 k=1 cf=dropless g=1",
+        "moeE4: E=4 k=1 cf=dropless g=1",
+    }
+    table = moe_plots.runs_table(summaries)
+    deltas = moe_plots.paired_differences(table, "final_val_bpb")
+    assert len(deltas) == 8 and all(d["delta"] < 0 for d in deltas)

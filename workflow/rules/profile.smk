@@ -1,0 +1,62 @@
+# Stage 4b: where does the time of a step go? The device's measured ceilings, then one profile
+# report per run (phase and kernel breakdown, MFU, roofline, memory), then the headline sweep's.
+from nanigpt.measure.ceilings import device_slug
+
+HARDWARE_DEVICE = device_slug(config["training"]["device"])
+HARDWARE_JSON = f"results/hardware/{HARDWARE_DEVICE}.json"
+PROFILE_FILES = (
+    "breakdown.parquet", "trace_breakdown.parquet", "trace_breakdown.json", "memory.json",
+    "breakdown.svg", "roofline.svg", "memory.svg", "report.json",
+)  # fmt: skip
+
+
+def profile_reports_of_sweep(sweep):
+    return [f"results/profile/{run_id}/report.json" for run_id in sweep_run_ids(config, sweep)]
+
+
+rule hardware_ceilings:
+    output:
+        "results/hardware/{device}.json",
+    params:
+        device=config["training"]["device"],
+    threads: config["training"]["threads"]
+    resources:
+        **(SMALL_JOB | ({"gpu": 1} if TRAIN_ON_GPU else {})),
+    log:
+        f"{LOGS}/hardware_ceilings/{{device}}.log",
+    shell:
+        "python -m nanigpt.measure.ceilings --device {params.device} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule profile_run:
+    input:
+        config="results/runs/{run_id}/config.json",
+        metrics="results/runs/{run_id}/metrics.parquet",
+        trace="results/runs/{run_id}/trace.json.gz",
+        summary="results/runs/{run_id}/summary.json",
+        hardware=HARDWARE_JSON,
+    output:
+        [f"results/profile/{{run_id}}/{name}" for name in PROFILE_FILES],
+    resources:
+        **SMALL_JOB,
+    log:
+        f"{LOGS}/profile_run/{{run_id}}.log",
+    shell:
+        "python -m nanigpt.measure.report --run-dir results/runs/{wildcards.run_id}"
+        " --hardware {input.hardware} --out-dir results/profile/{wildcards.run_id} > {log} 2>&1"
+
+
+rule profile_summary:
+    input:
+        profile_reports_of_sweep(config["scaling"]["sweep"]),
+    output:
+        summary="results/profile/summary.parquet",
+        chart="results/profile/breakdown.svg",
+    resources:
+        **SMALL_JOB,
+    log:
+        f"{LOGS}/profile_summary.log",
+    shell:
+        "python -m nanigpt.measure.report aggregate --reports {input}"
+        " --out {output.summary} --chart {output.chart} > {log} 2>&1"
