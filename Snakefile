@@ -15,13 +15,18 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/profile.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/moe.smk"
 
 
 rule all:
     default_target: True
     input:
         "results/scaling/moe_vs_dense.svg",
+        "results/profile/summary.parquet",
+        "results/profile/breakdown.svg",
         "results/rust/tokenizer.svg" if "bench" in config else [],
+        MOE_TARGETS,

@@ -181,6 +181,23 @@ def _check_references(config: dict, source: str) -> None:
                 f"(defined: {', '.join(config['datasets'])})"
             )
     _check_parallelism(config, source)
+    analysis = config.get("moe_analysis")
+    if analysis:
+        named = [("sweeps", s) for s in analysis["sweeps"]]
+        named += [("control_sweep", analysis["control_sweep"])] if analysis["control_sweep"] else []
+        for group in ("load", "crossover"):
+            named += [(f"{group}.{k}", s) for k, v in analysis[group].items() for s in v]
+        for where, sweep in named:
+            if sweep not in config["sweeps"]:
+                raise ConfigError(
+                    f"{source}: moe_analysis.{where}: unknown sweep '{sweep}' "
+                    f"(defined: {', '.join(config['sweeps'])})"
+                )
+        if analysis["eval_dataset"] and analysis["eval_dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"{source}: moe_analysis.eval_dataset: unknown dataset "
+                f"'{analysis['eval_dataset']}' (defined: {', '.join(config['datasets'])})"
+            )
     if config["scaling"]["sweep"] not in config["sweeps"]:
         raise ConfigError(
             f"{source}: scaling.sweep: unknown sweep '{config['scaling']['sweep']}' "

@@ -60,9 +60,12 @@ def plan(config_path: str, out: Path) -> None:
     print(f"planned {len(runs)} runs into {out}")
 
 
-def sweep(plan_path: Path, out: Path, work: Path) -> None:
+def sweep(plan_path: Path, out: Path, work: Path, only: str | None) -> None:
+    """Build what the plan needs, skipping outputs a previous call on this machine left."""
     py = sys.executable
     p = json.loads(plan_path.read_text())
+    if only:
+        p["runs"] = {k: v for k, v in p["runs"].items() if only in k}
     logs = work / "results/logs"
     timings = {}
     needed = {r["dataset"] for r in p["runs"].values()}
@@ -72,11 +75,13 @@ def sweep(plan_path: Path, out: Path, work: Path) -> None:
             "nanigpt.data.realtext" if spec["kind"] == "python_stdlib" else "nanigpt.data.synthetic"
         )
         syn = work / f"data/synthetic/{name}"
+        tok = work / f"data/tokenizer/{p['tokens_dirs'][name]}/tokenizer.json"
+        if (work / f"data/tokens/{p['tokens_dirs'][name]}/val.bin").exists():
+            continue
         timings[f"data_{name}"] = sh(
             [py, "-m", module, "--name", name, "--spec-json", json.dumps(spec), "--out", str(syn)],
             logs / f"data_{name}.log",
         )
-        tok = work / f"data/tokenizer/{p['tokens_dirs'][name]}/tokenizer.json"
         timings[f"tokenizer_{name}"] = sh(
             [py, "-m", "nanigpt.data.tokenize", "train", "--input", str(syn / "train.parquet"),
              "--vocab-size", str(p["vocab_size"]), "--out", str(tok)],
@@ -90,6 +95,8 @@ def sweep(plan_path: Path, out: Path, work: Path) -> None:
                 logs / f"encode_{name}_{split}.log",
             )  # fmt: skip
     for run_id, run in p["runs"].items():
+        if (work / f"results/runs/{run_id}/summary.json").exists():
+            continue
         tokdir = work / f"data/tokens/{p['tokens_dirs'][run['dataset']]}"
         timings[run_id] = sh(
             [py, "-m", "nanigpt.train", "--run-config", json.dumps(run),
@@ -98,7 +105,7 @@ def sweep(plan_path: Path, out: Path, work: Path) -> None:
              "--out", str(work / f"results/runs/{run_id}")],
             logs / f"train_{run_id}.log",
         )  # fmt: skip
-    pack(work, out / "sweep.tar.gz", timings)
+    pack(work, out / f"sweep{'_' + only if only else ''}.tar.gz", timings)
 
 
 def pack(work: Path, archive: Path, timings: dict) -> None:
@@ -172,11 +179,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/nanigpt-gpu"))
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--only", help="(sweep) only runs whose id contains this")
     args = parser.parse_args()
     if args.mode == "plan":
         plan(args.config, args.out)
     elif args.mode == "sweep":
-        sweep(args.plan, args.out, args.work)
+        sweep(args.plan, args.out, args.work, args.only)
     else:
         throughput(args.out, args.work, args.steps)
 

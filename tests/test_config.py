@@ -22,7 +22,7 @@ def test_default_and_smoke_configs_are_valid():
     default = load_config()
     smoke = load_config(SMOKE_CONFIG)
     assert len(resolve_runs(default)) >= 18
-    assert len(resolve_runs(smoke)) == 18
+    assert len(resolve_runs(smoke)) == 19
 
 
 def test_misspelled_key_names_the_key_and_suggests():

@@ -40,6 +40,14 @@ STAGES = {
     "plot_moe_vs_dense",
     "bench_tokenizer",
     "plot_rust_bench",
+    "hardware_ceilings",
+    "profile_run",
+    "profile_summary",
+    "moe_specialization",
+    "moe_heatmap",
+    "moe_mi_vs_step",
+    "moe_load_vs_capacity",
+    "moe_crossover",
 }
 
 
@@ -134,7 +142,8 @@ def test_changing_the_data_seed_reruns_everything_downstream(built, tmp_path):
 
 
 def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
-    """SIGKILL the whole Snakemake process group mid-training: the run must be planned again."""
+    """SIGKILL Snakemake's whole process group mid-training: the run is planned again, and the
+    rerun resumes from the run's last checkpoint instead of step 0, ending with complete outputs."""
     work = copy_build(built, tmp_path / "w")
     raw = load_smoke()
     raw["sweeps"]["scaling"]["tokens"] = [1024, 2048, 4096, 200_000]
@@ -150,15 +159,22 @@ def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "config.json").exists():
-            assert proc.poll() is None, "snakemake ended before the run started"
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.2)
-        time.sleep(2.0)  # well inside training: 200k tokens take far longer
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoint.pt").exists():  # killed after its first checkpoint
+            assert proc.poll() is None, "snakemake ended before the run checkpointed"
+            assert time.monotonic() < deadline, "the run never checkpointed"
+            time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (run_dir / "summary.json").exists()
     planned = {out for rule, out in planned_jobs(work, config, target)}
     assert any("tiny_dense_c_t200k_single" in out for out in planned)
+
+    snakemake(work, "--unlock", config=config)
+    snakemake(work, "--cores", "1", "--rerun-incomplete", target, config=config)
+    log = (work / "results/logs/train_run/tiny_dense_c_t200k_single.log").read_text()
+    assert "resuming from" in log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] > 0
+    assert summary["tokens_trained"] >= 200_000

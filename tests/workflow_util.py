@@ -40,7 +40,7 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool
 
 def planned_jobs(workdir: Path, config: Path, target: str = TARGET) -> list[tuple[str, str]]:
     """The (rule, first output) pairs that a dry run of `target` would execute."""
-    result = snakemake(workdir, "-n", "--cores", "1", target, config=config)
+    result = snakemake(workdir, "-n", "--rerun-incomplete", "--cores", "1", target, config=config)
     text = result.stdout + result.stderr
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
