@@ -109,7 +109,7 @@ def test_changing_one_size_changes_only_its_runs_settings():
     after = {k: run_settings_json(v) for k, v in resolve_runs(validate_config(changed)).items()}
     differing = {k for k in before if before[k] != after[k]}
     assert differing == {k for k in before if "_a_" in k}
-    assert len(differing) == 6
+    assert len(differing) == 7  # 6 scaling runs of size a and the MoE control
 
 
 def test_defaults_are_filled():
