@@ -237,3 +237,17 @@ def test_report_without_trace_or_hardware(tmp_path):
     assert result["mfu_measured"] is None  # no ceilings file
     assert result["mfu_datasheet"] == pytest.approx(1e6 * 1e5 / 989.4e12)  # hardware.py's table
     assert (out / "roofline.svg").stat().st_size > 0
+
+
+def test_inductor_fused_kernels_are_compute_unless_they_only_copy():
+    from nanigpt.measure.trace_analysis import categorize
+
+    assert categorize("triton_red_fused__log_softmax__to_copy_add_arange_eq_nll_3") == (
+        "norm_elementwise"
+    )
+    assert categorize("triton_per_fused__fused_rms_norm_backward__to_copy_add_view_9") == (
+        "norm_elementwise"
+    )
+    assert categorize("triton_poi_fused__to_copy_0") == "memory_copy"
+    assert categorize("triton_poi_fused__to_copy_clone_view_12") == "memory_copy"
+    assert categorize("triton_tem_fused_mm_4") == "matmul"

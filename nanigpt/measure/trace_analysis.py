@@ -125,9 +125,21 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+_INDUCTOR_FUSED = re.compile(r"^triton_(poi|red|per)_fused_+(.*?)_*\d*$")
+_LAYOUT_ONLY = re.compile(r"^(to|copy|clone|view|unsafe|expand|permute|transpose|t|contiguous)$")
+
+
 def categorize(name: str) -> str | None:
     """The category of a kernel or op name, or None when no pattern matches."""
     lowered = name.lower()
+    fused = _INDUCTOR_FUSED.match(lowered)
+    if fused:
+        # An Inductor kernel is named after the ops it fuses ("..._log_softmax__to_copy_..."): it
+        # is a copy only when every fused op is a cast or a layout change, else it is compute.
+        ops = [op for op in fused.group(2).split("_") if op and not op.isdigit()]
+        if ops and all(_LAYOUT_ONLY.match(op) for op in ops):
+            return "memory_copy"
+        return "norm_elementwise"
     for category, pattern in PATTERNS:
         if pattern.search(lowered):
             return category
