@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -60,12 +61,13 @@ def plan(config_path: str, out: Path) -> None:
     print(f"planned {len(runs)} runs into {out}")
 
 
-def sweep(plan_path: Path, out: Path, work: Path, only: str | None) -> None:
+def sweep(plan_path: Path, out: Path, work: Path, only: str | None, deadline_s: float) -> None:
     """Build what the plan needs, skipping outputs a previous call on this machine left."""
     py = sys.executable
     p = json.loads(plan_path.read_text())
+    started = time.monotonic()
     if only:
-        p["runs"] = {k: v for k, v in p["runs"].items() if only in k}
+        p["runs"] = {k: v for k, v in p["runs"].items() if re.search(only, k)}
     logs = work / "results/logs"
     timings = {}
     needed = {r["dataset"] for r in p["runs"].values()}
@@ -94,9 +96,21 @@ def sweep(plan_path: Path, out: Path, work: Path, only: str | None) -> None:
                  "--out", str(work / f"data/tokens/{p['tokens_dirs'][name]}/{split}.bin")],
                 logs / f"encode_{name}_{split}.log",
             )  # fmt: skip
+    archive = out / f"sweep{'_' + re.sub(r'[^A-Za-z0-9]+', '', only) if only else ''}.tar.gz"
+    try:
+        run_all(p, work, logs, timings, started + deadline_s)
+    finally:  # whatever finished comes back, also when a run fails or time runs out
+        pack(work, archive, timings)
+
+
+def run_all(p: dict, work: Path, logs: Path, timings: dict, deadline: float) -> None:
+    py = sys.executable
     for run_id, run in p["runs"].items():
         if (work / f"results/runs/{run_id}/summary.json").exists():
             continue
+        if time.monotonic() > deadline:
+            print(f"deadline reached: {run_id} and later runs not started", flush=True)
+            break
         tokdir = work / f"data/tokens/{p['tokens_dirs'][run['dataset']]}"
         timings[run_id] = sh(
             [py, "-m", "nanigpt.train", "--run-config", json.dumps(run),
@@ -105,7 +119,6 @@ def sweep(plan_path: Path, out: Path, work: Path, only: str | None) -> None:
              "--out", str(work / f"results/runs/{run_id}")],
             logs / f"train_{run_id}.log",
         )  # fmt: skip
-    pack(work, out / f"sweep{'_' + only if only else ''}.tar.gz", timings)
 
 
 def pack(work: Path, archive: Path, timings: dict) -> None:
@@ -179,12 +192,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/nanigpt-gpu"))
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--only", help="(sweep) only runs whose id contains this")
+    parser.add_argument("--only", help="(sweep) only runs whose id matches this regex")
+    parser.add_argument("--deadline-s", type=float, default=480, help="(sweep) start no run after")
     args = parser.parse_args()
     if args.mode == "plan":
         plan(args.config, args.out)
     elif args.mode == "sweep":
-        sweep(args.plan, args.out, args.work, args.only)
+        sweep(args.plan, args.out, args.work, args.only, args.deadline_s)
     else:
         throughput(args.out, args.work, args.steps)
 
