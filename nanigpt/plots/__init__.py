@@ -8,10 +8,13 @@ the target (vl-convert picks the format from the suffix), then renamed onto it.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import altair as alt
+import polars as pl
 
 # One colour per architecture, the same in every figure.
 ARCH_COLOURS = {"dense": "#1f77b4", "moe": "#d62728"}
@@ -39,3 +42,19 @@ def save_chart(chart: alt.TopLevelMixin, path: str | os.PathLike) -> Path:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+# What a chart CLI reports as bad input (a missing or malformed file), one line and exit code 2.
+CLI_INPUT_ERRORS = (FileNotFoundError, KeyError, ValueError, pl.exceptions.PolarsError)
+
+
+def save_from_cli(build: Callable[[], alt.TopLevelMixin], out: str | os.PathLike) -> int:
+    """Build a chart from a CLI's inputs and save it; bad input gets a clear error and exit 2."""
+    try:
+        chart = build()
+    except CLI_INPUT_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    save_chart(chart, out)
+    print(f"wrote {out}")
+    return 0

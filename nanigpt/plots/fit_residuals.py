@@ -21,7 +21,7 @@ import altair as alt
 import polars as pl
 
 from nanigpt.io import read_json
-from nanigpt.plots import arch_colour_scale, save_chart
+from nanigpt.plots import arch_colour_scale, save_from_cli
 from nanigpt.scaling.fit import LOSS_UNITS, LawParams
 
 TITLE = "Scaling-law fit: predicted against observed loss"
@@ -95,16 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fits", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    try:
+
+    def build() -> alt.Chart:
         if not Path(args.runs).is_file():
             raise FileNotFoundError(f"runs table not found: {args.runs}")
-        chart = build_chart(pl.read_parquet(args.runs), read_json(args.fits, "fits"))
-    except (FileNotFoundError, KeyError, ValueError, pl.exceptions.PolarsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    save_chart(chart, args.out)
-    print(f"wrote {args.out}")
-    return 0
+        return build_chart(pl.read_parquet(args.runs), read_json(args.fits, "fits"))
+
+    return save_from_cli(build, args.out)
 
 
 if __name__ == "__main__":

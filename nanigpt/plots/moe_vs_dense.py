@@ -25,7 +25,7 @@ import altair as alt
 import polars as pl
 
 from nanigpt.io import read_json
-from nanigpt.plots import arch_colour_scale, save_chart
+from nanigpt.plots import arch_colour_scale, save_from_cli
 from nanigpt.scaling.fit import LOSS_UNITS
 
 TITLE = "Dense vs MoE: validation loss against training compute"
@@ -218,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ground-truth", required=True, help="the dataset's ground_truth.json")
     parser.add_argument("--out", required=True, help="SVG to write")
     args = parser.parse_args(argv)
-    try:
+
+    def build() -> alt.LayerChart:
         if not Path(args.runs).is_file():
             raise FileNotFoundError(f"runs table not found: {args.runs}")
         runs = pl.read_parquet(args.runs)
@@ -229,13 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(
                 f"{args.ground_truth}: key 'floor_bits_per_byte' missing or not a number: {floor!r}"
             )
-        chart = build_chart(runs, fits, float(floor))
-    except (FileNotFoundError, KeyError, ValueError, pl.exceptions.PolarsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    save_chart(chart, args.out)
-    print(f"wrote {args.out}")
-    return 0
+        return build_chart(runs, fits, float(floor))
+
+    return save_from_cli(build, args.out)
 
 
 if __name__ == "__main__":

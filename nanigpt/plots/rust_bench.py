@@ -16,7 +16,7 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
-from nanigpt.plots import save_chart
+from nanigpt.plots import save_from_cli
 
 
 def throughput_table(bench: pl.DataFrame) -> pl.DataFrame:
@@ -60,16 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    if not args.bench.exists():
-        print(f"error: benchmark table not found: {args.bench}", file=sys.stderr)
-        return 2
-    try:
-        chart = build_chart(pl.read_parquet(args.bench))
-    except (ValueError, pl.exceptions.PolarsError) as e:
-        print(f"error: {args.bench}: {e}", file=sys.stderr)
-        return 2
-    save_chart(chart, args.out)
-    return 0
+
+    def build() -> alt.FacetChart:
+        if not args.bench.exists():
+            raise FileNotFoundError(f"benchmark table not found: {args.bench}")
+        return build_chart(pl.read_parquet(args.bench))
+
+    return save_from_cli(build, args.out)
 
 
 if __name__ == "__main__":
