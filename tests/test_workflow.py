@@ -178,3 +178,11 @@ def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] > 0
     assert summary["tokens_trained"] >= 200_000
+
+
+def test_report_holds_the_figures(built, tmp_path):
+    work = copy_build(built, tmp_path / "w")
+    snakemake(work, "--report", "report.html", config=work / "smoke.yaml")
+    html = (work / "report.html").read_text(errors="replace")
+    for name in ("moe_vs_dense.svg", "tokenizer.svg", "breakdown.svg", "mi_vs_step.svg"):
+        assert name in html, f"{name} missing from the report"

@@ -25,7 +25,11 @@ rule plot_rust_bench:
     input:
         "results/rust/tokenizer.parquet",
     output:
-        "results/rust/tokenizer.svg",
+        report(
+            "results/rust/tokenizer.svg",
+            category="Rust track",
+            caption="../report/rust_bench.rst",
+        ),
     resources:
         **SMALL_JOB,
     log:

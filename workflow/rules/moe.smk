@@ -138,7 +138,7 @@ rule moe_mi_vs_step:
     input:
         spec_files(moe_mi_run_ids()),
     output:
-        "results/moe/mi_vs_step.svg",
+        report("results/moe/mi_vs_step.svg", category="MoE specialization"),
     resources:
         **SMALL_JOB,
     log:
@@ -151,7 +151,7 @@ rule moe_load_vs_capacity:
     input:
         lambda w: spec_files(run_ids_of(MOE_LOAD[w.name], moe_only=True)),
     output:
-        "results/moe/load_vs_capacity_{name}.svg",
+        report("results/moe/load_vs_capacity_{name}.svg", category="MoE specialization"),
     wildcard_constraints:
         name="|".join(MOE_LOAD) or "(?!)",
     resources:
@@ -169,7 +169,7 @@ rule moe_crossover:
             for rid in run_ids_of(MOE_CROSSOVER[w.name], moe_only=False)
         ],
     output:
-        svg="results/moe/crossover_{name}.svg",
+        svg=report("results/moe/crossover_{name}.svg", category="MoE specialization"),
         fits="results/moe/crossover_fits_{name}.json",
     wildcard_constraints:
         name="|".join(MOE_CROSSOVER) or "(?!)",

@@ -8,7 +8,11 @@ rule plot_moe_vs_dense:
         fits="results/scaling/fits.json",
         truth=f"data/synthetic/{config['sweeps'][config['scaling']['sweep']]['dataset']}/ground_truth.json",
     output:
-        "results/scaling/moe_vs_dense.svg",
+        report(
+            "results/scaling/moe_vs_dense.svg",
+            category="Scaling",
+            caption="../report/moe_vs_dense.rst",
+        ),
     resources:
         **SMALL_JOB,
     log:

@@ -52,7 +52,7 @@ rule profile_summary:
         profile_reports_of_sweep(config["scaling"]["sweep"]),
     output:
         summary="results/profile/summary.parquet",
-        chart="results/profile/breakdown.svg",
+        chart=report("results/profile/breakdown.svg", category="Where time goes"),
     resources:
         **SMALL_JOB,
     log:
