@@ -26,6 +26,7 @@ rule all:
     default_target: True
     input:
         "results/scaling/moe_vs_dense.svg",
+        "results/scaling/fit_residuals.svg",
         "results/profile/summary.parquet",
         "results/profile/breakdown.svg",
         "results/rust/tokenizer.svg" if "bench" in config else [],

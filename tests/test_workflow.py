@@ -38,6 +38,7 @@ STAGES = {
     "aggregate_runs",
     "fit_scaling",
     "plot_moe_vs_dense",
+    "plot_fit_residuals",
     "bench_tokenizer",
     "plot_rust_bench",
     "hardware_ceilings",

@@ -20,3 +20,18 @@ rule plot_moe_vs_dense:
     shell:
         "python -m nanigpt.plots.moe_vs_dense --runs {input.runs} --fits {input.fits}"
         " --ground-truth {input.truth} --out {output} > {log} 2>&1"
+
+
+rule plot_fit_residuals:
+    input:
+        runs="results/scaling/runs.parquet",
+        fits="results/scaling/fits.json",
+    output:
+        report("results/scaling/fit_residuals.svg", category="Scaling"),
+    resources:
+        **SMALL_JOB,
+    log:
+        f"{LOGS}/plot_fit_residuals.log",
+    shell:
+        "python -m nanigpt.plots.fit_residuals --runs {input.runs} --fits {input.fits}"
+        " --out {output} > {log} 2>&1"
