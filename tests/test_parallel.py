@@ -195,8 +195,8 @@ def test_launcher_refuses_before_starting_and_builds_torchrun():
     assert command(run, ["--a"], python="py") == ["py", "-m", "nanigpt.train", "--a"]
     run["parallelism"] = {"fsdp": 2, "tp": 2}
     assert command(run, ["--a"], python="py") == [
-        "py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
-        "-m", "nanigpt.train", "--a",
+        "py", "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc-per-node", "4", "--max-restarts", "0", "-m", "nanigpt.train", "--a",
     ]  # fmt: skip
 
 

@@ -3,5 +3,5 @@
 Serves core question 2 (which collectives fire, when, with how many bytes, at what cost, and how
 strategies compose). Entry points: `apply.parallelize` (what the trainer calls),
 `apply.validate_parallelism` (refuses a bad setting before any process starts), `launch.command`
-(the torchrun line), `bench` (the strategy benchmark CLI).
+(the validated torchrun line, built by `nanigpt.launch`), `bench` (the strategy benchmark CLI).
 """

@@ -1,12 +1,9 @@
-"""The one launcher path: the command that starts a run with the right number of processes.
+"""How many processes a run needs, and the command that starts them, validated first.
 
-Serves core question 2 (training at each parallelism setting is a dimension of the graph): the
-training rule asks `command(run, module_args)` for its command line. A setting whose world size is
-1 runs as a plain `python -m ...`; any other is validated first (so a bad setting fails before any
-process starts) and started by `torchrun --standalone --nproc-per-node N` on one machine (gloo on
-the CPU, NCCL on GPUs: `mesh.init_distributed` picks). Across nodes, the SLURM profile wraps the
-same command in `srun` with torchrun's rendezvous arguments instead of `--standalone`: that is
-`nanigpt.launch` (SLURM-aware), which `graph_command` targets after the same validation.
+Serves core question 2 (training at each parallelism setting is a dimension of the graph): a bad
+setting is refused here, before any process starts. The command itself comes from the one launcher,
+`nanigpt.launch` (which the training rule calls, and which adds srun + a rendezvous under SLURM):
+a world size of 1 runs as a plain `python -m ...`, any other under `torchrun` on this machine.
 
 CLI (for a rule that needs the process count): `python -m nanigpt.parallel.launch --run-config
 run.json` prints the world size, or refuses the setting with the reason on stderr (exit 2).
@@ -14,15 +11,11 @@ run.json` prints the world size, or refuses the setting with the reason on stder
 
 from __future__ import annotations
 
-import shlex
 import sys
 from typing import Any
 
+from nanigpt.launch import torchrun_command
 from nanigpt.parallel.apply import validate_parallelism
-
-# Environment for multi-GPU runs: NVLink multicast (NVLS) off, as the device README asks.
-NCCL_ENV = {"NCCL_NVLS_ENABLE": "0"}
-CPU_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def world_size(run: dict[str, Any]) -> int:
@@ -41,36 +34,11 @@ def command(
     module: str = "nanigpt.train",
     python: str = sys.executable,
 ) -> list[str]:
-    """argv for the run: `python -m module ...` or `python -m torch.distributed.run ... -m module ...`."""
+    """argv for the run: `python -m module ...`, or torchrun with one process per rank."""
     n = world_size(run)
     if n == 1:
         return [python, "-m", module, *module_args]
-    return [
-        python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-        "-m", module, *module_args,
-    ]  # fmt: skip
-
-
-def graph_command(
-    run: dict[str, Any],
-    module_args: list[str],
-    module: str = "nanigpt.train",
-    python: str = sys.executable,
-) -> list[str]:
-    """The same run through `nanigpt.launch` (torchrun locally, srun + torchrun under SLURM)."""
-    n = world_size(run)
-    return [python, "-m", "nanigpt.launch", "--nproc", str(n), "--", module, *module_args]
-
-
-def environment(run: dict[str, Any], gpu: bool) -> dict[str, str]:
-    """Extra environment variables for the launch."""
-    if world_size(run) == 1:
-        return {}
-    return dict(NCCL_ENV) if gpu else dict(CPU_ENV)
-
-
-def shell(run: dict[str, Any], module_args: list[str], **kwargs) -> str:
-    return shlex.join(command(run, module_args, **kwargs))
+    return torchrun_command(n, 1, [module, *module_args], python=python)
 
 
 def main(argv: list[str] | None = None) -> None:
