@@ -136,6 +136,23 @@ struct BatchLoader {
     inner: loader::Loader,
 }
 
+/// The x, y (and optional labels) output buffers of one batch, checked and borrowed as slices.
+type BatchSlices<'a> = (&'a mut [i64], &'a mut [i64], Option<&'a mut [i64]>);
+
+fn batch_slices<'a>(
+    x: &'a PyBuffer<i64>,
+    y: &'a PyBuffer<i64>,
+    labels: Option<&'a PyBuffer<i64>>,
+    n: usize,
+) -> PyResult<BatchSlices<'a>> {
+    check_disjoint(&[Some(x), Some(y), labels])?;
+    let ls = match labels {
+        Some(l) => Some(i64_slice(l, n, "labels")?),
+        None => None,
+    };
+    Ok((i64_slice(x, n, "x")?, i64_slice(y, n, "y")?, ls))
+}
+
 /// Refuse output buffers that share memory (two `&mut` to the same bytes would be undefined).
 fn check_disjoint(bufs: &[Option<&PyBuffer<i64>>]) -> PyResult<()> {
     let spans: Vec<(usize, usize)> = bufs
@@ -183,12 +200,7 @@ impl BatchLoader {
         labels: Option<PyBuffer<i64>>,
     ) -> PyResult<()> {
         let n = self.inner.seq_len * self.inner.batch_size;
-        check_disjoint(&[Some(&x), Some(&y), labels.as_ref()])?;
-        let (xs, ys) = (i64_slice(&x, n, "x")?, i64_slice(&y, n, "y")?);
-        let ls = match &labels {
-            Some(l) => Some(i64_slice(l, n, "labels")?),
-            None => None,
-        };
+        let (xs, ys, ls) = batch_slices(&x, &y, labels.as_ref(), n)?;
         let inner = &mut self.inner;
         py.allow_threads(|| inner.next_batch(xs, ys, ls));
         Ok(())
@@ -205,12 +217,7 @@ impl BatchLoader {
         labels: Option<PyBuffer<i64>>,
     ) -> PyResult<()> {
         let n = self.inner.seq_len * self.inner.batch_size;
-        check_disjoint(&[Some(&x), Some(&y), labels.as_ref()])?;
-        let (xs, ys) = (i64_slice(&x, n, "x")?, i64_slice(&y, n, "y")?);
-        let ls = match &labels {
-            Some(l) => Some(i64_slice(l, n, "labels")?),
-            None => None,
-        };
+        let (xs, ys, ls) = batch_slices(&x, &y, labels.as_ref(), n)?;
         let inner = &self.inner;
         py.allow_threads(|| inner.eval_batch(index, n_batches, xs, ys, ls));
         Ok(())
