@@ -239,3 +239,98 @@ def test_ledger_records_and_reports_predicted_vs_measured(tmp_path):
         assert report["records"][1]["blocked_s"] is not None
     finally:
         dist.destroy_process_group()
+
+
+def test_alpha_beta_fit_recovers_a_planted_link():
+    from nanigpt.parallel.cost_model import fit_alpha_beta, latency_steps
+
+    alpha, beta, n = 25e-6, 320e9, 2
+    sizes = [1 << 12, 1 << 16, 1 << 20, 1 << 24, 1 << 28]
+    steps = [latency_steps("all_reduce", n)] * len(sizes)
+    wire = [wire_bytes("all_reduce", s, n) for s in sizes]
+    times = [st * alpha + w / beta for st, w in zip(steps, wire, strict=True)]
+    a, inv_b = fit_alpha_beta(steps, wire, times)
+    assert a == pytest.approx(alpha, rel=1e-6) and 1 / inv_b == pytest.approx(beta, rel=1e-6)
+    # latency-only data (a loaded host: the big message no slower) gives no bandwidth term,
+    # never a negative one or an infinite bandwidth
+    a, inv_b = fit_alpha_beta(steps[:2], wire[:2], [1e-4, 1e-4])
+    assert a > 0 and inv_b == 0
+    with pytest.raises(ValueError, match="positive times"):
+        fit_alpha_beta(steps[:2], wire[:2], [0.0, 1e-4])
+
+
+def test_measurement_mode_times_async_ops_without_overlap(tmp_path):
+    """With sync timing an async collective is waited for at once: its time is its own duration,
+    not the span until the caller's wait() (which would count the backward pass in between)."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from nanigpt.parallel.ledger import Ledger
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ledger = Ledger("cpu", sync_timing=True)
+        handle = ledger.all_reduce(torch.ones(10), async_op=True)
+        time.sleep(0.2)  # "the rest of the backward pass"
+        handle.wait()
+        ledger.end_step()
+        assert ledger.records[0].seconds < 0.1
+    finally:
+        dist.destroy_process_group()
+
+
+def test_optimizer_accepts_a_mix_of_dtensor_and_plain_parameters(tmp_path):
+    """tp_dtensor leaves norms and embeddings plain: foreach/fused AdamW refuses such a mix."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    from nanigpt.parallel.apply import Parallelized
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        model[0].weight = torch.nn.Parameter(
+            distribute_tensor(model[0].weight, mesh, [Replicate()])
+        )
+        par = Parallelized(model, ParallelSetting(), None, None)
+        opt = par.make_optimizer(lr=1e-2, weight_decay=0.1)
+        assert opt.defaults["foreach"] is False and opt.defaults["fused"] is False
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_bench_cli_writes_every_strategy_and_its_chart(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "nanigpt.parallel.bench", "--out", str(out), "--steps", "4",
+        "--strategies", "ddp_manual,zero2,ep",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    bench = json.loads(out.read_text())
+    rows = {(r["arch"], r["strategy"]): r for r in bench["results"]}
+    assert set(rows) == {("dense", "ddp_manual"), ("dense", "zero2"), ("moe", "ddp_manual"),
+                         ("moe", "zero2"), ("moe", "ep")}  # fmt: skip
+    link = bench["link_model"]
+    assert link["source"].startswith("calibrated:n=2") and len(link["all_reduce_points"]) >= 2
+    for r in rows.values():
+        assert r["step_time_s"] > 0 and r["exposed_comm_s"] >= 0 and r["comm_bytes"] > 0
+        assert r["predicted_comm_s"] > 0 and r["measured_comm_s"] > 0
+    # DDP all-reduces exactly the gradient bytes in its recorded step
+    ddp = rows[("dense", "ddp_manual")]
+    assert ddp["by_op"]["all_reduce:dp:grad"]["bytes"] == ddp["expected_bytes"]["all_reduce"]
+    svg = tmp_path / "bench.svg"
+    chart = [sys.executable, "-m", "nanigpt.parallel.bench", "--chart-from", str(out), "--out", str(svg)]  # fmt: skip
+    subprocess.run(chart, check=True, env=env, cwd=ROOT, timeout=120)
+    text = svg.read_text()
+    assert "exposed comm" in text and "ddp_manual" in text and "predicted (alpha-beta)" in text

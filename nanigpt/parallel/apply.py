@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.tensor import DTensor
 
 from nanigpt.parallel.ledger import Ledger
 from nanigpt.parallel.mesh import DIMS, STRATEGIES, ParallelSetting, data_rank
@@ -133,6 +134,11 @@ class Parallelized:
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         kwargs = {"fused": fused} if fused is not None else {}
+        dtensors = sum(isinstance(p, DTensor) for p in params)
+        if 0 < dtensors < len(params):
+            # DTensor parallelize_module shards some parameters and leaves norms and embeddings
+            # plain: multi-tensor (foreach/fused) kernels refuse the mix, so update one at a time.
+            kwargs = {"foreach": False, "fused": False}
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)
 
     # --- the step ---

@@ -59,6 +59,7 @@ GPU_DENSE = {
 GPU_MOE = {"num_experts": 8, "top_k": 2, "capacity_factor": None, "every": 2}
 PRESETS = {"tiny": (DENSE, MOE["moe"], 8), "gpu": (GPU_DENSE, GPU_MOE, 16)}
 OPTIM = {"lr": 1e-2, "weight_decay": 0.1, "grad_clip": 0.5}  # the tiny models start near 0.72
+PRESET_OPTIM = {"tiny": OPTIM, "gpu": {**OPTIM, "lr": 3e-4, "grad_clip": 1.0}}  # 150M: a sane lr
 
 
 def settings_for(world: int, arch_kind: str) -> list[dict[str, Any]]:
@@ -206,8 +207,12 @@ def run_case(
     }
 
 
-def compute_only_time(model_cfg: dict, batches, data_world: int, tp: int, device) -> float:
-    """Median step time of the unsharded model on one rank's rows, no communication, / tp."""
+def compute_only_time(
+    model_cfg: dict, batches, data_world: int, tp: int, device, autocast: bool = False
+) -> float:
+    """Median step time of the unsharded model on one rank's rows, no communication, / tp.
+
+    Runs under the same bf16 autocast as the strategies, so the difference is communication."""
     model = build_model(model_cfg, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     times = []
@@ -216,7 +221,8 @@ def compute_only_time(model_cfg: dict, batches, data_world: int, tp: int, device
         xl, yl = x[:rows].to(device), y[:rows].to(device)
         _sync(device)
         start = time.perf_counter()
-        out = model(xl, yl)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(xl, yl)
         (out.loss + out.aux_loss).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -273,12 +279,22 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             s = ParallelSetting.from_dict(setting)
             t0 = time.perf_counter()
-            res = run_case(
-                setting, cfg, batches, device, record_step=args.steps - 1,
-                blocked_step=args.steps - 2, autocast=autocast,
-            )  # fmt: skip
+            try:
+                res = run_case(
+                    setting, cfg, batches, device, record_step=args.steps - 1,
+                    blocked_step=args.steps - 2, autocast=autocast,
+                    optim=PRESET_OPTIM[args.preset],
+                )  # fmt: skip
+            except Exception as e:  # same on every rank (a refusal, OOM): record it, go on
+                log.exception(f"{arch} {s.strategy} failed")
+                results.append({"arch": arch, "strategy": s.strategy, "error": repr(e)[:500]})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             step_time = statistics.median(res["step_times"][1:] or res["step_times"])
-            compute = compute_only_time(cfg, batches, s.data_parallel_size, s.tp, device)
+            compute = compute_only_time(
+                cfg, batches, s.data_parallel_size, s.tp, device, autocast=autocast
+            )
             summary = res["ledger"].step_summaries(link)
             recorded = summary[args.steps - 1]
             tokens_per_s = args.batch * cfg["seq_len"] / step_time
@@ -314,44 +330,93 @@ def main(argv: list[str] | None = None) -> None:
                     f"comm bytes {row['comm_bytes']}, measured {row['measured_comm_s']}, "
                     f"predicted {row['predicted_comm_s']}"
                 )
-    if rank == 0:
-        from nanigpt.io import write_json_atomic
-
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_json_atomic(
-            args.out, {"link_model": link.as_dict(), "world_size": world, "results": results}
-        )
+                # rewritten after every case, so a run cut short keeps what it measured
+                _write_results(args.out, link, world, results)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
+def _write_results(path: str, link, world: int, results: list[dict[str, Any]]) -> None:
+    from nanigpt.io import write_json_atomic
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json_atomic(path, {"link_model": link.as_dict(), "world_size": world, "results": results})
+
+
+def chart_rows(bench: dict[str, Any]) -> tuple[list[dict], list[dict], list[str]]:
+    """(step-time parts, communication times, failures) of a bench JSON, in milliseconds."""
+    parts, comm, failed = [], [], []
+    for r in bench["results"]:
+        if "error" in r:
+            failed.append(f"{r['arch']} {r['strategy']}: {r['error'][:80]}")
+            continue
+        key = {"arch": r["arch"], "strategy": r["strategy"]}
+        compute = min(r["compute_only_s"], r["step_time_s"])
+        for part, value in (("compute only", compute), ("exposed comm", r["exposed_comm_s"])):
+            parts.append({**key, "part": part, "ms": value * 1e3, "mfu": r.get("mfu")})
+        for kind, value in (
+            ("measured (synced, per op)", r.get("measured_comm_s")),
+            ("predicted (alpha-beta)", r.get("predicted_comm_s")),
+            ("blocked in step (exposed)", r.get("blocked_comm_s")),
+        ):
+            if value is not None:
+                comm.append({**key, "kind": kind, "ms": value * 1e3})
+    return parts, comm, failed
+
+
 def write_chart(bench_json: str, svg_path: str) -> None:
-    """Step time split into compute-only and exposed communication, per strategy and arch."""
+    """Step time split into compute-only and exposed communication per strategy and arch, beside
+    the collectives' measured, predicted and blocked times."""
     import altair as alt
 
     from nanigpt.plots import save_chart
 
     with open(bench_json) as f:
         bench = json.load(f)
-    rows = []
-    for r in bench["results"]:
-        compute = min(r["compute_only_s"], r["step_time_s"])
-        for part, value in (("compute only", compute), ("exposed comm", r["exposed_comm_s"])):
-            rows.append(
-                {"arch": r["arch"], "strategy": r["strategy"], "part": part, "ms": value * 1e3}
-            )
-    device = bench["results"][0]["device"] if bench["results"] else "?"
-    chart = (
-        alt.Chart(alt.Data(values=rows))
+    parts, comm, failed = chart_rows(bench)
+    if not parts:
+        raise ValueError(f"{bench_json}: no strategy finished ({'; '.join(failed) or 'no rows'})")
+    device = next(r["device"] for r in bench["results"] if "error" not in r)
+    link = bench.get("link_model") or {}
+    steps = (
+        alt.Chart(alt.Data(values=parts))
         .mark_bar()
         .encode(
-            x=alt.X("ms:Q", title="step time (ms)"),
-            y=alt.Y("strategy:N", title=None),
+            x=alt.X("sum(ms):Q", title="step time (ms)"),
+            y=alt.Y("strategy:N", title=None, sort=None),
             color=alt.Color("part:N", title=None),
             row=alt.Row("arch:N", title=None),
+            tooltip=["strategy:N", "part:N", "ms:Q", "mfu:Q"],
         )
-        .properties(title=f"{bench['world_size']} x {device}: step time by strategy", width=360)
+        .properties(width=300, height=180, title="step time: compute only + exposed communication")
+        .resolve_scale(y="independent")
+    )
+    collectives = (
+        alt.Chart(alt.Data(values=comm))
+        .mark_point(filled=True, size=80)
+        .encode(
+            x=alt.X("ms:Q", title="communication per step (ms)"),
+            y=alt.Y("strategy:N", title=None, sort=None),
+            color=alt.Color("kind:N", title=None),
+            shape=alt.Shape("kind:N", title=None),
+            row=alt.Row("arch:N", title=None),
+            tooltip=["strategy:N", "kind:N", "ms:Q"],
+        )
+        .properties(width=300, height=180, title="collectives: measured vs predicted vs blocked")
+        .resolve_scale(y="independent")
+    )
+    subtitle = [
+        f"alpha = {link.get('alpha_s', float('nan')) * 1e6:.1f} us, "
+        f"beta = {link.get('beta_bytes_per_s', float('nan')) / 1e9:.1f} GB/s ({link.get('source')})"
+    ] + [f"failed: {f}" for f in failed]
+    chart = alt.hconcat(steps, collectives).resolve_scale(color="independent")
+    chart = chart.properties(
+        title=alt.TitleParams(
+            f"{bench['world_size']} x {device}: where each strategy's step time goes",
+            subtitle=subtitle,
+            anchor="start",
+        )
     )
     save_chart(chart, svg_path)
 

@@ -13,7 +13,7 @@ Rabenseifner & Gropp 2005 and NCCL's "bus bandwidth" notes), with S the payload:
 | broadcast (S = the buffer; pipelined) | S | n-1 |
 
 `alpha` (seconds per message) and `beta` (bytes per second a rank moves) come from `calibrate`,
-which times all_reduce at two sizes on the group it will predict for, or from a named default.
+which times all_reduce over a range of sizes on the group it will predict for, or from a named default.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -49,6 +50,7 @@ class LinkModel:
     alpha_s: float  # per-message latency
     beta_bytes_per_s: float  # bytes per second one rank moves
     source: str = "default"
+    points: tuple[tuple[int, float], ...] = ()  # (all_reduce bytes, seconds) it was fitted to
 
     def time_s(self, op: str, nbytes: int, n: int, sent_bytes: float | None = None) -> float:
         """Predicted seconds; `sent_bytes` overrides the uniform wire bytes (uneven all_to_all)."""
@@ -56,11 +58,14 @@ class LinkModel:
         return latency_steps(op, n) * self.alpha_s + wb / self.beta_bytes_per_s
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "alpha_s": self.alpha_s,
             "beta_bytes_per_s": self.beta_bytes_per_s,
             "source": self.source,
         }
+        if self.points:
+            out["all_reduce_points"] = [list(p) for p in self.points]
+        return out
 
 
 # Order-of-magnitude defaults, used only when no calibration ran: NVLink 4 (H100 SXM, 2 GPUs)
@@ -71,43 +76,88 @@ DEFAULTS = {
 }
 
 
+def fit_alpha_beta(
+    steps: list[float], wire: list[float], times: list[float]
+) -> tuple[float, float]:
+    """(alpha, 1/beta) >= 0 minimising the relative error of `t = steps * alpha + wire / beta`.
+
+    Each equation is divided by its own time, so small messages pin alpha and large ones beta. A
+    negative coefficient is clamped to 0 and the other refitted alone; a bandwidth term under 0.1%
+    of the largest time is reported as 0 (unmeasured), never as a near-infinite bandwidth."""
+    a = np.column_stack([steps, wire]).astype(np.float64)
+    t = np.asarray(times, dtype=np.float64)
+    if len(t) < 2 or np.any(t <= 0):
+        raise ValueError(f"fit_alpha_beta: need >= 2 positive times, got {list(times)}")
+    w = 1.0 / t
+    coef = np.linalg.lstsq(a * w[:, None], t * w, rcond=None)[0]
+    if coef[0] < 0 or coef[1] <= 0:
+        # one-parameter fits: bandwidth only, or latency only
+        inv_beta = float(np.sum(a[:, 1] * w * w * t) / max(np.sum((a[:, 1] * w) ** 2), 1e-300))
+        alpha = float(np.sum(a[:, 0] * w * w * t) / max(np.sum((a[:, 0] * w) ** 2), 1e-300))
+        coef = np.array([0.0, inv_beta]) if coef[0] < 0 and inv_beta > 0 else np.array([alpha, 0.0])
+    if coef[1] * a[:, 1].max() < 1e-3 * t.max():  # bandwidth term unmeasurable at these sizes
+        coef[1] = 0.0
+    return float(coef[0]), float(coef[1])
+
+
+# Payload sizes calibration times all_reduce at: a latency-bound end and a bandwidth-bound end.
+CALIBRATION_SIZES = {
+    "cuda": [1 << 12, 1 << 16, 1 << 20, 1 << 24, 1 << 26, 1 << 28],
+    "cpu": [1 << 10, 1 << 14, 1 << 18, 1 << 22],
+}
+
+
 def calibrate(
     group=None,
     device: torch.device | str = "cpu",
-    small: int = 1 << 10,
-    large: int = 1 << 22,
+    sizes: list[int] | None = None,
     repeats: int = 5,
+    inner: int = 4,
 ) -> LinkModel:
-    """Fit alpha and beta from all_reduce times at two sizes on `group` (every rank must call).
+    """Fit alpha and beta from all_reduce times over a range of sizes on `group` (every rank calls).
 
-    Two equations `t = 2(n-1) alpha + 2(n-1)/n S / beta` for S = small and large give both unknowns.
-    Each time is the median over `repeats` after one warm-up, bracketed by device syncs.
+    Each point is the median over `repeats` of `inner` back-to-back all_reduces bracketed by device
+    syncs (one launch's host overhead is spread over `inner` ops), after one warm-up; every rank
+    takes the slowest rank's median so all agree. `fit_alpha_beta` then fits
+    `t = 2(n-1) alpha + 2(n-1)/n S / beta` to all points; the points are kept in the model.
     """
     device = torch.device(device)
     n = dist.get_world_size(group)
     if n <= 1:
         return DEFAULTS[device.type]
+    sizes = sizes or CALIBRATION_SIZES[device.type]
 
     def timed(nbytes: int) -> float:
-        t = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+        t = torch.ones(max(nbytes // 4, 1), dtype=torch.float32, device=device)
         times = []
         for i in range(repeats + 1):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dist.barrier(group=group)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             start = time.perf_counter()
-            dist.all_reduce(t, group=group)
+            for _ in range(inner):
+                dist.all_reduce(t, group=group)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:
-                times.append(time.perf_counter() - start)
-        # Every rank must agree on the fit: take the slowest rank's median.
+                times.append((time.perf_counter() - start) / inner)
         med = torch.tensor([sorted(times)[len(times) // 2]], dtype=torch.float64, device=device)
         dist.all_reduce(med, op=dist.ReduceOp.MAX, group=group)
         return float(med.item())
 
-    t_small, t_large = timed(small), timed(large)
-    wb_small, wb_large = wire_bytes("all_reduce", small, n), wire_bytes("all_reduce", large, n)
-    inv_beta = max((t_large - t_small) / (wb_large - wb_small), 1e-15)
-    alpha = max((t_small - wb_small * inv_beta) / latency_steps("all_reduce", n), 0.0)
-    return LinkModel(alpha_s=alpha, beta_bytes_per_s=1.0 / inv_beta, source=f"calibrated:n={n}")
+    times = [timed(s) for s in sizes]
+    alpha, inv_beta = fit_alpha_beta(
+        [latency_steps("all_reduce", n)] * len(sizes),
+        [wire_bytes("all_reduce", s, n) for s in sizes],
+        times,
+    )
+    unmeasured = inv_beta <= 0  # then the named default bandwidth stands in, and says so
+    beta = DEFAULTS[device.type].beta_bytes_per_s if unmeasured else 1.0 / inv_beta
+    return LinkModel(
+        alpha_s=alpha,
+        beta_bytes_per_s=beta,
+        source=f"calibrated:n={n}" + (" (beta: default)" if unmeasured else ""),
+        points=tuple((int(s), float(t)) for s, t in zip(sizes, times, strict=True)),
+    )

@@ -126,11 +126,13 @@ class Ledger:
             work = fn(async_op)
         finally:
             self._wrapped_depth -= 1
-        if async_op:
+        if async_op and not self.clock.sync:
             return Handle(self, rec, work, start)
+        if async_op:  # measurement mode: no overlap, so the op's own duration is what is timed
+            work.wait()
         end = self.clock.mark()
         rec._marks = [(start, end, "seconds"), (start, end, "blocked_s")]
-        return None
+        return Handle(self, rec, None, start) if async_op else None
 
     # --- wrapped torch.distributed calls ----------------------------------------------------
     def all_reduce(self, t, group=None, group_name="world", purpose="grad", async_op=False):
