@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 
-def sh(args: list[str], log: Path) -> float:
+def sh(args: list[str], log: Path, env: dict | None = None) -> float:
     """Run one CLI like a rule would (output to its log); raise with the log's tail on failure."""
     started = time.monotonic()
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
-        code = subprocess.call(args, stdout=f, stderr=subprocess.STDOUT)
+        code = subprocess.call(args, stdout=f, stderr=subprocess.STDOUT, env=env)
     seconds = time.monotonic() - started
     if code != 0:
         tail = log.read_text()[-3000:]
@@ -54,6 +54,8 @@ def plan(config_path: str, out: Path) -> None:
                 "vocab_size": config["tokenizer"]["vocab_size"],
                 "tokens_dirs": {d: tokens_dir(config, d) for d in config["datasets"]},
                 "runs": {rid: json.loads(run_settings_json(r)) for rid, r in runs.items()},
+                "moe_analysis": moe_analysis_tasks(config, runs),
+                "moe_max_tokens": (config.get("moe_analysis") or {}).get("max_tokens", 65536),
             },
             indent=1,
         )
@@ -61,7 +63,31 @@ def plan(config_path: str, out: Path) -> None:
     print(f"planned {len(runs)} runs into {out}")
 
 
-def sweep(plan_path: Path, out: Path, work: Path, only: str | None, deadline_s: float) -> None:
+def moe_analysis_tasks(config: dict, runs: dict) -> list[dict]:
+    """What moe.smk's moe_specialization rule would run: each MoE run of the analysed sweeps with
+    the dataset whose validation text scores it (`moe_analysis.eval_dataset`, else its own)."""
+    from nanigpt.config import sweep_run_ids
+
+    spec = config.get("moe_analysis") or {}
+    sweeps = list(spec.get("sweeps") or []) + [s for s in [spec.get("control_sweep")] if s]
+    tasks = {}
+    for sweep_name in sweeps:
+        for rid in sweep_run_ids(config, sweep_name):
+            if runs[rid]["arch_kind"] == "moe":
+                eval_on = spec.get("eval_dataset") or runs[rid]["dataset"]
+                tasks[rid] = {"run_id": rid, "eval_dataset": eval_on}
+    return list(tasks.values())
+
+
+def sweep(
+    plan_path: Path,
+    out: Path,
+    work: Path,
+    only: str | None,
+    deadline_s: float,
+    gpus: int = 1,
+    per_gpu: int = 1,
+) -> None:
     """Build what the plan needs, skipping outputs a previous call on this machine left."""
     py = sys.executable
     p = json.loads(plan_path.read_text())
@@ -71,6 +97,7 @@ def sweep(plan_path: Path, out: Path, work: Path, only: str | None, deadline_s: 
     logs = work / "results/logs"
     timings = {}
     needed = {r["dataset"] for r in p["runs"].values()}
+    needed |= {t["eval_dataset"] for t in p.get("moe_analysis", []) if t["run_id"] in p["runs"]}
     for name in sorted(needed):
         spec = p["datasets"][name]
         module = (
@@ -98,33 +125,120 @@ def sweep(plan_path: Path, out: Path, work: Path, only: str | None, deadline_s: 
             )  # fmt: skip
     archive = out / f"sweep{'_' + re.sub(r'[^A-Za-z0-9]+', '', only) if only else ''}.tar.gz"
     try:
-        run_all(p, work, logs, timings, started + deadline_s)
+        run_all(p, work, logs, timings, started + deadline_s, gpus, per_gpu)
+        analyse_moe(p, work, logs, timings, gpus)
     finally:  # whatever finished comes back, also when a run fails or time runs out
         pack(work, archive, timings)
 
 
-def run_all(p: dict, work: Path, logs: Path, timings: dict, deadline: float) -> None:
+def _cost(run: dict) -> float:
+    """Relative training cost of a run (tokens x parameters-ish), for balancing GPUs."""
+    m = run["model"]
+    return (
+        run["tokens"]
+        * m["n_layer"]
+        * m["d_model"] ** 2
+        * (1 + (m.get("moe") or {}).get("top_k", 0))
+    )
+
+
+def _on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: int, timings: dict,
+             deadline: float | None = None, per_gpu: int = 1) -> None:  # fmt: skip
+    """Run (name, argv, log) jobs, `per_gpu` at a time on each GPU (CUDA_VISIBLE_DEVICES), in order.
+
+    A failed job is reported and the others go on; the first failure is raised at the end."""
+    import threading
+
+    lock, queue, failures = threading.Lock(), list(jobs), []
+
+    def worker(gpu: int) -> None:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+        while True:
+            with lock:
+                if not queue:
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    print(f"deadline reached: {[q[0] for q in queue]} not started", flush=True)
+                    queue.clear()
+                    return
+                name, argv, log = queue.pop(0)
+            try:
+                timings[name] = sh(argv, log, env)
+            except SystemExit as e:
+                print(f"FAILED {name}: {str(e)[-1500:]}", flush=True)
+                failures.append(e)
+
+    slots = max(1, gpus) * max(1, per_gpu)
+    threads = [threading.Thread(target=worker, args=(g % max(1, gpus),)) for g in range(slots)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+
+
+def run_all(
+    p: dict, work: Path, logs: Path, timings: dict, deadline: float, gpus: int = 1, per_gpu: int = 1
+) -> None:
+    """Train every planned run not trained yet; with several GPUs the costliest start first."""
     py = sys.executable
-    for run_id, run in p["runs"].items():
+    jobs = []
+    order = (
+        sorted(p["runs"].items(), key=lambda kv: -_cost(kv[1])) if gpus > 1 else p["runs"].items()
+    )
+    for run_id, run in order:
         if (work / f"results/runs/{run_id}/summary.json").exists():
             continue
-        if time.monotonic() > deadline:
-            print(f"deadline reached: {run_id} and later runs not started", flush=True)
-            break
         tokdir = work / f"data/tokens/{p['tokens_dirs'][run['dataset']]}"
-        timings[run_id] = sh(
+        jobs.append((
+            run_id,
             [py, "-m", "nanigpt.train", "--run-config", json.dumps(run),
              "--train", str(tokdir / "train.bin"), "--val", str(tokdir / "val.bin"),
              "--ground-truth", str(work / f"data/synthetic/{run['dataset']}/ground_truth.json"),
              "--out", str(work / f"results/runs/{run_id}")],
             logs / f"train_{run_id}.log",
-        )  # fmt: skip
+        ))  # fmt: skip
+    _on_gpus(jobs, gpus, timings, deadline, per_gpu)
+
+
+def analyse_moe(p: dict, work: Path, logs: Path, timings: dict, gpus: int) -> None:
+    """moe.smk's specialization step for every trained MoE run of the plan (JSON only: no polars
+    here; the heatmaps and MI figures are drawn back home from the JSON)."""
+    py = sys.executable
+    jobs = []
+    for task in p.get("moe_analysis", []):
+        rid, other = task["run_id"], task["eval_dataset"]
+        run_dir = work / f"results/runs/{rid}"
+        out = work / f"results/moe/{rid}/specialization.json"
+        if not (run_dir / "summary.json").exists() or out.exists():
+            continue
+        tokdir = work / f"data/tokens/{p['tokens_dirs'][p['runs'][rid]['dataset']]}"
+        val = tokdir / "val.bin"
+        if other != p["runs"][rid]["dataset"]:
+            val = tokdir / f"val_of_{other}.bin"
+            if not val.exists():
+                sh([py, "-m", "nanigpt.data.tokenize", "encode",
+                    "--tokenizer", str(tokdir.parent.parent / "tokenizer" / tokdir.name / "tokenizer.json"),
+                    "--input", str(work / f"data/synthetic/{other}/val.parquet"), "--out", str(val)],
+                   logs / f"encode_val_of_{other}_{tokdir.name}.log")  # fmt: skip
+        jobs.append((
+            f"specialization_{rid}",
+            [py, "-m", "nanigpt.measure.specialization", "--run-dir", str(run_dir),
+             "--val", str(val), "--out", str(out), "--no-counts", "--threads", "4",
+             "--max-tokens", str(p.get("moe_max_tokens", 65536))],
+            logs / f"specialization_{rid}.log",
+        ))  # fmt: skip
+    _on_gpus(jobs, gpus, timings, per_gpu=4)
 
 
 def pack(work: Path, archive: Path, timings: dict) -> None:
     (work / "timings.json").write_text(json.dumps(timings, indent=1))
     archive.parent.mkdir(parents=True, exist_ok=True)
-    keep = ("config.json", "metrics.parquet", "summary.json", "comm.json", "ground_truth.json")
+    keep = (
+        "config.json", "metrics.parquet", "summary.json", "comm.json", "ground_truth.json",
+        "specialization.json",
+    )  # fmt: skip
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(work / "timings.json", arcname="timings.json")
         for path in sorted(work.rglob("*")):
@@ -194,11 +308,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--only", help="(sweep) only runs whose id matches this regex")
     parser.add_argument("--deadline-s", type=float, default=480, help="(sweep) start no run after")
+    parser.add_argument("--gpus", type=int, default=1, help="(sweep) GPUs to spread runs over")
+    parser.add_argument(
+        "--per-gpu", type=int, default=1,
+        help="(sweep) runs sharing one GPU at once (small models; their tok/s are then shared)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.mode == "plan":
         plan(args.config, args.out)
     elif args.mode == "sweep":
-        sweep(args.plan, args.out, args.work, args.only, args.deadline_s)
+        sweep(args.plan, args.out, args.work, args.only, args.deadline_s, args.gpus, args.per_gpu)
     else:
         throughput(args.out, args.work, args.steps)
 

@@ -11,14 +11,20 @@ import pytest
 
 from nanigpt.scaling import aggregate, fit, isoflop
 from nanigpt.scaling.fit import (
+    LOWER_THROUGHOUT,
+    NOT_LOWER_AT_TOP,
+    OVERTAKES,
     PARAM_NAMES,
     FitError,
     FlopsPerToken,
     LawParams,
     allocation_exponents,
+    censored_interval,
     compute_optimal,
+    crossover_text,
+    fit_all,
     fit_law,
-    frontier_crossing,
+    overtaking_budget,
 )
 
 TRUE_LAW = LawParams(E=1.2, A=40.0, B=300.0, alpha=0.35, beta=0.3)
@@ -124,12 +130,59 @@ def test_flops_per_token_fit():
     assert FlopsPerToken.fit(np.array([1e5, 1e5]), np.array([7e5, 7e5])).kind == "6N"
 
 
-def test_frontier_crossing():
+def test_overtaking_budget_is_where_a_stays_below_b():
     flops = np.geomspace(1, 1e4, 5)
-    assert frontier_crossing(flops, [3, 2, 1, 0.5, 0.2], [2, 1.5, 1.5, 1, 0.9]) == pytest.approx(
-        math.sqrt(1e2 * 1e1), rel=0.5
+    c, outcome = overtaking_budget(flops, [3, 2, 1, 0.5, 0.2], [2, 1.5, 1.5, 1, 0.9])
+    assert outcome == OVERTAKES and c == pytest.approx(math.sqrt(1e1 * 1e2), rel=0.5)
+    assert overtaking_budget(flops, [1] * 5, [2] * 5) == (None, LOWER_THROUGHOUT)
+    assert overtaking_budget(flops, [2] * 5, [1] * 5) == (None, NOT_LOWER_AT_TOP)
+    # below at small budgets, above later, below again at the top: the last crossing counts
+    c, outcome = overtaking_budget(flops, [0, 2, 2, 2, 0], [1, 1, 1, 1, 1])
+    assert outcome == OVERTAKES and 1e3 < c < 1e4
+    # below at small budgets, above at the top (the H100 MoE case of the old search): no crossover
+    assert overtaking_budget(flops, [0, 0, 2, 2, 2], [1] * 5) == (None, NOT_LOWER_AT_TOP)
+
+
+def test_censored_interval_counts_replicates_that_never_cross():
+    budgets = [10.0, 20.0, 30.0, 40.0] + [None] * 6
+    outcomes = [OVERTAKES] * 4 + [NOT_LOWER_AT_TOP] * 6
+    interval, shares = censored_interval(budgets, outcomes, 0.95)
+    assert interval == [10.0, None]  # the upper end lies beyond the searched range
+    assert shares[OVERTAKES] == 0.4 and shares[NOT_LOWER_AT_TOP] == 0.6
+    interval, _ = censored_interval(
+        [None] + [5.0] * 98 + [None],
+        [LOWER_THROUGHOUT] + [OVERTAKES] * 98 + [NOT_LOWER_AT_TOP],
+        0.9,
     )
-    assert frontier_crossing(flops, [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]) is None
+    assert interval == [5.0, 5.0]
+    assert "beyond range" in crossover_text(
+        {"flops": 12.0, "flops_ci": [10.0, None], "searched_flops": [1, 100]}
+    )
+    assert "no crossover" in crossover_text(
+        {"flops": None, "outcome": NOT_LOWER_AT_TOP, "searched_flops": [1, 100]}
+    )
+
+
+def test_crossover_point_lies_inside_its_interval_on_a_planted_pair():
+    """Two planted laws whose frontiers cross inside the runs: the estimate and its interval agree."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for arch, law in (
+        ("dense", LawParams(E=1.0, A=40.0, B=400.0, alpha=0.35, beta=0.35)),
+        ("moe", LawParams(E=0.8, A=60.0, B=400.0, alpha=0.35, beta=0.35)),  # overtakes at 6e14
+    ):
+        for n in np.geomspace(1e5, 1e7, 4):
+            for d in np.geomspace(1e7, 1e9, 4):
+                loss = float(law.loss(n, d)) * math.exp(rng.normal(0, 0.005))
+                rows.append({"run_id": f"{arch}_{n:.0f}_{d:.0f}", "arch_kind": arch,
+                             "tokens_trained": d, "params_non_embedding_active": n,
+                             "final_val_bpb": loss, "flops_total": 6 * n * d})  # fmt: skip
+    fits = fit_all(pl.DataFrame(rows), bootstrap=30, seed=0)
+    crossing = fits["moe"]["crossover_vs_dense"]
+    assert crossing["outcome"] == OVERTAKES
+    lo, hi = crossing["flops_ci"]
+    assert lo is not None and lo <= crossing["flops"] and (hi is None or crossing["flops"] <= hi)
+    assert 6.3e14 / 2 < crossing["flops"] < 6.3e14 * 2  # the planted frontiers cross at 6.3e14
 
 
 # --- aggregate and the CLIs --------------------------------------------------------------------

@@ -43,16 +43,18 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import torch
 
 from nanigpt.data.loader import eval_starts
 from nanigpt.data.shards import Shard, ShardError, read_shard
 from nanigpt.io import atomic_path, read_json, write_json_atomic
 from nanigpt.model.gpt import GPT, GPTConfig
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +371,8 @@ def analyse_run(
 
 def counts_table(result: dict[str, Any]) -> pl.DataFrame:
     """The count matrices of every step and layer as long rows."""
+    import polars as pl  # here, not at the top: the analysis itself runs where polars is absent
+
     rows = []
     for entry in result["over_training"]:
         for layer in entry["layers"]:
@@ -420,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--counts", help="Parquet of the count matrices (default: counts.parquet beside --out)"
     )
     parser.add_argument(
+        "--no-counts", action="store_true", help="skip the Parquet (machines without polars)"
+    )
+    parser.add_argument(
         "--max-tokens",
         type=int,
         default=DEFAULT_MAX_TOKENS,
@@ -441,9 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(threads)
     out = Path(args.out)
     counts = Path(args.counts) if args.counts else out.with_name("counts.parquet")
-    table = counts_table(result)
-    with atomic_path(counts) as tmp:
-        table.write_parquet(tmp)
+    if not args.no_counts:
+        table = counts_table(result)
+        with atomic_path(counts) as tmp:
+            table.write_parquet(tmp)
     write_json_atomic(out, _jsonable(result))
     final = result["final"]
     for layer in final["layers"]:

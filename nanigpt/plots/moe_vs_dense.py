@@ -26,7 +26,7 @@ import polars as pl
 
 from nanigpt.io import read_json
 from nanigpt.plots import arch_colour_scale, save_from_cli
-from nanigpt.scaling.fit import LOSS_UNITS
+from nanigpt.scaling.fit import LOSS_UNITS, crossover_text
 
 TITLE = "Dense vs MoE: validation loss against training compute"
 
@@ -82,6 +82,8 @@ def _subtitle(fits: dict[str, Any], n_column: str, arch_kinds: list[str]) -> lis
                 f"{arch_kind}: E={entry['E']:.3g}, α={entry['alpha']:.2f}, β={entry['beta']:.2f} "
                 f"({entry['n_points']} runs)"
             )
+            if entry.get("crossover_vs_dense"):
+                lines.append(crossover_text(entry["crossover_vs_dense"], arch_kind))
     return lines
 
 
@@ -184,10 +186,7 @@ def build_chart(
         crossing = (fits.get(arch_kind) or {}).get("crossover_vs_dense") or {}
         c = crossing.get("flops")
         if c is not None and flops_lo <= c <= flops_hi:
-            label = f"{arch_kind} frontier crosses dense: {c:.2g} FLOPs"
-            lo, hi = crossing.get("flops_ci") or [None, None]
-            if lo is not None and hi is not None:
-                label += f" (95% CI {lo:.2g} to {hi:.2g})"
+            label = crossover_text(crossing, arch_kind)
             cross_data = alt.Data(values=[{"flops": c, "label": label}])
             layers.append(
                 alt.Chart(cross_data).mark_rule(color="gray", strokeDash=[2, 2]).encode(x=x)

@@ -428,17 +428,81 @@ def allocation_exponents(params: LawParams) -> dict[str, float]:
     }
 
 
-def frontier_crossing(flops: np.ndarray, loss_a: np.ndarray, loss_b: np.ndarray) -> float | None:
-    """The first budget where the sign of loss_a - loss_b changes (log-interpolated), or None."""
-    diff = np.asarray(loss_a) - np.asarray(loss_b)
+# What `overtaking_budget` found on its grid (the grid's ends are the search range).
+LOWER_THROUGHOUT = "lower_throughout"  # a is below b at every searched budget
+OVERTAKES = "overtakes"  # a is above b at small budgets and below from C* to the top
+NOT_LOWER_AT_TOP = "not_lower_at_top"  # a is not below b at the largest searched budget
+
+
+def overtaking_budget(
+    flops: np.ndarray, loss_a: np.ndarray, loss_b: np.ndarray
+) -> tuple[float | None, str]:
+    """(C*, outcome): the budget from which frontier a stays below frontier b up to the grid's top.
+
+    This is the question "above what compute does a win" asked of the whole searched range: a
+    crossing at small budgets that is undone later (a wins, then loses) does not count, which a
+    first-sign-change search would report. C* is log-interpolated between the last
+    budget where a is not lower and the next; None when a is lower throughout or not lower at top.
+    """
+    diff = np.asarray(loss_a, dtype=float) - np.asarray(loss_b, dtype=float)
     ok = np.isfinite(diff)
-    x, diff = np.log(np.asarray(flops)[ok]), diff[ok]
-    change = np.flatnonzero(np.sign(diff[:-1]) * np.sign(diff[1:]) < 0)
-    if len(change) == 0:
-        return None
-    i = int(change[0])
+    x, diff = np.log(np.asarray(flops, dtype=float)[ok]), diff[ok]
+    if len(diff) == 0 or diff[-1] >= 0:
+        return None, NOT_LOWER_AT_TOP
+    not_lower = np.flatnonzero(diff >= 0)
+    if len(not_lower) == 0:
+        return None, LOWER_THROUGHOUT
+    i = int(not_lower[-1])
     t = diff[i] / (diff[i] - diff[i + 1])
-    return float(math.exp(x[i] + t * (x[i + 1] - x[i])))
+    return float(math.exp(x[i] + t * (x[i + 1] - x[i]))), OVERTAKES
+
+
+def censored_interval(
+    budgets: list[float | None], outcomes: list[str], level: float
+) -> tuple[list[float | None], dict[str, float]]:
+    """Percentile interval of C* over bootstrap replicates, counting every replicate.
+
+    A replicate lower throughout sits below the searched range and one not lower at the top sits
+    above it; an interval end that falls among those is None (beyond the searched range) instead
+    of being computed from the crossing replicates alone, which biased the old interval (and could
+    exclude its own point estimate). Also returns the share of each outcome."""
+    order = {LOWER_THROUGHOUT: -math.inf, NOT_LOWER_AT_TOP: math.inf}
+    values = np.array(
+        [
+            order.get(o, b if b is not None else math.nan)
+            for b, o in zip(budgets, outcomes, strict=True)
+        ]
+    )
+    values = np.sort(values[~np.isnan(values)])
+    shares = (
+        {
+            o: outcomes.count(o) / len(outcomes)
+            for o in (LOWER_THROUGHOUT, OVERTAKES, NOT_LOWER_AT_TOP)
+        }
+        if outcomes
+        else {}
+    )
+    if len(values) == 0:
+        return [None, None], shares
+    tail = (1 - level) / 2
+    lo = values[int(math.floor(tail * (len(values) - 1)))]
+    hi = values[int(math.ceil((1 - tail) * (len(values) - 1)))]
+    return [float(v) if math.isfinite(v) else None for v in (lo, hi)], shares
+
+
+def crossover_text(crossing: dict[str, Any], name: str = "MoE") -> str:
+    """One line for a figure: where `name` overtakes dense, or why no budget is given."""
+    c, outcome = crossing.get("flops"), crossing.get("outcome")
+    searched = crossing.get("searched_flops") or [math.nan, math.nan]
+    if c is None:
+        if outcome == LOWER_THROUGHOUT:
+            return f"{name} below dense over the whole searched range ({searched[0]:.1e}-{searched[1]:.1e} FLOPs)"
+        return f"{name} not below dense up to {searched[1]:.1e} FLOPs: no crossover in the searched range"
+    lo, hi = crossing.get("flops_ci") or [None, None]
+    ci = f"{lo:.1e}" if lo is not None else "below range"
+    ci += f" to {hi:.1e}" if hi is not None else " to beyond range"
+    where = " (extrapolated beyond the runs)" if crossing.get("extrapolated") else ""
+    return f"{name} overtakes dense from {c:.2g} FLOPs{where}, 95% CI {ci}"
 
 
 # --- runs table -> fits.json --------------------------------------------------------------------
@@ -557,33 +621,44 @@ def fit_arch(
     return entry, law, fpt_model
 
 
+# The crossover is searched from the runs' smallest budget to this many times their largest: far
+# enough to say where fitted frontiers meet just beyond the data, not so far that the E terms alone
+# decide it (the old search ran 1e9 times past the data and below it by 1e3).
+CROSSOVER_EXTRAPOLATION = 100.0
+
+
 def _crossover(
-    flops_grid: np.ndarray,
+    flops_range: tuple[float, float],
     fit_a: tuple[LawFit, FlopsPerToken],
     fit_b: tuple[LawFit, FlopsPerToken],
     ci_level: float,
 ) -> dict[str, Any]:
-    """Where arch a's frontier crosses arch b's, on a budget range far wider than the runs."""
-    wide = np.geomspace(flops_grid.min() / 1e3, flops_grid.max() * 1e9, 240)
+    """Where arch a's compute-optimal frontier overtakes arch b's (`overtaking_budget`), with a
+    bootstrap interval that counts replicates that never cross (`censored_interval`)."""
+    lo, hi = flops_range
+    grid = np.geomspace(lo, hi * CROSSOVER_EXTRAPOLATION, 200)
     (law_a, fpt_a), (law_b, fpt_b) = fit_a, fit_b
-    loss_a = compute_optimal(law_a.params, wide, fpt_a)[2]
-    loss_b = compute_optimal(law_b.params, wide, fpt_b)[2]
-    point = frontier_crossing(wide, loss_a, loss_b)
-    pairs = list(zip(law_a.bootstrap_params(), law_b.bootstrap_params(), strict=False))
-    crossings = [
-        frontier_crossing(
-            wide, compute_optimal(pa, wide, fpt_a)[2], compute_optimal(pb, wide, fpt_b)[2]
+
+    def at(pa: LawParams, pb: LawParams) -> tuple[float | None, str]:
+        return overtaking_budget(
+            grid, compute_optimal(pa, grid, fpt_a)[2], compute_optimal(pb, grid, fpt_b)[2]
         )
-        for pa, pb in pairs
-    ]
-    found = np.array([c for c in crossings if c is not None])
-    below = loss_a[np.isfinite(loss_a - loss_b)] < loss_b[np.isfinite(loss_a - loss_b)]
+
+    point, outcome = at(law_a.params, law_b.params)
+    pairs = list(zip(law_a.bootstrap_params(), law_b.bootstrap_params(), strict=False))
+    replicates = [at(pa, pb) for pa, pb in pairs]
+    interval, shares = censored_interval(
+        [c for c, _ in replicates], [o for _, o in replicates], ci_level
+    )
     return {
         "flops": point,
-        "flops_ci": _ci_pair(found, ci_level) if len(found) else [None, None],
-        "fraction_bootstrap_crossing": float(len(found) / len(pairs)) if pairs else None,
-        "searched_flops": [float(wide.min()), float(wide.max())],
-        "lower_at_smallest_budget": bool(below[0]) if len(below) else None,
+        "outcome": outcome,
+        "extrapolated": bool(point is not None and point > hi),
+        "flops_ci": interval,
+        "bootstrap_outcomes": shares,
+        "fraction_bootstrap_crossing": shares.get(OVERTAKES),
+        "searched_flops": [float(grid[0]), float(grid[-1])],
+        "runs_flops": [float(lo), float(hi)],
     }
 
 
@@ -608,6 +683,9 @@ def fit_all(
     if table.height == 0:
         raise ValueError("runs table is empty")
     grid = frontier_flops_grid(table)
+    flops = table["flops_total"].to_numpy().astype(float)
+    flops = flops[np.isfinite(flops) & (flops > 0)]
+    flops_range = (float(flops.min()), float(flops.max()))
     out: dict[str, Any] = {}
     laws: dict[str, tuple[LawFit, FlopsPerToken]] = {}
     for arch_kind in sorted(table["arch_kind"].unique().to_list()):
@@ -631,7 +709,7 @@ def fit_all(
         for arch_kind, pair in laws.items():
             if arch_kind != "dense":
                 out[arch_kind]["crossover_vs_dense"] = _crossover(
-                    grid, pair, laws["dense"], ci_level
+                    flops_range, pair, laws["dense"], ci_level
                 )
     return out
 
