@@ -498,12 +498,20 @@ def train_step(
     return loss_sum, aux_sum, float(grad_norm), times, moe.means()
 
 
+def collective_device(backend: str) -> torch.device:
+    """Where a tensor must live for the default group's collectives: NCCL reduces only CUDA
+    tensors (a metric computed on the host, like the validation loss, must move), gloo CPU ones."""
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_over_ranks(values: torch.Tensor) -> list[float]:
     """Mean of per-rank metric values over all ranks (one all_reduce, outside the ledger: logging
     is not training communication). One process: the values themselves."""
     values = values.detach().double()
     if dist.is_initialized() and dist.get_world_size() > 1:
-        values = values.clone()
+        values = values.to(collective_device(dist.get_backend()), copy=True)
         dist.all_reduce(values)
         values /= dist.get_world_size()
     return values.cpu().tolist()

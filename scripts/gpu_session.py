@@ -178,12 +178,21 @@ def _on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: int, timings: dict,
         raise failures[0]
 
 
+def _world(run: dict) -> int:
+    par = run.get("parallelism") or {}
+    return max(1, int(par.get("dp", 1)) * int(par.get("fsdp", 1)) * int(par.get("tp", 1))
+               * int(par.get("ep", 1)))  # fmt: skip
+
+
 def run_all(
     p: dict, work: Path, logs: Path, timings: dict, deadline: float, gpus: int = 1, per_gpu: int = 1
 ) -> None:
-    """Train every planned run not trained yet; with several GPUs the costliest start first."""
+    """Train every planned run not trained yet, through the launcher as train.smk does.
+
+    One-process runs share the GPUs (`_on_gpus`; the costliest start first when there are several);
+    runs with a world size > 1 follow, one at a time, each over all the GPUs."""
     py = sys.executable
-    jobs = []
+    single, multi = [], []
     order = (
         sorted(p["runs"].items(), key=lambda kv: -_cost(kv[1])) if gpus > 1 else p["runs"].items()
     )
@@ -191,15 +200,28 @@ def run_all(
         if (work / f"results/runs/{run_id}/summary.json").exists():
             continue
         tokdir = work / f"data/tokens/{p['tokens_dirs'][run['dataset']]}"
-        jobs.append((
+        world = _world(run)
+        job = (
             run_id,
-            [py, "-m", "nanigpt.train", "--run-config", json.dumps(run),
+            [py, "-m", "nanigpt.launch", "--nproc", str(world), "--", "nanigpt.train",
+             "--run-config", json.dumps(run),
              "--train", str(tokdir / "train.bin"), "--val", str(tokdir / "val.bin"),
              "--ground-truth", str(work / f"data/synthetic/{run['dataset']}/ground_truth.json"),
              "--out", str(work / f"results/runs/{run_id}")],
             logs / f"train_{run_id}.log",
-        ))  # fmt: skip
-    _on_gpus(jobs, gpus, timings, deadline, per_gpu)
+        )  # fmt: skip
+        (single if world == 1 else multi).append(job)
+    try:
+        _on_gpus(single, gpus, timings, deadline, per_gpu)
+    finally:
+        for name, argv, log in multi:
+            if time.monotonic() > deadline:
+                print(f"deadline reached: {name} not started", flush=True)
+                continue
+            try:
+                timings[name] = sh(argv, log)
+            except SystemExit as e:
+                print(f"FAILED {name}: {str(e)[-1500:]}", flush=True)
 
 
 def analyse_moe(p: dict, work: Path, logs: Path, timings: dict, gpus: int) -> None:
