@@ -18,6 +18,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/isoflop.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/moe.smk"
 
@@ -27,6 +28,7 @@ rule all:
     input:
         "results/scaling/moe_vs_dense.svg",
         "results/scaling/fit_residuals.svg",
+        ISOFLOP_TARGETS,
         "results/profile/summary.parquet",
         "results/profile/breakdown.svg",
         "results/rust/tokenizer.svg" if "bench" in config else [],

@@ -9,10 +9,13 @@ key, before any job is planned.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
+import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +104,7 @@ def validate_config(raw: Any, source: str = "config") -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config must be a mapping, got {type(raw).__name__}")
     config = copy.deepcopy(raw)
+    _budgets_as_numbers(config)
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
@@ -109,6 +113,19 @@ def validate_config(raw: Any, source: str = "config") -> dict:
     _apply_defaults(config, schema)
     _check_references(config, source)
     return config
+
+
+def _budgets_as_numbers(config: dict) -> None:
+    """YAML 1.1 (PyYAML, Snakemake) reads `3e10` and `1.0e10` as strings (a float needs a dot and a
+    signed exponent: `3.0e+10`); a budget written either way is taken as the number it spells."""
+    sweeps = config.get("sweeps")
+    for sweep in sweeps.values() if isinstance(sweeps, dict) else []:
+        budgets = sweep.get("budgets") if isinstance(sweep, dict) else None
+        if isinstance(budgets, list):
+            for i, value in enumerate(budgets):
+                if isinstance(value, str):
+                    with contextlib.suppress(ValueError):  # not a number: the schema names it
+                        budgets[i] = float(value)
 
 
 def dataset_module(spec: dict) -> str:
@@ -146,13 +163,13 @@ def _check_references(config: dict, source: str) -> None:
             )
     for name, arch in config["archs"].items():
         if arch["kind"] == "dense":
-            stray = sorted(set(arch) - {"kind"})
+            stray = sorted(set(arch) - {"kind", "mlp_ratio"})
             if stray:
                 raise ConfigError(
                     f"{source}: archs.{name}: kind dense takes no MoE settings, got {stray}"
                 )
         else:
-            moe = {**MOE_DEFAULTS, **{k: v for k, v in arch.items() if k != "kind"}}
+            moe = {**MOE_DEFAULTS, **{k: v for k, v in arch.items() if k in MOE_KEYS}}
             experts = moe["num_experts"] * moe["granularity"]
             if moe["top_k"] * moe["granularity"] > experts:
                 raise ConfigError(
@@ -185,7 +202,7 @@ def _check_references(config: dict, source: str) -> None:
     if analysis:
         named = [("sweeps", s) for s in analysis["sweeps"]]
         named += [("control_sweep", analysis["control_sweep"])] if analysis["control_sweep"] else []
-        for group in ("load", "crossover"):
+        for group in ("load", "crossover", "experts"):
             named += [(f"{group}.{k}", s) for k, v in analysis[group].items() for s in v]
         for where, sweep in named:
             if sweep not in config["sweeps"]:
@@ -203,6 +220,7 @@ def _check_references(config: dict, source: str) -> None:
             f"{source}: scaling.sweep: unknown sweep '{config['scaling']['sweep']}' "
             f"(defined: {', '.join(config['sweeps'])})"
         )
+    _check_budgets(config, source)
 
 
 def _check_parallelism(config: dict, source: str) -> None:
@@ -235,6 +253,115 @@ def _check_parallelism(config: dict, source: str) -> None:
                         ) from None
 
 
+# An IsoFLOP profile fits a parabola per budget: at least this many sizes (as
+# nanigpt.scaling.isoflop.MIN_SIZES_PER_BUDGET; not imported here, to keep planning light).
+ISOFLOP_MIN_SIZES = 3
+
+
+def tokens_per_batch(config: dict) -> int:
+    """Tokens of one optimizer step (the trainer's global batch): seq_len x batch_size x grad_accum."""
+    t = config["training"]
+    return t["seq_len"] * t["batch_size"] * t.get("grad_accum", 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _train_flops_per_token(model_json: str) -> int:
+    from nanigpt.model.flops import count  # imports torch: only configs with `budgets` pay for it
+
+    model = json.loads(model_json)
+    return count(model, seq_len=model["seq_len"]).train_flops_per_token
+
+
+def train_flops_per_token(model: dict) -> int:
+    """Counted training FLOPs per token of a run's `model` settings: the trainer's
+    `flops_per_token` (summary.json), `nanigpt.model.flops.count` at the trained context."""
+    return _train_flops_per_token(json.dumps(model, sort_keys=True))
+
+
+def budget_tokens(config: dict, sweep_name: str, arch: str, size: str, budget: float) -> int:
+    """Tokens that spend `budget` training FLOPs on (arch, size): budget / flops_per_token,
+    rounded half up to a whole number of batches (`tokens_per_batch`), so the trainer runs exactly
+    that many tokens and the run's counted FLOPs miss the budget by at most half a batch's worth.
+    A budget that does not buy one batch is refused, naming the sweep, size and budget."""
+    batch = tokens_per_batch(config)
+    fpt = train_flops_per_token(
+        _model_settings(config, config["sweeps"][sweep_name]["dataset"], size, arch)
+    )
+    exact = budget / fpt
+    if exact < batch:
+        raise ConfigError(
+            f"sweeps.{sweep_name}: budget {budget:.4g} FLOPs buys size '{size}' (arch '{arch}', "
+            f"{fpt} training FLOPs/token) only {exact:.0f} tokens, under one batch of {batch} "
+            f"(training.seq_len x batch_size x grad_accum); raise the budget to at least "
+            f"{batch * fpt:.4g} or drop the size"
+        )
+    return math.floor(exact / batch + 0.5) * batch
+
+
+def sweep_tokens(
+    config: dict, sweep_name: str, arch: str, size: str
+) -> list[tuple[int, float | None]]:
+    """(tokens, budget) of each run of (arch, size) in a sweep; budget is None for a `tokens` sweep."""
+    sweep = config["sweeps"][sweep_name]
+    if "budgets" in sweep:
+        return [(budget_tokens(config, sweep_name, arch, size, c), c) for c in sweep["budgets"]]
+    return [(tokens, None) for tokens in sweep["tokens"]]
+
+
+def _check_budgets(config: dict, source: str) -> None:
+    """Each sweep gives exactly one of `tokens` and `budgets`; every budget buys each size at least
+    one batch, and each run's FLOPs stay nearer its own budget than any other (so IsoFLOP groups
+    are unambiguous after the rounding); `isoflop.sweeps` name budget sweeps with enough sizes."""
+    for name, sweep in config["sweeps"].items():
+        given = [key for key in ("tokens", "budgets") if key in sweep]
+        if len(given) != 1:
+            raise ConfigError(
+                f"{source}: sweeps.{name}: give exactly one of 'tokens' (token counts per run) "
+                f"or 'budgets' (training FLOPs per run; tokens derived per size), got "
+                f"{' and '.join(repr(k) for k in given) or 'neither'}"
+            )
+        if "budgets" not in sweep:
+            continue
+        for arch in sweep["archs"]:
+            for size in sweep["sizes"]:
+                try:
+                    pairs = sweep_tokens(config, name, arch, size)
+                except ConfigError as e:
+                    raise ConfigError(f"{source}: {e}") from None
+                fpt = train_flops_per_token(_model_settings(config, sweep["dataset"], size, arch))
+                for tokens, budget in pairs:
+                    spent = math.log(tokens * fpt)
+                    nearest = min(sweep["budgets"], key=lambda c: abs(math.log(c) - spent))
+                    if nearest != budget:
+                        raise ConfigError(
+                            f"{source}: sweeps.{name}: budget {budget:.6g} FLOPs rounds size "
+                            f"'{size}' (arch '{arch}') to {tokens} tokens = {tokens * fpt:.6g} "
+                            f"FLOPs, nearer budget {nearest:.6g}: space the budgets further "
+                            f"apart than one batch's FLOPs"
+                        )
+    isoflop = config.get("isoflop")
+    if not isoflop:
+        return
+    for sweep_name in isoflop["sweeps"]:
+        sweep = config["sweeps"].get(sweep_name)
+        if sweep is None:
+            raise ConfigError(
+                f"{source}: isoflop.sweeps: unknown sweep '{sweep_name}' "
+                f"(defined: {', '.join(config['sweeps'])})"
+            )
+        if "budgets" not in sweep:
+            raise ConfigError(
+                f"{source}: isoflop.sweeps: sweep '{sweep_name}' lists 'tokens'; an IsoFLOP "
+                f"profile needs a sweep that declares 'budgets' (training FLOPs)"
+            )
+        if len(sweep["sizes"]) < ISOFLOP_MIN_SIZES or len(sweep["budgets"]) < 2:
+            raise ConfigError(
+                f"{source}: isoflop.sweeps: sweep '{sweep_name}' has {len(sweep['sizes'])} "
+                f"size(s) and {len(sweep['budgets'])} budget(s); an IsoFLOP fit needs at least "
+                f"{ISOFLOP_MIN_SIZES} sizes and 2 budgets"
+            )
+
+
 def tokens_label(tokens: int) -> str:
     """50000 -> '50k', 2000000 -> '2M', 1234 -> '1234': short, exact and unique."""
     if tokens % 1_000_000 == 0:
@@ -261,14 +388,16 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
     arch_cfg = config["archs"][arch]
     moe = None
     if arch_cfg["kind"] == "moe":
-        moe = {**MOE_DEFAULTS, **{k: v for k, v in arch_cfg.items() if k != "kind"}}
+        moe = {**MOE_DEFAULTS, **{k: v for k, v in arch_cfg.items() if k in MOE_KEYS}}
+    # The most specific MLP ratio wins: the arch's (a wider dense baseline), the size's, the model's.
+    mlp_ratio = arch_cfg.get("mlp_ratio", size_cfg.get("mlp_ratio", config["model"]["mlp_ratio"]))
     return {
         "vocab_size": vocab_size_for(config, dataset),
         "seq_len": config["training"]["seq_len"],
         "n_layer": size_cfg["n_layer"],
         "d_model": size_cfg["d_model"],
         "n_head": size_cfg["n_head"],
-        "mlp_ratio": size_cfg.get("mlp_ratio", config["model"]["mlp_ratio"]),
+        "mlp_ratio": mlp_ratio,
         "tied_embeddings": config["model"]["tied_embeddings"],
         "moe": moe,
     }
@@ -281,7 +410,7 @@ def resolve_runs(config: dict) -> dict[str, dict]:
         dataset = sweep["dataset"]
         for arch in sweep["archs"]:
             for size in sweep["sizes"]:
-                for tokens in sweep["tokens"]:
+                for tokens, budget in sweep_tokens(config, sweep_name, arch, size):
                     for par in sweep["parallelism"]:
                         run_id = run_id_for(dataset, arch, size, tokens, par)
                         run = {
@@ -300,6 +429,8 @@ def resolve_runs(config: dict) -> dict[str, dict]:
                         runs.setdefault(run_id, run)
                         runs[run_id].setdefault("sweeps", [])
                         runs[run_id]["sweeps"].append(sweep_name)
+                        if budget is not None:  # bookkeeping, like `sweeps`: not a setting
+                            runs[run_id].setdefault("budgets", {})[sweep_name] = budget
     return runs
 
 
@@ -309,7 +440,7 @@ def sweep_run_ids(config: dict, sweep_name: str) -> list[str]:
 
 def run_settings_json(run: dict) -> str:
     """The run's settings as canonical JSON (what the trainer gets and what Snakemake compares)."""
-    settings = {k: v for k, v in run.items() if k != "sweeps"}
+    settings = {k: v for k, v in run.items() if k not in ("sweeps", "budgets")}
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
 
@@ -330,8 +461,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     runs = resolve_runs(config)
     print(f"config OK: {len(runs)} runs")
-    for run_id in runs:
-        print(f"  {run_id}")
+    for run_id, run in runs.items():
+        budgets = ", ".join(f"{c:.3g} FLOPs in {s}" for s, c in run.get("budgets", {}).items())
+        print(f"  {run_id}" + (f"  (budget {budgets})" if budgets else ""))
 
 
 if __name__ == "__main__":

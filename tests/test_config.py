@@ -22,7 +22,7 @@ def test_default_and_smoke_configs_are_valid():
     default = load_config()
     smoke = load_config(SMOKE_CONFIG)
     assert len(resolve_runs(default)) >= 18
-    assert len(resolve_runs(smoke)) == 19
+    assert len(resolve_runs(smoke)) == 23  # 4 of the IsoFLOP sweep's 6 are its own
 
 
 def test_misspelled_key_names_the_key_and_suggests():
@@ -107,9 +107,12 @@ def test_changing_one_size_changes_only_its_runs_settings():
     changed["sizes"]["a"]["d_model"] = 20
     changed["sizes"]["a"]["n_head"] = 2
     after = {k: run_settings_json(v) for k, v in resolve_runs(validate_config(changed)).items()}
-    differing = {k for k in before if before[k] != after[k]}
-    assert differing == {k for k in before if "_a_" in k}
+    differing = {k for k in before if k in after and before[k] != after[k]}
+    assert differing == {k for k in before if "_a_" in k and k in after}
     assert len(differing) == 7  # 6 scaling runs of size a and the MoE control
+    # the IsoFLOP sweep's runs of size a train other token counts (FLOPs/token changed): new ids
+    renamed = set(before) ^ set(after)
+    assert len(renamed) == 4 and all("_a_" in k for k in renamed)
 
 
 def test_defaults_are_filled():
@@ -117,3 +120,53 @@ def test_defaults_are_filled():
     assert config["training"]["schedule"] == "cosine"
     assert config["parallelism"]["single"] == {"dp": 1, "fsdp": 1, "tp": 1, "ep": 1}
     assert config["tokenizer"]["impl"] == "rust"
+
+
+def test_default_declares_the_expert_count_and_matched_parameter_sweeps():
+    config = load_config()
+    runs = resolve_runs(config)
+    for experts in (1, 2, 4, 8, 16):
+        arch = "moe" if experts == 4 else f"moee{experts}"
+        run = runs[f"mix_{arch}_s2_t200k_single"]
+        assert run["model"]["moe"]["num_experts"] == experts
+        assert run["model"]["moe"]["top_k"] == 1 and run["model"]["moe"]["capacity_factor"] == 1.25
+    assert runs["mix_moetop2_s2_t200k_single"]["model"]["moe"]["top_k"] == 2
+    for arch in ("moee2", "moee8"):  # a crossover fit per expert count, on the headline grid
+        ids = {rid for rid, run in runs.items() if run["arch"] == arch and run["dataset"] == "mix"}
+        assert {f"mix_{arch}_{s}_t{t}_single" for s in ("s1", "s2", "s3")
+                for t in ("100k", "200k", "400k")} <= ids  # fmt: skip
+    for experts in (2, 4, 8):  # dense with E times the MLP: the MoE's total parameters
+        run = runs[f"mix_densew{experts}_s2_t200k_single"]
+        assert run["model"]["moe"] is None
+        assert run["model"]["mlp_ratio"] == experts * config["model"]["mlp_ratio"]
+    # the MoE and dense runs of before keep their settings (no rerun): no arch-level ratio leaks
+    assert runs["mix_moe_s2_t200k_single"]["model"]["mlp_ratio"] == config["model"]["mlp_ratio"]
+    assert "mlp_ratio" not in runs["mix_moe_s2_t200k_single"]["model"]["moe"]
+    analysis = config["moe_analysis"]
+    assert "moe_experts" in analysis["sweeps"] and analysis["experts"]
+    crossover = [s for sweeps in analysis["crossover"].values() for s in sweeps]
+    assert {"moe_experts_scaling", "dense_wide"} <= set(crossover)
+
+
+def test_arch_mlp_ratio_overrides_the_size_and_the_model():
+    raw = load_smoke()
+    raw["archs"]["densew"] = {"kind": "dense", "mlp_ratio": 6}
+    raw["sizes"]["a"]["mlp_ratio"] = 3
+    raw["sweeps"]["scaling"]["archs"].append("densew")
+    runs = resolve_runs(validate_config(raw))
+    assert runs["tiny_densew_a_t1024_single"]["model"]["mlp_ratio"] == 6
+    assert runs["tiny_dense_a_t1024_single"]["model"]["mlp_ratio"] == 3
+    assert runs["tiny_dense_b_t1024_single"]["model"]["mlp_ratio"] == raw["model"]["mlp_ratio"]
+    raw["archs"]["densew"]["num_experts"] = 4
+    with pytest.raises(ConfigError, match=r"archs\.densew: kind dense takes no MoE settings"):
+        validate_config(raw)
+    raw["archs"]["densew"] = {"kind": "dense", "mlp_ratio": 0}
+    with pytest.raises(ConfigError, match=r"archs\.densew\.mlp_ratio"):
+        validate_config(raw)
+
+
+def test_unknown_sweep_in_the_experts_figure_is_named():
+    raw = load_smoke()
+    raw["moe_analysis"]["experts"] = {"count": ["nope"]}
+    with pytest.raises(ConfigError, match=r"moe_analysis\.experts\.count: unknown sweep 'nope'"):
+        validate_config(raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -296,3 +297,183 @@ def test_crossover_figure_from_summaries(tmp_path):
     table = moe_plots.runs_table(summaries)
     deltas = moe_plots.paired_differences(table, "final_val_bpb")
     assert len(deltas) == 8 and all(d["delta"] < 0 for d in deltas)
+
+
+# --- one expert (E = 1) and expert-count figures ------------------------------------------------------
+
+
+def test_one_expert_scores_zero_mi_and_zero_load_cv():
+    # E = 1: every token goes to expert 0, so I(expert; source) = 0 exactly, and the normalisation
+    # by H(source) > 0 stays defined (0, not null); a single expert's load is perfectly balanced.
+    counts = spec.count_matrix(np.zeros(12, int), np.arange(12) % 4, num_experts=1)
+    assert counts.tolist() == [[3, 3, 3, 3]]
+    out = spec.specialization(counts)
+    assert out["mi_nats"] == 0.0 and out["h_expert_nats"] == 0.0
+    assert out["normalized_mi"] == 0.0 and out["normalized_mi_reason"] is None
+    assert spec.coefficient_of_variation([1.0]) == 0.0
+
+
+def test_one_expert_run_end_to_end_and_in_the_figures(tmp_path):
+    specs = []
+    for name, experts in [("mixe1", 1), ("mixe2", 2), ("mixe4", 4)]:
+        run_dir, val = make_run(
+            tmp_path, name, 4, steps=(0, 3), moe_kwargs={"num_experts": experts}
+        )
+        out = tmp_path / "moe" / name / "specialization.json"
+        assert spec.main(["--run-dir", str(run_dir), "--val", str(val), "--out", str(out),
+                          "--max-tokens", "320"]) == 0  # fmt: skip
+        specs.append(str(out))
+    one = json.loads((tmp_path / "moe" / "mixe1" / "specialization.json").read_text())
+    for layer in one["final"]["layers"]:
+        assert np.asarray(layer["counts_top1"]).shape == (1, 4)
+        assert layer["mi_top1_nats"] == 0.0 and layer["normalized_mi_top1"] == 0.0
+        assert layer["load"] == [1.0] and layer["load_cv"] == 0.0
+        assert layer["dropped_frac"] == 0.0  # capacity ceil(1.25 N) >= N: nothing dropped
+        assert layer["router_entropy_max_nats"] == 0.0
+    rows = moe_plots.experts_rows([json.loads(Path(s).read_text()) for s in specs])
+    ceilings = {r["experts"]: r["mi_ceiling"] for r in rows}
+    h_source = one["final"]["layers"][0]["h_source_nats"]
+    assert ceilings[1] == 0.0 and ceilings[2] == pytest.approx(math.log(2) / h_source)
+    assert ceilings[4] == pytest.approx(min(1.0, math.log(4) / h_source))
+    svg = tmp_path / "svg"
+    assert moe_plots.main(["experts", "--spec", *specs, "--out", str(svg / "e.svg")]) == 0
+    assert moe_plots.main(["heatmap", "--spec", specs[0], "--out", str(svg / "h.svg")]) == 0
+    assert moe_plots.main(["load", "--spec", *specs, "--out", str(svg / "l.svg")]) == 0
+    for name in ("e", "h", "l"):
+        assert_svg(svg / f"{name}.svg")
+    assert (
+        "mixe1 (E=1, top-1, cf 1.25): I/H per layer 0.000, 0.000; load CV 0.00, 0.00"
+        in (svg / "e.svg").read_text()
+    )
+
+
+def test_experts_figure_refuses_files_without_layers(tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"run_id": "x", "final": {"layers": []}}))
+    assert moe_plots.main(["experts", "--spec", str(empty), "--out", str(tmp_path / "x.svg")]) == 2
+    assert "no MoE layer" in capsys.readouterr().err
+
+
+# --- matched total parameters -------------------------------------------------------------------------
+
+
+def crossover_row(run_id, kind, *, experts=1, mlp_ratio=4.0, d_model=32, tokens=1000, loss=1.0,
+                  params_total=None):  # fmt: skip
+    """A runs_table row: params and FLOPs of a 1-layer model whose MLP holds `experts` copies."""
+    mlp = 3 * d_model * mlp_ratio * d_model
+    return {
+        "run_id": run_id,
+        "arch": run_id.split("_")[0],
+        "arch_kind": kind,
+        "size": f"d{d_model}",
+        "n_layer": 1,
+        "d_model": d_model,
+        "mlp_ratio": mlp_ratio,
+        "num_experts": experts,
+        "top_k": 1,
+        "capacity_factor": 1.25 if kind == "moe" else None,
+        "granularity": 1,
+        "tokens_target": tokens,
+        "tokens_trained": tokens,
+        "params_total": params_total or int(4 * d_model**2 + experts * mlp + d_model * experts),
+        "params_active": int(4 * d_model**2 + mlp),
+        "params_non_embedding_active": int(4 * d_model**2 + mlp),
+        "params_non_embedding_total": int(4 * d_model**2 + experts * mlp),
+        "flops_per_token": 6.0 * (4 * d_model**2 + mlp),
+        "flops_total": 6.0 * (4 * d_model**2 + mlp) * tokens,
+        "final_val_loss": loss,
+        "final_val_bpb": loss,
+    }
+
+
+def test_matched_total_params_pairs_the_e_times_wider_dense_run():
+    rows = [
+        crossover_row("dense_a", "dense", loss=1.50),
+        crossover_row("densew4_a", "dense", mlp_ratio=16.0, loss=1.20),
+        crossover_row("densew2_a", "dense", mlp_ratio=8.0, loss=1.30),
+        crossover_row("densew4_b", "dense", mlp_ratio=16.0, loss=1.10, tokens=2000),
+        crossover_row("moe_a", "moe", experts=4, loss=1.25),
+        crossover_row("moe_b", "moe", experts=4, loss=1.05, tokens=2000),
+        crossover_row("moee8_a", "moe", experts=8, loss=1.40),  # no dense of its size: unpaired
+    ]
+    # the router's d_model x E weights stay inside the tolerance; the dense run is E times wider
+    moe_a, w4 = rows[4], rows[1]
+    rows[4]["params_total"] = w4["params_total"] + 32 * 4
+    table = pl.DataFrame(rows)
+    matched = moe_plots.matched_params_differences(table, "final_val_bpb")
+    pairs = {r["run_id"]: (r["dense_run_id"], round(r["delta"], 6)) for r in matched}
+    assert pairs == {"moe_a": ("densew4_a", 0.05), "moe_b": ("densew4_b", -0.05)}
+    assert all(r["dense_over_moe_flops"] > 3 for r in matched)  # the wide MLP costs ~E x FLOPs
+    assert all(abs(r["total_over_dense_params"] - 1) <= moe_plots.MATCHED_PARAMS_TOLERANCE
+               for r in matched)  # fmt: skip
+    # matched active compute pairs the dense run of the same MLP ratio, never a wider one
+    active = moe_plots.paired_differences(table, "final_val_bpb")
+    assert {r["run_id"]: r["dense_run_id"] for r in active} == {
+        "moe_a": "dense_a",
+        "moee8_a": "dense_a",
+    }
+    # just outside the tolerance: no partner
+    far = [dict(r) for r in rows]
+    far[1]["params_total"] = int(
+        moe_a["params_total"] * (1 + 1.5 * moe_plots.MATCHED_PARAMS_TOLERANCE)
+    )
+    pairs = {
+        r["run_id"]
+        for r in moe_plots.matched_params_differences(pl.DataFrame(far), "final_val_bpb")
+    }
+    assert pairs == {"moe_b"}
+    with pytest.raises(ValueError, match="tolerance"):
+        moe_plots.matched_params_differences(table, "final_val_bpb", tolerance=-0.1)
+
+
+def test_matched_total_params_prefers_same_depth_and_width_then_nearest():
+    moe = crossover_row("moe_x", "moe", experts=4, params_total=100_000)
+    near_other_shape = crossover_row("dense_y", "dense", d_model=48, params_total=100_500)
+    same_shape = crossover_row("densew4_x", "dense", mlp_ratio=16.0, params_total=101_500)
+    farther_other_shape = crossover_row("dense_z", "dense", d_model=40, params_total=101_000)
+    table = pl.DataFrame([moe, near_other_shape, same_shape, farther_other_shape])
+    (only,) = moe_plots.matched_params_differences(table, "final_val_bpb")
+    assert only["dense_run_id"] == "densew4_x"
+    table = pl.DataFrame([moe, near_other_shape, farther_other_shape])
+    (only,) = moe_plots.matched_params_differences(table, "final_val_bpb")
+    assert only["dense_run_id"] == "dense_y"
+
+
+def test_wide_dense_runs_are_partners_not_the_fitted_dense_baseline():
+    rows = []
+    for d_model in (16, 32, 48):
+        for tokens in (1000, 4000):
+            base = 1.0 + 50 / d_model + 30 / tokens**0.5
+            rows.append(crossover_row(f"dense_{d_model}_{tokens}", "dense", d_model=d_model,
+                                      tokens=tokens, loss=base))  # fmt: skip
+            rows.append(crossover_row(f"densew2_{d_model}_{tokens}", "dense", mlp_ratio=8.0,
+                                      d_model=d_model, tokens=tokens, loss=base - 0.05))  # fmt: skip
+            rows.append(crossover_row(f"moee2_{d_model}_{tokens}", "moe", experts=2,
+                                      d_model=d_model, tokens=tokens, loss=base - 0.03))  # fmt: skip
+    table = pl.DataFrame(rows)
+    assert moe_plots.baseline_mlp_ratio(table) == 4.0
+    fits = moe_plots.crossover_fits(table, "final_val_bpb", bootstrap=0)
+    assert set(fits) == {"dense", "moee2: E=2 k=1 cf=1.25 g=1"}
+    assert all(rid.startswith("dense_") for rid in fits["dense"]["run_ids"])
+    chart = moe_plots.crossover_chart(table, fits).to_dict()
+    assert [p["title"]["text"] for p in chart["hconcat"]] == [
+        "matched active compute",
+        "matched total parameters",
+    ]
+    subtitle = " | ".join(chart["title"]["subtitle"])
+    assert "moee2: E=2 k=1 cf=1.25 g=1: matched params, MoE - dense median +0.020" in subtitle
+    assert "MoE lower in 0 of 6" in subtitle
+
+
+def test_crossover_text_reads_old_and_new_fit_fields():
+    assert moe_plots._crossover_text({"flops": 3.4e9}) == "crosses dense at 3.4e+09 FLOPs"
+    assert moe_plots._crossover_text({}) == "no crossing in range"
+    text = moe_plots._crossover_text(
+        {"flops": 1.2e14, "extrapolated": True, "fraction_bootstrap_crossing": 0.6}
+    )
+    assert (
+        text
+        == "crosses dense at 1.2e+14 FLOPs (extrapolated past the runs); 60% of bootstrap fits cross"
+    )
+    text = moe_plots._crossover_text({"flops": None, "outcome": "not_lower_at_top"})
+    assert text == "no crossing in range (not lower at top)"

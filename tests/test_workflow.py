@@ -49,6 +49,11 @@ STAGES = {
     "moe_mi_vs_step",
     "moe_load_vs_capacity",
     "moe_crossover",
+    "moe_experts",
+    "aggregate_sweep",
+    "isoflop_fit",
+    "plot_isoflop",
+    "plot_loss_curves",
 }
 
 
@@ -138,7 +143,7 @@ def test_changing_the_data_seed_reruns_everything_downstream(built, tmp_path):
     config = write_config(work / "smoke.yaml", changed)
     rules = [rule for rule, _ in planned_jobs(work, config, "all")]
     assert set(rules) >= STAGES - {"hardware_ceilings"}
-    assert rules.count("train_run") == 18  # every run on `tiny`; the `solo` control stays
+    assert rules.count("train_run") == 22  # every run on `tiny`; the `solo` control stays
     assert rules.count("encode_tokens") == 2
 
 
@@ -185,5 +190,27 @@ def test_report_holds_the_figures(built, tmp_path):
     work = copy_build(built, tmp_path / "w")
     snakemake(work, "--report", "report.html", config=work / "smoke.yaml")
     html = (work / "report.html").read_text(errors="replace")
-    for name in ("moe_vs_dense.svg", "tokenizer.svg", "breakdown.svg", "mi_vs_step.svg"):
+    for name in (
+        "moe_vs_dense.svg",
+        "tokenizer.svg",
+        "breakdown.svg",
+        "mi_vs_step.svg",
+        "isoflop_iso.svg",
+        "loss_curves_scaling.svg",
+        "loss_curves_iso.svg",
+    ):
         assert name in html, f"{name} missing from the report"
+
+
+def test_isoflop_sweep_and_loss_curves_are_built(built):
+    result = json.loads((built / "results/scaling/isoflop_iso.json").read_text())
+    entry = result["dense"]
+    budgets = entry["budgets"] + entry["skipped_budgets"]
+    assert sorted(b["flops"] for b in budgets) == [2.0e8, 4.0e8]
+    assert all(len(b["n"]) == 3 for b in budgets)  # sizes a, b and c at each budget
+    for sweep in ("iso", "scaling"):
+        svg = (built / f"results/scaling/loss_curves_{sweep}.svg").read_text()
+        assert "<svg" in svg[:500] and "arch dense" in svg
+    assert (
+        "IsoFLOP profiles of sweep iso" in (built / "results/scaling/isoflop_iso.svg").read_text()
+    )

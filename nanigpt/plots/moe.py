@@ -1,8 +1,8 @@
 """Figures of expert specialization and of the MoE-dense crossover (Altair, SVG).
 
 Serves core question 3 (when and why do MoEs win): what the experts learn about the known sources
-of the synthetic mixture, how well the load is balanced as capacity varies, and where an MoE
-overtakes the dense model as compute grows. Four figures, each a subcommand:
+of the synthetic mixture, how well the load is balanced as capacity and expert count vary, and
+where an MoE overtakes the dense model as compute grows. Five figures, each a subcommand:
 
 - `heatmap`: per MoE layer, the expert x source matrix of a run's final model, coloured by
   P(source | expert) (the share of an expert's tokens that each source wrote), titled with the
@@ -11,15 +11,30 @@ overtakes the dense model as compute grows. Four figures, each a subcommand:
   single-source control), one line per run and layer, so one sees specialization emerge.
 - `load`: load balance (coefficient of variation of per-expert load) and the dropped fraction
   against the capacity factor across a sweep's runs, one colour per expert count.
-- `crossover`: validation loss of MoE minus dense against training compute. Points pair each MoE
-  run with the dense run of the same width, depth and token budget; lines, where the runs allow a
-  fit, are the differences of the compute-optimal frontiers of L(N, D) = E + A/N^alpha + B/D^beta
-  fitted per architecture by `nanigpt.scaling.fit.fit_all` (Chinchilla approach 3), one per MoE
-  arch (one expert count each in the `moe` sweep); the fits are written as fits.json-style JSON.
+- `experts`: the final model's normalised MI and load CV against the number of routed experts,
+  one line per (top-k, capacity factor, granularity). E experts carry at most ln E nats about the
+  source, so the normalised MI is bounded by min(1, ln E / H(source)), drawn dashed: with fewer
+  experts than sources it cannot reach 1, and with one expert it is exactly 0.
+- `crossover`: validation loss of MoE minus dense against training compute, in two panels.
+  *Matched active compute* (left): each MoE run minus the dense run of the same depth, width, MLP
+  ratio and token budget (the dense model is the MoE with one expert; top-1 MoE spends the same
+  FLOPs per token, up to the router); lines, where the runs allow a fit, are the differences of the
+  compute-optimal frontiers of L(N, D) = E + A/N^alpha + B/D^beta fitted per MoE arch (one expert
+  count, top-k and capacity each) and for the dense baseline by `nanigpt.scaling.fit.fit_all`
+  (Chinchilla approach 3); the fits are written as fits.json-style JSON. *Matched total parameters*
+  (right, when the runs hold such partners): each MoE run minus a dense run of the same token
+  budget whose total parameter count is within `MATCHED_PARAMS_TOLERANCE` (2%) of the MoE's,
+  preferring the same depth and width, then the nearest count; drawn at the MoE run's compute. A
+  dense arch with `mlp_ratio` E times the model's (config `archs.<name>.mlp_ratio`) is such a
+  partner: the E experts' weights in one MLP, so the two differ only by the router (d_model x E
+  weights per layer), and the dense run spends about E times the MLP FLOPs per token.
+  The dense baseline of the fits and of the left panel is the dense runs with the MoE runs' MLP
+  ratio; wider dense runs appear only in the right panel.
 
 CLI: `python -m nanigpt.plots.moe heatmap --spec specialization.json --out heatmap.svg`
      `python -m nanigpt.plots.moe mi --spec A.json [B.json ...] --out mi_vs_step.svg`
      `python -m nanigpt.plots.moe load --spec A.json [B.json ...] --out load_vs_capacity.svg`
+     `python -m nanigpt.plots.moe experts --spec A.json [B.json ...] --out experts.svg`
      `python -m nanigpt.plots.moe crossover --summaries results/runs/*/summary.json
       --out crossover.svg --fits-out crossover_fits.json [--loss final_val_bpb] [--bootstrap 20]`
 """
@@ -27,8 +42,10 @@ CLI: `python -m nanigpt.plots.moe heatmap --spec specialization.json --out heatm
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +58,8 @@ from nanigpt.io import read_json, write_json_atomic
 from nanigpt.plots import save_chart
 
 DROPLESS = "dropless"
+# A dense run matches an MoE run's total parameters when the counts differ by at most this share.
+MATCHED_PARAMS_TOLERANCE = 0.02
 
 
 def _capacity_label(capacity_factor: float | None) -> str:
@@ -248,6 +267,125 @@ def load_chart(specs: Sequence[dict[str, Any]]) -> alt.HConcatChart:
     )
 
 
+# --- specialization and balance vs expert count ----------------------------------------------------
+
+
+def experts_rows(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run and MoE layer of the final model, with the MI ceiling min(1, ln E / H(S))."""
+    rows = []
+    for spec in specs:
+        cf = _capacity_label(spec.get("capacity_factor"))
+        granularity = spec.get("granularity") or 1
+        series = f"top-{spec.get('top_k')}, cf {cf}" + (
+            f", g={granularity}" if granularity > 1 else ""
+        )
+        for layer in spec["final"]["layers"]:
+            experts = int(layer["num_experts"])
+            h_source = layer["h_source_nats"]
+            ceiling = min(1.0, math.log(experts) / h_source) if h_source > 0 else None
+            rows.append(
+                {
+                    "run_id": spec["run_id"],
+                    "dataset": spec.get("dataset"),
+                    "series": series,
+                    "experts": experts,
+                    "top_k": spec.get("top_k"),
+                    "layer": f"layer {layer['layer']}",
+                    "normalized_mi": layer["normalized_mi_top1"],
+                    "mi_nats": layer["mi_top1_nats"],
+                    "mi_ceiling": ceiling,
+                    "reason": layer["normalized_mi_reason"],
+                    "load_cv": layer["load_cv"],
+                    "dropped_frac": layer["dropped_frac"],
+                }
+            )
+    return rows
+
+
+def experts_chart(specs: Sequence[dict[str, Any]]) -> alt.HConcatChart:
+    rows = experts_rows(specs)
+    if not rows:
+        raise ValueError("the specialization files hold no MoE layer: nothing to draw")
+    shown = [r for r in rows if r["normalized_mi"] is not None]
+    counts = sorted({r["experts"] for r in rows})
+    x = alt.X(
+        "experts:Q",
+        title="routed experts E (log scale)",
+        scale=alt.Scale(type="log", base=2, domain=[counts[0], counts[-1]], nice=False),
+        axis=alt.Axis(values=counts, format="d"),
+    )
+    series = sorted({r["series"] for r in rows})
+    colour = alt.Color("series:N", title="routing", sort=series)
+    dash = alt.StrokeDash("layer:N", title="MoE layer", legend=alt.Legend(symbolType="stroke"))
+    tooltip = ["run_id:N", "experts:Q", "layer:N", "normalized_mi:Q", "mi_nats:Q", "load_cv:Q"]
+    ceiling_rows = {}
+    for r in shown:
+        if r["mi_ceiling"] is not None:
+            ceiling_rows.setdefault(r["experts"], []).append(r["mi_ceiling"])
+    ceiling = [
+        {"experts": e, "mi_ceiling": float(np.mean(v))} for e, v in sorted(ceiling_rows.items())
+    ]
+    mi_layers = [
+        alt.Chart(alt.Data(values=shown))
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y(
+                "normalized_mi:Q",
+                title="I(expert; source) / H(source), final model",
+                scale=alt.Scale(domain=[0, 1]),
+            ),
+            color=colour,
+            strokeDash=dash,
+            tooltip=tooltip,
+        )
+    ]
+    if ceiling:
+        mi_layers.insert(
+            0,
+            alt.Chart(alt.Data(values=ceiling))
+            .mark_line(color="grey", strokeDash=[2, 3])
+            .encode(x=x, y="mi_ceiling:Q"),
+        )
+    cv = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("load_cv:Q", title="load coefficient of variation (0 = balanced)"),
+            color=colour,
+            strokeDash=dash,
+            tooltip=[*tooltip, "dropped_frac:Q"],
+        )
+    )
+    subtitle = [
+        "final model of each run on the evaluation shard; router's first choice; grey dashed: the "
+        "ceiling min(1, ln E / H(source)), as E experts carry at most ln E nats",
+    ]
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], []).append(r)
+    for run_id, layers in sorted(by_run.items(), key=lambda kv: (kv[1][0]["experts"], kv[0])):
+        nmi = ", ".join(
+            "null" if r["normalized_mi"] is None else f"{r['normalized_mi']:.3f}" for r in layers
+        )
+        load = ", ".join("null" if r["load_cv"] is None else f"{r['load_cv']:.2f}" for r in layers)
+        subtitle.append(
+            f"{run_id} (E={layers[0]['experts']}, {layers[0]['series']}): I/H per layer {nmi}; "
+            f"load CV {load}"
+        )
+    return alt.hconcat(
+        alt.layer(*mi_layers).properties(width=300, height=260),
+        cv.properties(width=300, height=260),
+    ).properties(
+        title=alt.TitleParams(
+            "Specialization and load balance against expert count",
+            subtitle=subtitle,
+            anchor="start",
+        )
+    )
+
+
 # --- crossover: loss difference MoE - dense vs compute ---------------------------------------------
 
 
@@ -289,22 +427,44 @@ def runs_table(summary_paths: Sequence[str | Path]) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def _arch_label(row: dict[str, Any]) -> str:
+def baseline_mlp_ratio(table: pl.DataFrame) -> float | None:
+    """The dense baseline's MLP ratio: the one the MoE runs' experts are carved from (most common;
+    the smallest dense one when there is no MoE run)."""
+    ratios = table.filter(pl.col("arch_kind") != "dense")["mlp_ratio"].to_list()
+    ratios = (
+        ratios or sorted(table.filter(pl.col("arch_kind") == "dense")["mlp_ratio"].to_list())[:1]
+    )
+    if not ratios:
+        return None
+    counts = Counter(ratios)
+    return min(counts, key=lambda r: (-counts[r], r))
+
+
+def _is_baseline_dense(row: dict[str, Any], baseline: float | None) -> bool:
+    return row["arch_kind"] == "dense" and (
+        baseline is None or math.isclose(row["mlp_ratio"], baseline, rel_tol=1e-9)
+    )
+
+
+def _arch_label(row: dict[str, Any], baseline: float | None = None) -> str:
     if row["arch_kind"] == "dense":
-        return "dense"
+        if _is_baseline_dense(row, baseline):
+            return "dense"
+        return f"{row['arch']}: dense, mlp_ratio={row['mlp_ratio']:g}"
     cf = _capacity_label(row["capacity_factor"])
     return f"{row['arch']}: E={row['num_experts']} k={row['top_k']} cf={cf} g={row['granularity']}"
 
 
 def paired_differences(table: pl.DataFrame, loss: str) -> list[dict[str, Any]]:
-    """MoE loss minus the dense loss at the same depth, width and token budget."""
+    """Matched active compute: MoE loss minus the dense loss at the same depth, width, MLP ratio
+    and token budget."""
     dense = {
-        (r["n_layer"], r["d_model"], r["tokens_target"]): r
+        (r["n_layer"], r["d_model"], r["mlp_ratio"], r["tokens_target"]): r
         for r in table.filter(pl.col("arch_kind") == "dense").to_dicts()
     }
     rows = []
     for r in table.filter(pl.col("arch_kind") != "dense").to_dicts():
-        partner = dense.get((r["n_layer"], r["d_model"], r["tokens_target"]))
+        partner = dense.get((r["n_layer"], r["d_model"], r["mlp_ratio"], r["tokens_target"]))
         if partner is None or r[loss] is None or partner[loss] is None:
             continue
         rows.append(
@@ -321,13 +481,65 @@ def paired_differences(table: pl.DataFrame, loss: str) -> list[dict[str, Any]]:
     return rows
 
 
+def matched_params_differences(
+    table: pl.DataFrame, loss: str, tolerance: float = MATCHED_PARAMS_TOLERANCE
+) -> list[dict[str, Any]]:
+    """Matched total parameters: MoE loss minus the loss of a dense run of the same token budget
+    whose `params_total` is within `tolerance` (relative) of the MoE's; among several, the one of
+    the same depth and width, then the nearest count, then the run id."""
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance={tolerance}: expected a relative difference in [0, 1)")
+    dense = [
+        r
+        for r in table.filter(pl.col("arch_kind") == "dense").to_dicts()
+        if r[loss] is not None and r["params_total"]
+    ]
+    rows = []
+    for r in table.filter(pl.col("arch_kind") != "dense").to_dicts():
+        if r[loss] is None or not r["params_total"]:
+            continue
+        candidates = [
+            d
+            for d in dense
+            if d["tokens_target"] == r["tokens_target"]
+            and abs(d["params_total"] / r["params_total"] - 1) <= tolerance
+        ]
+        if not candidates:
+            continue
+        partner = min(
+            candidates,
+            key=lambda d: (
+                (d["n_layer"], d["d_model"]) != (r["n_layer"], r["d_model"]),
+                abs(math.log(d["params_total"] / r["params_total"])),
+                d["run_id"],
+            ),
+        )
+        rows.append(
+            {
+                "line": _arch_label(r),
+                "run_id": r["run_id"],
+                "dense_run_id": partner["run_id"],
+                "flops": r["flops_total"],
+                "delta": r[loss] - partner[loss],
+                "dense_over_moe_flops": partner["flops_per_token"] / r["flops_per_token"],
+                "total_over_dense_params": r["params_total"] / partner["params_total"],
+            }
+        )
+    return rows
+
+
 def crossover_fits(table: pl.DataFrame, loss: str, bootstrap: int, seed: int = 0) -> dict[str, Any]:
-    """fits.json-style fits, one per MoE arch (and dense), via `nanigpt.scaling.fit.fit_all`."""
+    """fits.json-style fits, one per MoE arch and one for the dense baseline (the dense runs with
+    the MoE runs' MLP ratio; wider dense runs are matched-parameter partners, not fitted), via
+    `nanigpt.scaling.fit.fit_all`."""
     from nanigpt.scaling.fit import fit_all, jsonable
 
+    baseline = baseline_mlp_ratio(table)
+    rows = table.to_dicts()
+    keep = [r["arch_kind"] != "dense" or _is_baseline_dense(r, baseline) for r in rows]
     labelled = table.with_columns(
-        pl.Series("arch_kind", [_arch_label(r) for r in table.to_dicts()])
-    )
+        pl.Series("arch_kind", [_arch_label(r, baseline) for r in rows])
+    ).filter(pl.Series(keep))
     return jsonable(fit_all(labelled, loss_column=loss, bootstrap=bootstrap, seed=seed))
 
 
@@ -347,57 +559,109 @@ def frontier_differences(fits: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _matched_summary(label: str, deltas: list[float], unit: str) -> str:
+    wins = sum(d < 0 for d in deltas)
+    return (
+        f"{label}: matched params, MoE - dense median {float(np.median(deltas)):+.3f} {unit} "
+        f"(range {min(deltas):+.3f} to {max(deltas):+.3f}), MoE lower in {wins} of {len(deltas)}"
+    )
+
+
+def _crossover_text(cross: dict[str, Any]) -> str:
+    """One line for a fit's `crossover_vs_dense` (fields read when present)."""
+    flops = cross.get("flops")
+    if flops:
+        text = f"crosses dense at {flops:.2g} FLOPs"
+        if cross.get("extrapolated"):
+            text += " (extrapolated past the runs)"
+    else:
+        outcome = cross.get("outcome")
+        text = "no crossing in range" + (f" ({outcome.replace('_', ' ')})" if outcome else "")
+    share = cross.get("fraction_bootstrap_crossing")
+    if share is not None:
+        text += f"; {share:.0%} of bootstrap fits cross"
+    return text
+
+
 def crossover_chart(
     table: pl.DataFrame, fits: dict[str, Any], loss: str = "final_val_bpb"
-) -> alt.LayerChart:
+) -> alt.HConcatChart:
     from nanigpt.scaling.fit import LOSS_UNITS
 
     points = paired_differences(table, loss)
+    matched = matched_params_differences(table, loss)
     lines = frontier_differences(fits)
-    if not points and not lines:
+    if not points and not lines and not matched:
         raise ValueError(
-            "no MoE run has a dense partner (same n_layer, d_model and tokens) and no fit "
-            "succeeded: nothing to draw; the sweep needs dense runs beside its MoE runs"
+            "no MoE run has a dense partner (same n_layer, d_model, mlp_ratio and tokens, or the "
+            "same tokens and total parameters) and no fit succeeded: nothing to draw; the sweep "
+            "needs dense runs beside its MoE runs"
         )
     unit = LOSS_UNITS.get(loss, "")
     x = alt.X(
         "flops:Q",
-        title="training compute (FLOPs, counted, log scale)",
+        title="training compute of the MoE run (FLOPs, counted, log scale)",
         scale=alt.Scale(type="log"),
-        axis=alt.Axis(format="~e"),
+        axis=alt.Axis(format="~e", labelOverlap="greedy", labelSeparation=6),
     )
     y = alt.Y("delta:Q", title=f"loss MoE - dense ({unit}); below 0: MoE wins")
-    order = sorted({r["line"] for r in points + lines}, key=_leading_int)
+    order = sorted({r["line"] for r in points + lines + matched}, key=_leading_int)
     colour = alt.Color("line:N", title="architecture", sort=order)
-    layers = [alt.Chart(alt.Data(values=[{"delta": 0.0}])).mark_rule(color="black").encode(y=y)]
+    zero = alt.Chart(alt.Data(values=[{"delta": 0.0}])).mark_rule(color="black").encode(y=y)
+
+    def point_layer(rows: list[dict[str, Any]], ratio: str, shape: str) -> alt.Chart:
+        return (
+            alt.Chart(alt.Data(values=rows))
+            .mark_point(filled=True, size=60, stroke="black", strokeWidth=0.4, shape=shape)
+            .encode(
+                x=x,
+                y=y,
+                color=colour,
+                tooltip=["run_id:N", "dense_run_id:N", "delta:Q", f"{ratio}:Q"]
+                + ["total_over_dense_params:Q"],
+            )
+        )
+
+    active = [zero]
     if lines:
-        layers.append(
+        active.append(
             alt.Chart(alt.Data(values=lines))
             .mark_line(strokeWidth=2, clip=True)
             .encode(x=x, y=y, color=colour)
         )
     if points:
-        layers.append(
-            alt.Chart(alt.Data(values=points))
-            .mark_point(filled=True, size=60, stroke="black", strokeWidth=0.4)
-            .encode(
-                x=x,
-                y=y,
-                color=colour,
-                tooltip=[
-                    "run_id:N",
-                    "dense_run_id:N",
-                    "delta:Q",
-                    "active_over_dense_flops:Q",
-                    "total_over_dense_params:Q",
+        active.append(point_layer(points, "active_over_dense_flops", "circle"))
+    panels = [
+        alt.layer(*active).properties(
+            width=440,
+            height=340,
+            title=alt.TitleParams(
+                "matched active compute",
+                subtitle=[
+                    "points: MoE run minus the dense run of the same depth, width, MLP ratio "
+                    "and tokens",
+                    "lines: difference of fitted compute-optimal frontiers (Chinchilla approach 3)",
                 ],
+            ),
+        )
+    ]
+    if matched:
+        panels.append(
+            alt.layer(zero, point_layer(matched, "dense_over_moe_flops", "triangle-up")).properties(
+                width=320,
+                height=340,
+                title=alt.TitleParams(
+                    "matched total parameters",
+                    subtitle=[
+                        "MoE run minus the dense run of the same tokens and",
+                        f"total parameters (within {MATCHED_PARAMS_TOLERANCE:.0%}): MLP E x wider,",
+                        "so about E times the MoE's MLP FLOPs per token",
+                    ],
+                ),
             )
         )
-    subtitle = [
-        "points: each MoE run minus the dense run of the same depth, width and tokens; lines: "
-        "difference of fitted compute-optimal frontiers (Chinchilla approach 3)",
-    ]
-    for label, entry in sorted(fits.items()):
+    subtitle = []
+    for label, entry in sorted(fits.items(), key=lambda kv: _leading_int(kv[0])):
         if label == "dense":
             if "error" in entry:
                 subtitle.append(f"dense: fit refused, no lines: {entry['error'][:90]}")
@@ -405,17 +669,28 @@ def crossover_chart(
         if "error" in entry:
             subtitle.append(f"{label}: fit refused ({entry['error'][:70]})")
             continue
-        cross = (entry.get("crossover_vs_dense") or {}).get("flops")
-        where = f"crosses dense at {cross:.2g} FLOPs" if cross else "no crossing in range"
-        subtitle.append(f"{label}: {where}")
-    return alt.layer(*layers).properties(
-        width=600,
-        height=380,
-        title=alt.TitleParams(
-            "Where MoE overtakes dense: loss difference against compute",
-            subtitle=subtitle,
-            anchor="start",
-        ),
+        subtitle.append(f"{label}: {_crossover_text(entry.get('crossover_vs_dense') or {})}")
+    by_line: dict[str, list[float]] = {}
+    for r in matched:
+        by_line.setdefault(r["line"], []).append(r["delta"])
+    for label in sorted(by_line, key=_leading_int):
+        subtitle.append(_matched_summary(label, by_line[label], unit))
+    if not matched:
+        subtitle.append(
+            f"matched total parameters: no dense run has an MoE run's total parameters (within "
+            f"{MATCHED_PARAMS_TOLERANCE:.0%}, same tokens); a dense arch with mlp_ratio E times "
+            f"the model's adds that panel"
+        )
+    return (
+        alt.hconcat(*panels)
+        .resolve_scale(y="shared", color="shared")
+        .properties(
+            title=alt.TitleParams(
+                "Where MoE overtakes dense: loss difference against compute",
+                subtitle=subtitle,
+                anchor="start",
+            )
+        )
     )
 
 
@@ -441,6 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = sub.add_parser("load", help="load CV and drops vs capacity factor")
     load.add_argument("--spec", nargs="+", required=True, help="specialization.json files")
     load.add_argument("--out", required=True)
+    experts = sub.add_parser("experts", help="normalised MI and load CV vs expert count")
+    experts.add_argument("--spec", nargs="+", required=True, help="specialization.json files")
+    experts.add_argument("--out", required=True)
     cross = sub.add_parser("crossover", help="loss MoE - dense vs compute")
     cross.add_argument("--summaries", nargs="+", required=True, help="summary.json of each run")
     cross.add_argument("--out", required=True)
@@ -458,6 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             chart = mi_chart(_read_specs(args.spec))
         elif args.figure == "load":
             chart = load_chart(_read_specs(args.spec))
+        elif args.figure == "experts":
+            chart = experts_chart(_read_specs(args.spec))
         else:
             table = runs_table(args.summaries)
             fits = crossover_fits(table, args.loss, args.bootstrap, args.seed)

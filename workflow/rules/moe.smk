@@ -6,6 +6,7 @@
 #     control is then scored on the mixture's text, encoded with the control's tokenizer);
 #   load: {name: [sweeps]} -> results/moe/load_vs_capacity_{name}.svg;
 #   crossover: {name: [sweeps]} -> results/moe/crossover_{name}.svg (+ crossover_fits_{name}.json);
+#   experts: {name: [sweeps]} -> results/moe/experts_{name}.svg (MI and load CV vs expert count);
 #   max_tokens: tokens analysed per model; bootstrap: replicates of the crossover fits.
 # Snapshots over training come from `training.snapshot_every` (the trainer writes them).
 MOE_ANALYSIS = config.get("moe_analysis") or {}
@@ -13,12 +14,14 @@ MOE_SWEEPS = list(MOE_ANALYSIS.get("sweeps") or [])
 MOE_CONTROL_SWEEP = MOE_ANALYSIS.get("control_sweep")
 MOE_LOAD = dict(MOE_ANALYSIS.get("load") or {})
 MOE_CROSSOVER = dict(MOE_ANALYSIS.get("crossover") or {})
+MOE_EXPERTS = dict(MOE_ANALYSIS.get("experts") or {})
 
 for _where, _sweeps in [
     ("sweeps", MOE_SWEEPS),
     ("control_sweep", [MOE_CONTROL_SWEEP] if MOE_CONTROL_SWEEP else []),
     *[(f"load.{k}", v) for k, v in MOE_LOAD.items()],
     *[(f"crossover.{k}", v) for k, v in MOE_CROSSOVER.items()],
+    *[(f"experts.{k}", v) for k, v in MOE_EXPERTS.items()],
 ]:
     for _sweep in _sweeps:
         if _sweep not in config["sweeps"]:
@@ -79,6 +82,7 @@ MOE_TARGETS = (
     + (["results/moe/mi_vs_step.svg"] if MOE_SWEEPS else [])
     + [f"results/moe/load_vs_capacity_{name}.svg" for name in MOE_LOAD]
     + [f"results/moe/crossover_{name}.svg" for name in MOE_CROSSOVER]
+    + [f"results/moe/experts_{name}.svg" for name in MOE_EXPERTS]
 )
 
 
@@ -160,6 +164,21 @@ rule moe_load_vs_capacity:
         f"{LOGS}/moe_load_vs_capacity/{{name}}.log",
     shell:
         "python -m nanigpt.plots.moe load --spec {input} --out {output} > {log} 2>&1"
+
+
+rule moe_experts:
+    input:
+        lambda w: spec_files(run_ids_of(MOE_EXPERTS[w.name], moe_only=True)),
+    output:
+        report("results/moe/experts_{name}.svg", category="MoE specialization"),
+    wildcard_constraints:
+        name="|".join(MOE_EXPERTS) or "(?!)",
+    resources:
+        **SMALL_JOB,
+    log:
+        f"{LOGS}/moe_experts/{{name}}.log",
+    shell:
+        "python -m nanigpt.plots.moe experts --spec {input} --out {output} > {log} 2>&1"
 
 
 rule moe_crossover:
