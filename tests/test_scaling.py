@@ -324,3 +324,26 @@ def test_isoflop_refuses_without_two_budgets():
     flops = np.full(5, 1e15)
     with pytest.raises(FitError, match="approach 2 needs 2"):
         isoflop.isoflop_fit(flops, n, TRUE_LAW.loss(n, flops / (6 * n)))
+
+
+def test_moe_is_also_fitted_with_total_parameters():
+    """N = every expert's parameters: with total = 4 x active the same law reappears with the same
+    E and exponents and A scaled by 4^alpha; a dense arch's total fit is its main fit."""
+    rows = []
+    for arch, ratio in (("dense", 1.0), ("moe", 4.0)):
+        for n, d in zip(*planted_points(4, noise=0.002)[:2], strict=True):
+            loss = float(TRUE_LAW.loss(n, d))
+            rows.append({"run_id": f"{arch}_{n:.0f}_{d:.0f}", "arch_kind": arch,
+                         "tokens_trained": d, "params_non_embedding_active": n,
+                         "params_non_embedding_total": n * ratio, "final_val_bpb": loss,
+                         "flops_total": 6 * n * d})  # fmt: skip
+    fits = fit_all(pl.DataFrame(rows), bootstrap=5, seed=0)
+    assert fits["dense"]["fit_by_total_params"] == {
+        "n_column": "params_non_embedding_total",
+        "same_as_main_fit": True,
+    }
+    total = fits["moe"]["fit_by_total_params"]
+    assert total["same_as_main_fit"] is False
+    assert total["E"] == pytest.approx(fits["moe"]["E"], rel=1e-3)
+    assert total["alpha"] == pytest.approx(fits["moe"]["alpha"], rel=1e-3)
+    assert total["A"] == pytest.approx(fits["moe"]["A"] * 4 ** fits["moe"]["alpha"], rel=1e-2)

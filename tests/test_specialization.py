@@ -465,15 +465,21 @@ def test_wide_dense_runs_are_partners_not_the_fitted_dense_baseline():
     assert "MoE lower in 0 of 6" in subtitle
 
 
-def test_crossover_text_reads_old_and_new_fit_fields():
-    assert moe_plots._crossover_text({"flops": 3.4e9}) == "crosses dense at 3.4e+09 FLOPs"
-    assert moe_plots._crossover_text({}) == "no crossing in range"
-    text = moe_plots._crossover_text(
-        {"flops": 1.2e14, "extrapolated": True, "fraction_bootstrap_crossing": 0.6}
+def test_crossover_subtitle_uses_the_fit_modules_wording():
+    from nanigpt.scaling.fit import crossover_text
+
+    text = crossover_text(
+        {"flops": 1.2e14, "extrapolated": True, "flops_ci": [5e13, None],
+         "fraction_bootstrap_crossing": 0.6, "searched_flops": [1e9, 1e15]},
+        "moee2",
+    )  # fmt: skip
+    assert text == (
+        "moee2 overtakes dense from 1.2e+14 FLOPs (extrapolated beyond the runs), "
+        "95% CI 5.0e+13 to beyond range; 60% of bootstrap fits overtake"
     )
-    assert (
-        text
-        == "crosses dense at 1.2e+14 FLOPs (extrapolated past the runs); 60% of bootstrap fits cross"
-    )
-    text = moe_plots._crossover_text({"flops": None, "outcome": "not_lower_at_top"})
-    assert text == "no crossing in range (not lower at top)"
+    text = crossover_text(
+        {"flops": None, "outcome": "not_lower_at_top", "searched_flops": [1e9, 1e15],
+         "fraction_bootstrap_crossing": 0.25},
+        "moee8",
+    )  # fmt: skip
+    assert "no crossover in the searched range (25% of bootstrap fits overtake)" in text

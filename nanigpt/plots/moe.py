@@ -567,26 +567,10 @@ def _matched_summary(label: str, deltas: list[float], unit: str) -> str:
     )
 
 
-def _crossover_text(cross: dict[str, Any]) -> str:
-    """One line for a fit's `crossover_vs_dense` (fields read when present)."""
-    flops = cross.get("flops")
-    if flops:
-        text = f"crosses dense at {flops:.2g} FLOPs"
-        if cross.get("extrapolated"):
-            text += " (extrapolated past the runs)"
-    else:
-        outcome = cross.get("outcome")
-        text = "no crossing in range" + (f" ({outcome.replace('_', ' ')})" if outcome else "")
-    share = cross.get("fraction_bootstrap_crossing")
-    if share is not None:
-        text += f"; {share:.0%} of bootstrap fits cross"
-    return text
-
-
 def crossover_chart(
     table: pl.DataFrame, fits: dict[str, Any], loss: str = "final_val_bpb"
 ) -> alt.HConcatChart:
-    from nanigpt.scaling.fit import LOSS_UNITS
+    from nanigpt.scaling.fit import LOSS_UNITS, crossover_text
 
     points = paired_differences(table, loss)
     matched = matched_params_differences(table, loss)
@@ -669,7 +653,7 @@ def crossover_chart(
         if "error" in entry:
             subtitle.append(f"{label}: fit refused ({entry['error'][:70]})")
             continue
-        subtitle.append(f"{label}: {_crossover_text(entry.get('crossover_vs_dense') or {})}")
+        subtitle.append(crossover_text(entry.get("crossover_vs_dense") or {}, label))
     by_line: dict[str, list[float]] = {}
     for r in matched:
         by_line.setdefault(r["line"], []).append(r["delta"])

@@ -495,6 +495,12 @@ def crossover_text(crossing: dict[str, Any], name: str = "MoE") -> str:
     c, outcome = crossing.get("flops"), crossing.get("outcome")
     searched = crossing.get("searched_flops") or [math.nan, math.nan]
     if c is None:
+        share = crossing.get("fraction_bootstrap_crossing")
+        if share is not None and outcome != LOWER_THROUGHOUT:
+            return (
+                f"{name} not below dense up to {searched[1]:.1e} FLOPs: no crossover in the "
+                f"searched range ({share:.0%} of bootstrap fits overtake)"
+            )
         if outcome == LOWER_THROUGHOUT:
             return f"{name} below dense over the whole searched range ({searched[0]:.1e}-{searched[1]:.1e} FLOPs)"
         return f"{name} not below dense up to {searched[1]:.1e} FLOPs: no crossover in the searched range"
@@ -502,7 +508,9 @@ def crossover_text(crossing: dict[str, Any], name: str = "MoE") -> str:
     ci = f"{lo:.1e}" if lo is not None else "below range"
     ci += f" to {hi:.1e}" if hi is not None else " to beyond range"
     where = " (extrapolated beyond the runs)" if crossing.get("extrapolated") else ""
-    return f"{name} overtakes dense from {c:.2g} FLOPs{where}, 95% CI {ci}"
+    share = crossing.get("fraction_bootstrap_crossing")
+    share = f"; {share:.0%} of bootstrap fits overtake" if share is not None else ""
+    return f"{name} overtakes dense from {c:.2g} FLOPs{where}, 95% CI {ci}{share}"
 
 
 # --- runs table -> fits.json --------------------------------------------------------------------
@@ -662,6 +670,50 @@ def _crossover(
     }
 
 
+# The total-parameter column that goes with each active one (an MoE counts every expert in it).
+TOTAL_OF = {
+    "params_non_embedding_active": "params_non_embedding_total",
+    "params_active": "params_total",
+}
+
+
+def _fit_by_total_params(
+    rows: pl.DataFrame,
+    loss_column: str,
+    n_column: str,
+    bootstrap: int,
+    seed: int,
+    ci_level: float,
+) -> dict[str, Any] | None:
+    """The same law with N = total parameters (every expert counted), E, A, B, alpha, beta and
+    their intervals; for an arch whose total equals its active count, a pointer to the main fit.
+    None when the table has no total column for this N."""
+    total = TOTAL_OF.get(n_column)
+    if total is None or total not in rows.columns:
+        return None
+    n_total = rows[total].to_numpy().astype(float)
+    if np.allclose(n_total, rows[n_column].to_numpy().astype(float)):
+        return {"n_column": total, "same_as_main_fit": True}
+    try:
+        law = fit_law(
+            n_total,
+            rows["tokens_trained"].to_numpy().astype(float),
+            rows[loss_column].to_numpy().astype(float),
+            bootstrap=bootstrap,
+            seed=seed,
+            ci_level=ci_level,
+            labels=rows["run_id"],
+        )
+    except FitError as e:
+        return {"n_column": total, "error": str(e)}
+    out: dict[str, Any] = {"n_column": total, "same_as_main_fit": False}
+    for name in PARAM_NAMES:
+        out[name] = getattr(law.params, name)
+        out[f"{name}_ci"] = list(law.ci(name))
+    out["n_range"] = [float(n_total.min()), float(n_total.max())]
+    return out
+
+
 def fit_all(
     table: pl.DataFrame,
     *,
@@ -703,6 +755,9 @@ def fit_all(
         except FitError as e:
             out[arch_kind] = {"error": str(e), "n_points": rows.height}
             continue
+        entry["fit_by_total_params"] = _fit_by_total_params(
+            rows, loss_column, n_column, bootstrap, seed, ci_level
+        )
         out[arch_kind] = entry
         laws[arch_kind] = (law, fpt)
     if "dense" in laws:
