@@ -20,6 +20,7 @@ broadcast, the initial weights).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.tensor import DTensor
 
 from nanigpt.parallel.ledger import Ledger
 from nanigpt.parallel.mesh import DIMS, STRATEGIES, ParallelSetting, data_rank
@@ -134,7 +134,9 @@ class Parallelized:
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         kwargs = {"fused": fused} if fused is not None else {}
-        dtensors = sum(isinstance(p, DTensor) for p in params)
+        # No parameter can be a DTensor unless that module was loaded (importing it costs 0.8 s)
+        dtensor = sys.modules.get("torch.distributed.tensor")
+        dtensors = sum(isinstance(p, dtensor.DTensor) for p in params) if dtensor else 0
         if 0 < dtensors < len(params):
             # DTensor parallelize_module shards some parameters and leaves norms and embeddings
             # plain: multi-tensor (foreach/fused) kernels refuse the mix, so update one at a time.
