@@ -22,11 +22,15 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it."""
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
+
+    `keep_suffix` gives the temporary file `path`'s suffix (for writers that pick the format
+    from it, like Altair's `chart.save`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = path.suffix if keep_suffix else ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -131,3 +131,18 @@ def test_rust_bench_chart_renders(tmp_path):
     svg = out.read_text()
     assert "<svg" in svg[:300] and "rust (1 thr)" in svg
     assert rust_bench_main(["--bench", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 2
+
+
+def test_save_chart_writes_with_the_usual_file_mode_and_leaves_no_temporary(tmp_path):
+    import os
+
+    import altair as alt
+
+    from nanigpt.plots import save_chart
+
+    chart = alt.Chart(alt.Data(values=[{"a": 1}])).mark_point().encode(x="a:Q")
+    out = save_chart(chart, tmp_path / "fig.svg")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert out.read_text().startswith("<svg") and os.listdir(tmp_path) == ["fig.svg"]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import altair as alt
 import polars as pl
+
+from nanigpt.io import atomic_path
 
 # One colour per architecture, the same in every figure.
 ARCH_COLOURS = {"dense": "#1f77b4", "moe": "#d62728"}
@@ -31,16 +32,8 @@ def arch_colour_scale(arch_kinds: list[str]) -> alt.Scale:
 def save_chart(chart: alt.TopLevelMixin, path: str | os.PathLike) -> Path:
     """Render `chart` with vl-convert to `path` (format from its suffix), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        chart.save(str(tmp_path))
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, keep_suffix=True) as tmp:
+        chart.save(str(tmp))
     return path
 
 
