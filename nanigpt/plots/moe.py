@@ -468,17 +468,25 @@ def paired_differences(table: pl.DataFrame, loss: str) -> list[dict[str, Any]]:
         if partner is None or r[loss] is None or partner[loss] is None:
             continue
         rows.append(
-            {
-                "line": _arch_label(r),
-                "run_id": r["run_id"],
-                "dense_run_id": partner["run_id"],
-                "flops": r["flops_total"],
-                "delta": r[loss] - partner[loss],
-                "active_over_dense_flops": r["flops_per_token"] / partner["flops_per_token"],
-                "total_over_dense_params": r["params_total"] / partner["params_total"],
-            }
-        )
+            _pair_row(
+                r, partner, loss,
+                active_over_dense_flops=r["flops_per_token"] / partner["flops_per_token"],
+            )
+        )  # fmt: skip
     return rows
+
+
+def _pair_row(moe: dict, dense: dict, loss: str, **extra: float) -> dict[str, Any]:
+    """One point of the crossover figure: an MoE run minus its dense partner, at the MoE's compute."""
+    return {
+        "line": _arch_label(moe),
+        "run_id": moe["run_id"],
+        "dense_run_id": dense["run_id"],
+        "flops": moe["flops_total"],
+        "delta": moe[loss] - dense[loss],
+        "total_over_dense_params": moe["params_total"] / dense["params_total"],
+        **extra,
+    }
 
 
 def matched_params_differences(
@@ -515,16 +523,11 @@ def matched_params_differences(
             ),
         )
         rows.append(
-            {
-                "line": _arch_label(r),
-                "run_id": r["run_id"],
-                "dense_run_id": partner["run_id"],
-                "flops": r["flops_total"],
-                "delta": r[loss] - partner[loss],
-                "dense_over_moe_flops": partner["flops_per_token"] / r["flops_per_token"],
-                "total_over_dense_params": r["params_total"] / partner["params_total"],
-            }
-        )
+            _pair_row(
+                r, partner, loss,
+                dense_over_moe_flops=partner["flops_per_token"] / r["flops_per_token"],
+            )
+        )  # fmt: skip
     return rows
 
 
