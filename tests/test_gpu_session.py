@@ -1,0 +1,62 @@
+"""scripts/gpu_session.py: the plan it resolves here and the way it spreads jobs over GPUs there.
+
+The device machine has no Snakemake, so the script replays the rules' CLIs; these tests hold its plan
+to the graph's (the MoE analysis tasks of moe.smk) and its scheduler to its promises (one job per
+GPU slot, a failure reported without stopping the others, nothing started after the deadline).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_session():
+    spec = importlib.util.spec_from_file_location(
+        "gpu_session", ROOT / "scripts" / "gpu_session.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_lists_the_runs_and_the_moe_analysis_of_the_graph(gpu_session, tmp_path):
+    out = tmp_path / "plan.json"
+    gpu_session.plan(str(ROOT / "workflow/config/smoke.yaml"), out)
+    plan = json.loads(out.read_text())
+    from nanigpt.config import load_config, resolve_runs
+
+    runs = resolve_runs(load_config(ROOT / "workflow/config/smoke.yaml"))
+    assert set(plan["runs"]) == set(runs)
+    tasks = {t["run_id"]: t["eval_dataset"] for t in plan["moe_analysis"]}
+    assert tasks and all(runs[r]["arch_kind"] == "moe" for r in tasks)
+    # the single-source control is scored on the mixture's text, as moe.smk does
+    control = [r for r in tasks if runs[r]["dataset"] == "solo"]
+    assert control and all(tasks[r] == "tiny" for r in control)
+
+
+def test_jobs_spread_over_gpu_slots_and_a_failure_does_not_stop_the_rest(gpu_session, tmp_path):
+    show = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
+    jobs = [(f"job{i}", [sys.executable, "-c", show], tmp_path / f"job{i}.log") for i in range(4)]
+    jobs.insert(1, ("bad", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "bad.log"))
+    timings: dict[str, float] = {}
+    with pytest.raises(SystemExit, match="failed \\(3\\)"):
+        gpu_session._on_gpus(jobs, gpus=2, timings=timings, per_gpu=2)
+    assert set(timings) == {f"job{i}" for i in range(4)}  # every good job ran despite the failure
+    gpus = {(tmp_path / f"job{i}.log").read_text().strip() for i in range(4)}
+    assert gpus == {"0", "1"}
+
+
+def test_nothing_starts_after_the_deadline(gpu_session, tmp_path):
+    jobs = [("late", [sys.executable, "-c", "pass"], tmp_path / "late.log")]
+    timings: dict[str, float] = {}
+    gpu_session._on_gpus(jobs, gpus=1, timings=timings, deadline=time.monotonic() - 1)
+    assert timings == {} and not (tmp_path / "late.log").exists()
