@@ -334,3 +334,15 @@ def test_bench_cli_writes_every_strategy_and_its_chart(tmp_path):
     subprocess.run(chart, check=True, env=env, cwd=ROOT, timeout=120)
     text = svg.read_text()
     assert "exposed comm" in text and "ddp_manual" in text and "predicted (alpha-beta)" in text
+
+
+def test_bench_chart_refuses_a_missing_or_broken_file(tmp_path, capsys):
+    from nanigpt.parallel.bench import main
+
+    with pytest.raises(SystemExit) as missing:
+        main(["--chart-from", str(tmp_path / "none.json"), "--out", str(tmp_path / "x.svg")])
+    assert missing.value.code == 2 and "bench results not found" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"results": [{"arch": "dense", "strategy": "zero2"}]}')
+    with pytest.raises(SystemExit):
+        main(["--chart-from", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.svg")])
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "x.svg").exists()

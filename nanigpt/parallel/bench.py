@@ -253,7 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.chart_from:
-        write_chart(args.chart_from, args.out)
+        from nanigpt.plots import save_from_cli
+
+        code = save_from_cli(lambda: bench_chart(args.chart_from), args.out)
+        if code:
+            raise SystemExit(code)
         return
     preset_dense, preset_moe, preset_batch = PRESETS[args.preset]
     args.batch = args.batch or preset_batch
@@ -365,15 +369,14 @@ def chart_rows(bench: dict[str, Any]) -> tuple[list[dict], list[dict], list[str]
     return parts, comm, failed
 
 
-def write_chart(bench_json: str, svg_path: str) -> None:
+def bench_chart(bench_json: str):
     """Step time split into compute-only and exposed communication per strategy and arch, beside
     the collectives' measured, predicted and blocked times."""
     import altair as alt
 
-    from nanigpt.plots import save_chart
+    from nanigpt.io import read_json
 
-    with open(bench_json) as f:
-        bench = json.load(f)
+    bench = read_json(bench_json, what="bench results")
     parts, comm, failed = chart_rows(bench)
     if not parts:
         raise ValueError(f"{bench_json}: no strategy finished ({'; '.join(failed) or 'no rows'})")
@@ -418,7 +421,7 @@ def write_chart(bench_json: str, svg_path: str) -> None:
             anchor="start",
         )
     )
-    save_chart(chart, svg_path)
+    return chart
 
 
 if __name__ == "__main__":

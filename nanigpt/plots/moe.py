@@ -55,7 +55,7 @@ import numpy as np
 import polars as pl
 
 from nanigpt.io import read_json, write_json_atomic
-from nanigpt.plots import save_chart
+from nanigpt.plots import save_from_cli
 
 DROPLESS = "dropless"
 # A dense run matches an MoE run's total parameters when the counts differ by at most this share.
@@ -164,15 +164,22 @@ def mi_rows(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "run": f"{spec['run_id']} ({spec.get('dataset')})",
-                        "dataset": spec.get("dataset"),
                         "step": entry["step"],
-                        "layer": f"layer {layer['layer']}",
-                        "normalized_mi": layer["normalized_mi_top1"],
-                        "mi_nats": layer["mi_top1_nats"],
-                        "reason": layer["normalized_mi_reason"],
+                        **_layer_mi(spec, layer),
                     }
                 )
     return rows
+
+
+def _layer_mi(spec: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """The MI fields of one MoE layer of a specialization file, as the figures' rows name them."""
+    return {
+        "dataset": spec.get("dataset"),
+        "layer": f"layer {layer['layer']}",
+        "normalized_mi": layer["normalized_mi_top1"],
+        "mi_nats": layer["mi_top1_nats"],
+        "reason": layer["normalized_mi_reason"],
+    }
 
 
 def mi_chart(specs: Sequence[dict[str, Any]]) -> alt.LayerChart:
@@ -286,15 +293,11 @@ def experts_rows(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "run_id": spec["run_id"],
-                    "dataset": spec.get("dataset"),
                     "series": series,
                     "experts": experts,
                     "top_k": spec.get("top_k"),
-                    "layer": f"layer {layer['layer']}",
-                    "normalized_mi": layer["normalized_mi_top1"],
-                    "mi_nats": layer["mi_top1_nats"],
+                    **_layer_mi(spec, layer),
                     "mi_ceiling": ceiling,
-                    "reason": layer["normalized_mi_reason"],
                     "load_cv": layer["load_cv"],
                     "dropped_frac": layer["dropped_frac"],
                 }
@@ -716,26 +719,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     cross.add_argument("--bootstrap", type=int, default=20)
     cross.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
+
+    def build() -> alt.TopLevelMixin:
         if args.figure == "heatmap":
-            chart = heatmap_chart(read_json(args.spec, what="specialization file"), args.counts)
-        elif args.figure == "mi":
-            chart = mi_chart(_read_specs(args.spec))
-        elif args.figure == "load":
-            chart = load_chart(_read_specs(args.spec))
-        elif args.figure == "experts":
-            chart = experts_chart(_read_specs(args.spec))
-        else:
-            table = runs_table(args.summaries)
-            fits = crossover_fits(table, args.loss, args.bootstrap, args.seed)
-            chart = crossover_chart(table, fits, args.loss)
-            write_json_atomic(args.fits_out, fits)
-    except (FileNotFoundError, KeyError, ValueError, pl.exceptions.PolarsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    save_chart(chart, args.out)
-    print(f"wrote {args.out}")
-    return 0
+            return heatmap_chart(read_json(args.spec, what="specialization file"), args.counts)
+        if args.figure in ("mi", "load", "experts"):
+            chart_of = {"mi": mi_chart, "load": load_chart, "experts": experts_chart}
+            return chart_of[args.figure](_read_specs(args.spec))
+        table = runs_table(args.summaries)
+        fits = crossover_fits(table, args.loss, args.bootstrap, args.seed)
+        chart = crossover_chart(table, fits, args.loss)
+        write_json_atomic(args.fits_out, fits)
+        return chart
+
+    return save_from_cli(build, args.out)
 
 
 if __name__ == "__main__":
