@@ -438,6 +438,26 @@ def sweep_run_ids(config: dict, sweep_name: str) -> list[str]:
     return [rid for rid, run in resolve_runs(config).items() if sweep_name in run["sweeps"]]
 
 
+def moe_eval_dataset(config: dict, run: dict) -> str:
+    """The dataset whose validation text scores a run's experts: `moe_analysis.eval_dataset`, else
+    the run's own (so a single-source control can be scored on the mixture's sources)."""
+    return (config.get("moe_analysis") or {}).get("eval_dataset") or run["dataset"]
+
+
+def moe_analysed_runs(config: dict) -> dict[str, str]:
+    """Every MoE run of `moe_analysis.sweeps` and its `control_sweep`, in config order, mapped to
+    `moe_eval_dataset`: the runs that get specialization.json and a heatmap."""
+    spec = config.get("moe_analysis") or {}
+    sweeps = list(spec.get("sweeps") or []) + [s for s in [spec.get("control_sweep")] if s]
+    runs = resolve_runs(config)
+    return {
+        rid: moe_eval_dataset(config, runs[rid])
+        for sweep in sweeps
+        for rid in sweep_run_ids(config, sweep)
+        if runs[rid]["arch_kind"] == "moe"
+    }
+
+
 def run_settings_json(run: dict) -> str:
     """The run's settings as canonical JSON (what the trainer gets and what Snakemake compares)."""
     settings = {k: v for k, v in run.items() if k not in ("sweeps", "budgets")}

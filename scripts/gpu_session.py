@@ -42,7 +42,13 @@ def sh(args: list[str], log: Path, env: dict | None = None) -> float:
 
 
 def plan(config_path: str, out: Path) -> None:
-    from nanigpt.config import load_config, resolve_runs, run_settings_json, tokens_dir
+    from nanigpt.config import (
+        load_config,
+        moe_analysed_runs,
+        resolve_runs,
+        run_settings_json,
+        tokens_dir,
+    )
 
     config = load_config(config_path)
     runs = resolve_runs(config)
@@ -54,29 +60,16 @@ def plan(config_path: str, out: Path) -> None:
                 "vocab_size": config["tokenizer"]["vocab_size"],
                 "tokens_dirs": {d: tokens_dir(config, d) for d in config["datasets"]},
                 "runs": {rid: json.loads(run_settings_json(r)) for rid, r in runs.items()},
-                "moe_analysis": moe_analysis_tasks(config, runs),
+                "moe_analysis": [
+                    {"run_id": rid, "eval_dataset": other}
+                    for rid, other in moe_analysed_runs(config).items()
+                ],
                 "moe_max_tokens": (config.get("moe_analysis") or {}).get("max_tokens", 65536),
             },
             indent=1,
         )
     )
     print(f"planned {len(runs)} runs into {out}")
-
-
-def moe_analysis_tasks(config: dict, runs: dict) -> list[dict]:
-    """What moe.smk's moe_specialization rule would run: each MoE run of the analysed sweeps with
-    the dataset whose validation text scores it (`moe_analysis.eval_dataset`, else its own)."""
-    from nanigpt.config import sweep_run_ids
-
-    spec = config.get("moe_analysis") or {}
-    sweeps = list(spec.get("sweeps") or []) + [s for s in [spec.get("control_sweep")] if s]
-    tasks = {}
-    for sweep_name in sweeps:
-        for rid in sweep_run_ids(config, sweep_name):
-            if runs[rid]["arch_kind"] == "moe":
-                eval_on = spec.get("eval_dataset") or runs[rid]["dataset"]
-                tasks[rid] = {"run_id": rid, "eval_dataset": eval_on}
-    return list(tasks.values())
 
 
 def sweep(

@@ -9,6 +9,8 @@
 #   experts: {name: [sweeps]} -> results/moe/experts_{name}.svg (MI and load CV vs expert count);
 #   max_tokens: tokens analysed per model; bootstrap: replicates of the crossover fits.
 # Snapshots over training come from `training.snapshot_every` (the trainer writes them).
+from nanigpt.config import moe_analysed_runs, moe_eval_dataset
+
 MOE_ANALYSIS = config.get("moe_analysis") or {}
 MOE_SWEEPS = list(MOE_ANALYSIS.get("sweeps") or [])
 MOE_CONTROL_SWEEP = MOE_ANALYSIS.get("control_sweep")
@@ -42,14 +44,10 @@ def moe_run_ids(sweep):
     return [rid for rid in sweep_run_ids(config, sweep) if RUNS[rid]["arch_kind"] == "moe"]
 
 
-def moe_eval_dataset(run):
-    return MOE_ANALYSIS.get("eval_dataset") or run["dataset"]
-
-
 def moe_val_shard(wildcards):
     """The labelled shard a run is scored on, encoded with the run's own tokenizer."""
     run = run_of(wildcards)
-    other = moe_eval_dataset(run)
+    other = moe_eval_dataset(config, run)
     if other == run["dataset"]:
         return shard_path(run, "val")
     return f"data/tokens/{tokens_dir(config, run['dataset'])}/val_of_{other}.bin"
@@ -76,8 +74,7 @@ def run_ids_of(sweeps, moe_only):
 
 MOE_TARGETS = (
     [
-        f"results/moe/{rid}/heatmap.svg"
-        for rid in run_ids_of(MOE_SWEEPS + ([MOE_CONTROL_SWEEP] if MOE_CONTROL_SWEEP else []), True)
+        f"results/moe/{rid}/heatmap.svg" for rid in moe_analysed_runs(config)
     ]
     + (["results/moe/mi_vs_step.svg"] if MOE_SWEEPS else [])
     + [f"results/moe/load_vs_capacity_{name}.svg" for name in MOE_LOAD]
