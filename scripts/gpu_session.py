@@ -171,12 +171,6 @@ def _on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: int, timings: dict,
         raise failures[0]
 
 
-def _world(run: dict) -> int:
-    par = run.get("parallelism") or {}
-    return max(1, int(par.get("dp", 1)) * int(par.get("fsdp", 1)) * int(par.get("tp", 1))
-               * int(par.get("ep", 1)))  # fmt: skip
-
-
 def run_all(
     p: dict, work: Path, logs: Path, timings: dict, deadline: float, gpus: int = 1, per_gpu: int = 1
 ) -> None:
@@ -184,6 +178,8 @@ def run_all(
 
     One-process runs share the GPUs (`_on_gpus`; the costliest start first when there are several);
     runs with a world size > 1 follow, one at a time, each over all the GPUs."""
+    from nanigpt.parallel.launch import world_size
+
     py = sys.executable
     single, multi = [], []
     order = (
@@ -193,7 +189,7 @@ def run_all(
         if (work / f"results/runs/{run_id}/summary.json").exists():
             continue
         tokdir = work / f"data/tokens/{p['tokens_dirs'][run['dataset']]}"
-        world = _world(run)
+        world = world_size(run)
         job = (
             run_id,
             [py, "-m", "nanigpt.launch", "--nproc", str(world), "--", "nanigpt.train",
