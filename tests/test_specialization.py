@@ -470,7 +470,7 @@ def test_crossover_subtitle_uses_the_fit_modules_wording():
 
     text = crossover_text(
         {"flops": 1.2e14, "extrapolated": True, "flops_ci": [5e13, None],
-         "fraction_bootstrap_crossing": 0.6, "searched_flops": [1e9, 1e15]},
+         "bootstrap_outcomes": {"overtakes": 0.6}, "searched_flops": [1e9, 1e15]},
         "moee2",
     )  # fmt: skip
     assert text == (
@@ -479,7 +479,7 @@ def test_crossover_subtitle_uses_the_fit_modules_wording():
     )
     text = crossover_text(
         {"flops": None, "outcome": "not_lower_at_top", "searched_flops": [1e9, 1e15],
-         "fraction_bootstrap_crossing": 0.25},
+         "bootstrap_outcomes": {"overtakes": 0.25}},
         "moee8",
     )  # fmt: skip
     assert "no crossover in the searched range (25% of bootstrap fits overtake)" in text

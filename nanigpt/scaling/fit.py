@@ -495,7 +495,7 @@ def crossover_text(crossing: dict[str, Any], name: str = "MoE") -> str:
     c, outcome = crossing.get("flops"), crossing.get("outcome")
     searched = crossing.get("searched_flops") or [math.nan, math.nan]
     if c is None:
-        share = crossing.get("fraction_bootstrap_crossing")
+        share = (crossing.get("bootstrap_outcomes") or {}).get(OVERTAKES)
         if share is not None and outcome != LOWER_THROUGHOUT:
             return (
                 f"{name} not below dense up to {searched[1]:.1e} FLOPs: no crossover in the "
@@ -508,7 +508,7 @@ def crossover_text(crossing: dict[str, Any], name: str = "MoE") -> str:
     ci = f"{lo:.1e}" if lo is not None else "below range"
     ci += f" to {hi:.1e}" if hi is not None else " to beyond range"
     where = " (extrapolated beyond the runs)" if crossing.get("extrapolated") else ""
-    share = crossing.get("fraction_bootstrap_crossing")
+    share = (crossing.get("bootstrap_outcomes") or {}).get(OVERTAKES)
     share = f"; {share:.0%} of bootstrap fits overtake" if share is not None else ""
     return f"{name} overtakes dense from {c:.2g} FLOPs{where}, 95% CI {ci}{share}"
 
@@ -664,7 +664,6 @@ def _crossover(
         "extrapolated": bool(point is not None and point > hi),
         "flops_ci": interval,
         "bootstrap_outcomes": shares,
-        "fraction_bootstrap_crossing": shares.get(OVERTAKES),
         "searched_flops": [float(grid[0]), float(grid[-1])],
         "runs_flops": [float(lo), float(hi)],
     }
