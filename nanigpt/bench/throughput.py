@@ -1,0 +1,439 @@
+"""Training throughput of our dense GPT beside nanoGPT's, measured by one harness in one call.
+
+Serves core question 1 (where does time go in a step?) and the project's standing aim that, on one
+GPU, our dense GPT trains faster than karpathy/nanoGPT. Both models run through the same loop, so
+the comparison is of the models and their kernels, not of two trainers:
+
+    bf16 autocast forward (loss), backward, grad-norm clip at 1.0, fused AdamW step,
+    zero_grad(set_to_none), `torch.compile` of the model, random tokens already on the device.
+
+Each (shape, implementation) runs in its own process (clean memory statistics and compile caches).
+The processes of one shape compile concurrently and are then timed one at a time behind a file
+lock, after all of them finished compiling, so a timed window never shares the GPU (or the host's
+cores) with another process's compile. A row records tokens/s (median over timed windows), peak
+memory, and MFU under two conventions:
+- `mfu_palm`: (6 N + 12 L d T) tokens/s / peak, PaLM appendix B (Chowdhery et al. 2022), as
+  nanoGPT's `estimate_mfu` computes it (N: parameters without position embeddings);
+- `mfu_counted`: the project's counted matmul FLOPs per token (`nanigpt.model.flops`: full s x s
+  attention scores with the fused kernels' 2.5x backward) for our model; for nanoGPT the same count
+  of a GELU MLP (2 * 2 d * 4d per token forward instead of SwiGLU's 3 matmuls).
+The peak is the datasheet's dense bf16 rate (`nanigpt.measure.hardware`); the measured matmul
+ceiling is recorded beside it. A short profiler window per row gives the trace's kernel categories
+(`nanigpt.measure.trace_analysis`).
+
+nanoGPT is never part of this repository: pass the folder holding its `model.py` (fetched
+separately, e.g. into the ignored `.nanogpt/`) with `--nanogpt-dir`.
+
+    python -m nanigpt.bench.throughput --out results/throughput/throughput.json \
+        --nanogpt-dir .nanogpt --impls nanogpt,ours_torch,ours_triton
+
+On the CPU, `--preset cpu` runs tiny shapes so the harness itself is tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("nanigpt.bench.throughput")
+
+# name: (n_layer, d_model, n_head, batch), at seq 1024 and nanoGPT's padded GPT-2 vocabulary.
+GPU_SHAPES = {
+    "gpt2_124M_b32": (12, 768, 12, 32),
+    "gpt2_350M_b16": (24, 1024, 16, 16),
+}
+CPU_SHAPES = {"tiny_b4": (2, 64, 4, 4)}
+GPU_SEQ, CPU_SEQ = 1024, 64
+GPU_VOCAB, CPU_VOCAB = 50304, 512
+IMPLS = ("nanogpt", "ours_torch", "ours_triton")
+LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 0.1, 1.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def load_nanogpt(folder: Path):
+    """nanoGPT's `model` module from `folder/model.py` (GPT, GPTConfig, configure_optimizers)."""
+    path = Path(folder) / "model.py"
+    if not path.is_file():
+        raise BenchError(
+            f"{path}: no nanoGPT model.py there; fetch karpathy/nanoGPT and pass its folder with "
+            f"--nanogpt-dir"
+        )
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("GPT", "GPTConfig"):
+        if not hasattr(module, name):
+            raise BenchError(f"{path}: has no {name}; expected nanoGPT's model.py")
+    return module
+
+
+def nanogpt_counted_flops_per_token(n_layer: int, d: int, vocab: int, seq: int) -> int:
+    """Our counting convention applied to nanoGPT's model: q,k,v,o + a 4d GELU MLP + scores + head."""
+    forward = n_layer * (2 * 4 * d * d + 2 * 2 * d * 4 * d) + 2 * d * vocab
+    scores = n_layer * 2 * 2 * seq * d
+    return 3 * forward + int(3.5 * scores)  # matmuls 1 + 2 (bwd); scores 1 + 2.5
+
+
+def build(impl: str, shape: tuple[int, int, int, int], seq: int, vocab: int, device, nanogpt_dir):
+    """(model, optimizer, loss_fn, counted FLOPs per token, N for the PaLM formula)."""
+    import torch
+
+    n_layer, d, n_head, _ = shape
+    if impl == "nanogpt":
+        ng = load_nanogpt(nanogpt_dir)
+        cfg = ng.GPTConfig(
+            block_size=seq, vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_embd=d,
+            dropout=0.0, bias=False,
+        )  # fmt: skip
+        model = ng.GPT(cfg).to(device)
+        optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, device.type)
+        n_palm = model.get_num_params()  # nanoGPT's estimate_mfu: position embeddings left out
+        counted = nanogpt_counted_flops_per_token(n_layer, d, vocab, seq)
+        return model, optimizer, (lambda out: out[1]), counted, n_palm
+    from nanigpt.model import flops
+    from nanigpt.model.gpt import GPT, GPTConfig
+
+    settings = {
+        "vocab_size": vocab, "seq_len": seq, "n_layer": n_layer, "d_model": d, "n_head": n_head,
+        "mlp_ratio": 8 / 3, "tied_embeddings": True, "moe": None,
+    }  # fmt: skip
+    if impl == "ours_triton":
+        settings["kernels"] = "triton"
+    elif impl != "ours_torch":
+        raise BenchError(f"--impls: unknown implementation {impl!r}; expected one of {IMPLS}")
+    cfg = GPTConfig.from_dict(settings)
+    model = GPT(cfg).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = True if device.type == "cuda" else None
+    optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, **({"fused": fused} if fused else {}))
+    acc = flops.count(cfg)
+    return model, optimizer, (lambda out: out.loss), acc.train_flops_per_token, acc.params.total
+
+
+def _autocast(device):
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _wait_for(ready_dir: Path | None, count: int, timeout_s: float = 900) -> None:
+    """Barrier on files: return once `count` processes have written theirs into `ready_dir`."""
+    if ready_dir is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while len(list(ready_dir.glob("*.ready"))) < count:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{ready_dir}: waited {timeout_s:.0f} s for {count} processes")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path | None):
+    if lock_path is None:
+        yield
+        return
+    with lock_path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def measure_one(args: argparse.Namespace) -> dict[str, Any]:
+    """Build, compile, warm up, then (alone on the device) time and profile one implementation."""
+    import torch
+
+    from nanigpt.measure.hardware import peak_bf16_flops
+    from nanigpt.measure.provenance import device_name
+
+    shapes, seq, vocab = presets(args.preset)
+    shape = shapes[args.shape]
+    n_layer, d, _, batch = shape
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    model, optimizer, loss_of, counted, n_palm = build(
+        args.impl, shape, seq, vocab, device, args.nanogpt_dir
+    )
+    step_model = torch.compile(model) if args.compile else model
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    batches = [
+        torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device) for _ in range(4)
+    ]
+
+    def step(i: int) -> torch.Tensor:
+        data = batches[i % len(batches)]
+        x, y = data[:, :-1], data[:, 1:]
+        with _autocast(device):
+            loss = loss_of(step_model(x, y))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    started = time.monotonic()
+    losses = [step(i) for i in range(2)]  # compiles forward and backward
+    _sync(device)
+    compile_s = time.monotonic() - started
+    if args.ready_dir:
+        (args.ready_dir / f"{args.impl}.ready").write_text("")
+    _wait_for(args.ready_dir, args.ready_count)
+    with _exclusive(args.lock):
+        for i in range(args.warmup):
+            losses.append(step(i))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        windows = []
+        for _ in range(args.windows):
+            _sync(device)
+            t0 = time.perf_counter()
+            for i in range(args.steps):
+                losses.append(step(i))
+            _sync(device)
+            windows.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        categories = profile_categories(step, device, args.profile_steps)
+    tokens_per_step = batch * seq
+    tps_samples = [args.steps * tokens_per_step / w for w in windows]
+    tps = statistics.median(tps_samples)
+    peak_flops = peak_bf16_flops(device_name(device) if device.type == "cuda" else None)
+    palm_per_token = 6 * n_palm + 12 * n_layer * d * seq
+    final_loss = float(torch.stack(losses[-args.steps :]).float().mean())
+    if not torch.isfinite(torch.tensor(final_loss)):
+        raise BenchError(f"{args.impl} {args.shape}: non-finite loss {final_loss}")
+    return {
+        "shape": args.shape,
+        "impl": args.impl,
+        "tokens_per_s": tps,
+        "tokens_per_s_samples": tps_samples,
+        "mfu_palm": palm_per_token * tps / peak_flops if peak_flops else None,
+        "mfu_counted": counted * tps / peak_flops if peak_flops else None,
+        "peak_mem_gib": peak / 2**30 if peak is not None else None,
+        "params_palm": n_palm,
+        "flops_per_token_palm": palm_per_token,
+        "flops_per_token_counted": counted,
+        "peak_flops": peak_flops,
+        "compile_s": compile_s,
+        "loss_mean_last_window": final_loss,
+        "steps_per_window": args.steps,
+        "batch": batch,
+        "seq_len": seq,
+        "device": device_name(device),
+        "kernel_categories": categories,
+    }
+
+
+def profile_categories(step, device, steps: int) -> dict[str, Any] | None:
+    """Wall share per kernel category over `steps` profiled steps (None when steps is 0)."""
+    if steps <= 0:
+        return None
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from nanigpt.measure.trace_analysis import analyze, load_trace
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace_path = Path(tmp) / "trace.json"
+        with profile(
+            activities=activities,
+            schedule=schedule(wait=0, warmup=1, active=steps),
+            on_trace_ready=lambda p: p.export_chrome_trace(str(trace_path)),
+        ) as prof:
+            for i in range(steps + 1):
+                step(i)
+                prof.step()
+        _sync(device)
+        del torch
+        result = analyze(load_trace(trace_path))
+    summary = result.summary()
+    return {
+        "mode": summary["mode"],
+        "steps": summary["steps"],
+        "window_s": summary["window_s"],
+        "wall_share": summary["wall_share"],
+        "top_names": summary["top_names"],
+    }
+
+
+def presets(name: str) -> tuple[dict[str, tuple[int, int, int, int]], int, int]:
+    if name == "gpu":
+        return GPU_SHAPES, GPU_SEQ, GPU_VOCAB
+    if name == "cpu":
+        return CPU_SHAPES, CPU_SEQ, CPU_VOCAB
+    raise BenchError(f"--preset {name!r}: expected gpu or cpu")
+
+
+def _child_argv(args: argparse.Namespace, impl: str, shape: str, row: Path, sync: Path) -> list:
+    argv = [
+        sys.executable, "-m", "nanigpt.bench.throughput", "--one", "--impl", impl,
+        "--shape", shape, "--preset", args.preset, "--row-out", str(row),
+        "--steps", str(args.steps), "--windows", str(args.windows), "--warmup", str(args.warmup),
+        "--profile-steps", str(args.profile_steps), "--lock", str(sync / "lock"),
+        "--ready-dir", str(sync), "--ready-count", str(len(args.impl_list)),
+    ]  # fmt: skip
+    if args.nanogpt_dir:
+        argv += ["--nanogpt-dir", str(args.nanogpt_dir)]
+    if not args.compile:
+        argv.append("--no-compile")
+    return argv
+
+
+def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per shape: start one process per implementation, wait, collect their rows."""
+    from nanigpt.io import write_json_atomic
+
+    shapes, _, _ = presets(args.preset)
+    chosen = args.shapes.split(",") if args.shapes else list(shapes)
+    for name in chosen:
+        if name not in shapes:
+            raise BenchError(f"--shapes: unknown shape {name!r}; expected some of {list(shapes)}")
+    rows, failures = [], []
+    work = Path(tempfile.mkdtemp(prefix="nanigpt-throughput-"))
+    for shape in chosen:
+        sync = work / shape
+        sync.mkdir()
+        procs = {}
+        for impl in args.impl_list:
+            row, logf = sync / f"{impl}.json", (work / f"{shape}_{impl}.log").open("w")
+            procs[impl] = (
+                subprocess.Popen(
+                    _child_argv(args, impl, shape, row, sync), stdout=logf, stderr=subprocess.STDOUT
+                ),
+                row,
+                logf,
+            )
+        pending = dict(procs)
+        while pending:  # a process that fails never reaches the barrier: release it at once
+            for impl, (proc, row, logf) in list(pending.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del pending[impl]
+                logf.close()
+                if code == 0 and row.exists():
+                    rows.append(json.loads(row.read_text()))
+                    r = rows[-1]
+                    log.info(
+                        f"{shape} {impl}: {r['tokens_per_s']:,.0f} tok/s, MFU palm "
+                        f"{r['mfu_palm']}, counted {r['mfu_counted']}, peak {r['peak_mem_gib']} GiB"
+                    )
+                    continue
+                tail = (work / f"{shape}_{impl}.log").read_text()[-2000:]
+                failures.append({"shape": shape, "impl": impl, "exit_code": code, "log": tail})
+                log.error(f"{shape} {impl} failed ({code}):\n{tail}")
+                (sync / f"{impl}.ready").write_text("")
+            time.sleep(0.2)
+        write_json_atomic(args.out, rows)
+        if failures:
+            write_json_atomic(args.out.with_name(args.out.stem + "_failures.json"), failures)
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """tokens/s of each of our implementations over nanoGPT's, per shape."""
+    out: dict[str, dict[str, float]] = {}
+    by = {(r["shape"], r["impl"]): r["tokens_per_s"] for r in rows}
+    for (shape, impl), tps in by.items():
+        base = by.get((shape, "nanogpt"))
+        if impl != "nanogpt" and base:
+            out.setdefault(shape, {})[impl] = tps / base
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m nanigpt.bench.throughput", description=__doc__)
+    p.add_argument("--out", type=Path, help="throughput.json: a list of rows")
+    p.add_argument("--preset", default=None, help="gpu or cpu (default: gpu when CUDA is there)")
+    p.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
+    p.add_argument("--impls", default="nanogpt,ours_torch,ours_triton")
+    p.add_argument("--nanogpt-dir", type=Path, default=None, help="folder of nanoGPT's model.py")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    p.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
+    p.add_argument("--warmup", type=int, default=5, help="steps after compiling, before timing")
+    p.add_argument("--profile-steps", type=int, default=3, help="profiled steps (0: no trace)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--impl", help=argparse.SUPPRESS)
+    p.add_argument("--shape", help=argparse.SUPPRESS)
+    p.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--lock", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ready-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ready-count", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.preset is None:
+        import torch
+
+        args.preset = "gpu" if torch.cuda.is_available() else "cpu"
+    args.impl_list = [i for i in args.impls.split(",") if i]
+    for impl in args.impl_list:
+        if impl not in IMPLS:
+            p.error(f"--impls: unknown implementation {impl!r}; expected some of {IMPLS}")
+    if "nanogpt" in args.impl_list and not args.one and args.nanogpt_dir is None:
+        p.error("--impls includes nanogpt: pass --nanogpt-dir (the folder of nanoGPT's model.py)")
+    if not args.one and args.out is None:
+        p.error("--out is required")
+    for key in ("steps", "windows"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key}: expected an integer >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        if args.one:
+            from nanigpt.io import write_json_atomic
+
+            write_json_atomic(args.row_out, measure_one(args))
+            return 0
+        rows = run_all(args)
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for shape, by_impl in ratios(rows).items():
+        for impl, ratio in by_impl.items():
+            log.info(f"{shape}: {impl} / nanogpt = {ratio:.3f}x tokens/s")
+    expected = len(args.impl_list) * len(
+        args.shapes.split(",") if args.shapes else presets(args.preset)[0]
+    )
+    return 0 if len(rows) == expected else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The throughput harness (nanigpt.bench.throughput) on the CPU: rows, ratios, bad input."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nanigpt.bench import throughput
+
+# A stand-in with nanoGPT's interface (GPT, GPTConfig, configure_optimizers, get_num_params), so the
+# adapter is tested without nanoGPT's code in the repository.
+FAKE_NANOGPT = textwrap.dedent(
+    """
+    from dataclasses import dataclass
+    import torch, torch.nn as nn, torch.nn.functional as F
+
+    @dataclass
+    class GPTConfig:
+        block_size: int = 64
+        vocab_size: int = 512
+        n_layer: int = 1
+        n_head: int = 1
+        n_embd: int = 32
+        dropout: float = 0.0
+        bias: bool = False
+
+    class GPT(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+            self.head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+
+        def get_num_params(self):
+            return sum(p.numel() for p in self.parameters())
+
+        def configure_optimizers(self, wd, lr, betas, device_type):
+            return torch.optim.AdamW(self.parameters(), lr=lr, betas=betas)
+
+        def forward(self, idx, targets=None):
+            logits = self.head(self.wte(idx))
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+    """
+)
+
+
+@pytest.mark.slow
+def test_harness_writes_one_row_per_impl_and_ratios(tmp_path: Path):
+    (tmp_path / "ng").mkdir()
+    (tmp_path / "ng" / "model.py").write_text(FAKE_NANOGPT)
+    out = tmp_path / "throughput.json"
+    code = throughput.main(
+        ["--preset", "cpu", "--out", str(out), "--nanogpt-dir", str(tmp_path / "ng"),
+         "--impls", "nanogpt,ours_torch", "--steps", "1", "--windows", "2", "--warmup", "0",
+         "--profile-steps", "1", "--no-compile"]
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert sorted(r["impl"] for r in rows) == ["nanogpt", "ours_torch"]
+    for r in rows:
+        assert r["shape"] == "tiny_b4" and r["tokens_per_s"] > 0
+        assert len(r["tokens_per_s_samples"]) == 2
+        assert r["kernel_categories"]["mode"] == "cpu"
+        assert sum(v for v in r["kernel_categories"]["wall_share"].values()) == pytest.approx(1.0)
+    assert set(throughput.ratios(rows)["tiny_b4"]) == {"ours_torch"}
+
+
+def test_counted_flops_of_nanogpt_match_our_count_of_a_gelu_mlp():
+    from nanigpt.model import flops
+
+    # Our count of a model whose MLP has 2 matmuls of d x 4d equals 3 SwiGLU matmuls of d x (8/3)d.
+    ours = flops.count(
+        {"vocab_size": 512, "seq_len": 64, "n_layer": 2, "d_model": 96, "n_head": 4,
+         "mlp_ratio": 8 / 3, "tied_embeddings": True, "moe": None}
+    ).train_flops_per_token  # fmt: skip
+    assert throughput.nanogpt_counted_flops_per_token(2, 96, 512, 64) == ours
+
+
+def test_missing_nanogpt_folder_is_named(tmp_path: Path):
+    with pytest.raises(throughput.BenchError, match="no nanoGPT model.py"):
+        throughput.load_nanogpt(tmp_path)
+
+
+def test_bad_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        throughput.main(["--out", "x.json", "--impls", "ours_fast", "--preset", "cpu"])
+    assert "unknown implementation 'ours_fast'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        throughput.main(["--out", "x.json", "--impls", "nanogpt", "--preset", "cpu"])
+    assert "--nanogpt-dir" in capsys.readouterr().err
