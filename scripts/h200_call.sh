@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One device call on a lent H200 (issue 21): the stages named on the command line, in order, each
+# timed, each writing its JSON under $OUT; a failing stage is reported and the next one still runs.
+#
+#   bash scripts/h200_call.sh probe ceilings throughput kernels checkpoint    # call 1
+#   bash scripts/h200_call.sh sweep                                           # call 2
+#
+# What it needs beside the tracked tree (carried, all ignored by git):
+#   .nanogpt/model.py   karpathy/nanoGPT's model file, fetched (never committed)
+#   .whl/*.whl          Liger-Kernel (pure Python), installed into /tmp/site for the kernel bench
+#   .gpu/rs/nanigpt_rs  the Rust extension built here (abi3, loads on the device's python 3.12)
+#   .gpu/plan.json      `python scripts/gpu_session.py plan workflow/config/h200.yaml` (sweep)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+unset TRITON_INTERPRET
+SITE=/tmp/site
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" .whl/*.whl || echo "wheel install failed"
+fi
+export PYTHONPATH="$PWD:$PWD/.gpu/rs:$SITE"
+HW=results/hardware
+status=0
+
+stage() {  # stage NAME COMMAND...: run, time, log to $OUT/NAME.log
+  local name=$1
+  shift
+  local t0=$SECONDS
+  echo "=== $name: $*"
+  if "$@" >"$OUT/$name.log" 2>&1; then
+    echo "=== $name ok in $((SECONDS - t0)) s"
+  else
+    echo "=== $name FAILED ($?) in $((SECONDS - t0)) s; tail:"
+    tail -25 "$OUT/$name.log"
+    status=1
+  fi
+}
+
+for what in "$@"; do
+  case $what in
+    probe)
+      stage probe bash -c 'nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,memory.used --format=csv;
+        python3 -c "import torch, triton, sys; print(sys.version, torch.__version__, triton.__version__, torch.cuda.get_device_name())";
+        python3 -c "import nanigpt_rs; print(\"nanigpt_rs ok\")"; python3 -c "import liger_kernel; print(\"liger ok\")"'
+      cat "$OUT/probe.log" ;;
+    ceilings)
+      slug=$(python3 -c "from nanigpt.measure.ceilings import device_slug; print(device_slug('cuda'))")
+      stage ceilings python3 -m nanigpt.measure.ceilings --device cuda --out "$HW/$slug.json"
+      cp "$HW/$slug.json" "$OUT/" 2>/dev/null ;;
+    throughput)
+      stage throughput python3 -m nanigpt.bench.throughput --preset gpu --nanogpt-dir .nanogpt \
+        --out "$OUT/throughput.json" --steps 10 --windows 3 --warmup 5 --profile-steps 3
+      tail -8 "$OUT/throughput.log" ;;
+    kernels)
+      stage kernels python3 -m nanigpt.kernels.bench --preset gpu --out "$OUT/kernels_bench.json" ;;
+    checkpoint)
+      stage checkpoint python3 -m nanigpt.bench.checkpoint --device cuda --out "$OUT/checkpoint.parquet" ;;
+    sweep)
+      stage sweep python3 scripts/gpu_session.py sweep --plan .gpu/plan.json --out "$OUT" \
+        --gpus 1 --per-gpu 4 --deadline-s 420
+      tail -15 "$OUT/sweep.log" ;;
+    *)
+      echo "unknown stage $what"; status=2 ;;
+  esac
+done
+ls -la "$OUT"
+exit $status
