@@ -187,13 +187,13 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     )
     step_model = torch.compile(model) if args.compile else model
     gen = torch.Generator(device="cpu").manual_seed(1)
-    batches = [
-        torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device) for _ in range(4)
-    ]
+    batches = []  # contiguous inputs and targets, as a data loader hands them over
+    for _ in range(4):
+        data = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
+        batches.append((data[:, :-1].contiguous().to(device), data[:, 1:].contiguous().to(device)))
 
     def step(i: int) -> torch.Tensor:
-        data = batches[i % len(batches)]
-        x, y = data[:, :-1], data[:, 1:]
+        x, y = batches[i % len(batches)]
         with _autocast(device):
             loss = loss_of(step_model(x, y))
         loss.backward()
