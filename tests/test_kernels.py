@@ -225,3 +225,46 @@ def test_kernels_bf16_on_gpu():
     )
     gate, up = torch.randn(2, 4096, device=dev, dtype=torch.bfloat16).unbind(0)
     torch.testing.assert_close(swiglu(gate, up), swiglu_reference(gate, up), rtol=2e-2, atol=2e-2)
+
+
+def test_kernels_bench_cpu_writes_json_parquet_figure(tmp_path):
+    import json
+
+    import polars as pl
+
+    from nanigpt.kernels import bench
+
+    out = tmp_path / "kernels" / "bench.json"
+    code = bench.main(["--out", str(out), "--preset", "cpu", "--kernels", "rms_norm", "swiglu",
+                       "--repeats", "1"])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["meta"]["copy_bytes_per_s"] > 0 and result["meta"]["preset"] == "cpu"
+    assert {r["kernel"] for r in rows} == {"rms_norm", "swiglu"}
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert {r["impl"] for r in timed} == {"eager", "triton"}
+    assert all(r["rel_err_ok"] and r["gb_per_s"] > 0 for r in timed)
+    assert all(r["interpreted"] for r in timed if r["impl"] == "triton")
+    skipped = [r for r in rows if r["status"] == "skipped"]  # compiled and liger, with the reason
+    assert skipped and all(r["reason"] for r in skipped)
+    assert pl.read_parquet(out.with_suffix(".parquet")).height == len(rows)
+    assert out.with_suffix(".svg").read_text().startswith("<svg")
+    redrawn = tmp_path / "redrawn.svg"
+    assert bench.main(["--chart-from", str(out), "--out", str(redrawn)]) == 0
+    assert redrawn.exists()
+
+
+def test_kernels_bench_bad_input(tmp_path, capsys):
+    from nanigpt.kernels import bench
+
+    missing = tmp_path / "missing.json"
+    assert bench.main(["--chart-from", str(missing), "--out", str(tmp_path / "x.svg")]) == 2
+    assert "bench JSON not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    assert bench.main(["--chart-from", str(bad), "--out", str(tmp_path / "x.svg")]) == 2
+    assert "expected a kernel bench JSON" in capsys.readouterr().err
+    assert bench.main(["--out", str(tmp_path / "x.csv"), "--preset", "cpu"]) == 2
+    if not torch.cuda.is_available():
+        assert bench.main(["--out", str(tmp_path / "x.json"), "--preset", "gpu"]) == 2
