@@ -235,13 +235,13 @@ def test_kernels_bench_cpu_writes_json_parquet_figure(tmp_path):
     from nanigpt.kernels import bench
 
     out = tmp_path / "kernels" / "bench.json"
-    code = bench.main(["--out", str(out), "--preset", "cpu", "--kernels", "rms_norm", "swiglu",
+    code = bench.main(["--out", str(out), "--preset", "cpu", "--kernels", "rms_norm",
                        "--repeats", "1"])  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert result["meta"]["copy_bytes_per_s"] > 0 and result["meta"]["preset"] == "cpu"
-    assert {r["kernel"] for r in rows} == {"rms_norm", "swiglu"}
+    assert {r["kernel"] for r in rows} == {"rms_norm"}
     timed = [r for r in rows if r["status"] == "ok"]
     assert {r["impl"] for r in timed} == {"eager", "triton"}
     assert all(r["rel_err_ok"] and r["gb_per_s"] > 0 for r in timed)
@@ -268,3 +268,15 @@ def test_kernels_bench_bad_input(tmp_path, capsys):
     assert bench.main(["--out", str(tmp_path / "x.csv"), "--preset", "cpu"]) == 2
     if not torch.cuda.is_available():
         assert bench.main(["--out", str(tmp_path / "x.json"), "--preset", "gpu"]) == 2
+
+
+def test_kernels_bench_flags_a_wrong_kernel():
+    """The bench's correctness column can fail: a norm with a 10% wrong weight is flagged."""
+    from nanigpt.kernels import bench
+
+    case = bench.rms_norm_case("d40", (16, 40), torch.float32, torch.device("cpu"),
+                               torch.Generator().manual_seed(0))  # fmt: skip
+    good = bench.check(case, case.impls["triton"])
+    bad = bench.check(case, lambda x, w: rms_norm_reference(x, w * 1.1, bench.EPS))
+    assert max(good.values()) <= bench.TOLERANCE[torch.float32]
+    assert min(bad.values()) > bench.TOLERANCE[torch.float32]

@@ -94,6 +94,7 @@ class Case:
     bytes: dict[str, int] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)
     ceiling: str = "copy"  # "copy" (memory-bound) or "matmul"
+    cache: tuple | None = None  # reference_results
 
 
 def _rand(shape, dtype, device, gen, scale=1.0) -> torch.Tensor:
@@ -240,32 +241,53 @@ def rel_err(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> fl
     return worst
 
 
-def direction_calls(case: Case, fn: Callable[..., Any]) -> dict[str, Callable[[], Any]]:
-    """The three timed calls of one implementation, and the outputs they produce."""
-    out = _as_tuple(fn(*case.inputs, *case.extra))
-    grad_out = tuple(torch.randn_like(o) if o.dim() else torch.ones_like(o) for o in out)
+def reference_results(case: Case) -> tuple[tuple, tuple, tuple]:
+    """(grad_out, reference outputs, reference gradients), float32, computed once per case."""
+    if case.cache is None:
+        ref_in = tuple(x.detach().float().requires_grad_() for x in case.inputs)
+        ref_out = _as_tuple(case.reference(*ref_in, *case.extra))
+        gen = torch.Generator().manual_seed(1)
+        grad_out = tuple(
+            torch.randn(o.shape, generator=gen).to(o.device) if o.dim() else torch.ones_like(o)
+            for o in ref_out
+        )
+        ref_grads = torch.autograd.grad(ref_out, ref_in, grad_out)
+        case.cache = (
+            tuple(g.to(case.dtype) for g in grad_out),
+            tuple(o.detach() for o in ref_out),
+            ref_grads,
+        )
+    return case.cache
 
-    def fwd():
-        return fn(*case.inputs, *case.extra)
 
-    def bwd():
-        return torch.autograd.grad(out, case.inputs, grad_out, retain_graph=True)
-
-    def fwd_bwd():
-        return torch.autograd.grad(_as_tuple(fwd()), case.inputs, grad_out)
-
-    return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd_bwd, "_grad_out": grad_out}
-
-
-def check(case: Case, fn: Callable[..., Any], grad_out) -> dict[str, float]:
+def check(case: Case, fn: Callable[..., Any]) -> dict[str, float]:
     """Relative error of outputs (fwd) and gradients (bwd) against the float32 reference."""
+    grad_out, ref_out, ref_grads = reference_results(case)
     inputs = tuple(x.detach().clone().requires_grad_() for x in case.inputs)
     out = _as_tuple(fn(*inputs, *case.extra))
-    grads = torch.autograd.grad(out, inputs, grad_out)
-    ref_in = tuple(x.detach().float().requires_grad_() for x in case.inputs)
-    ref_out = _as_tuple(case.reference(*ref_in, *case.extra))
-    ref_grads = torch.autograd.grad(ref_out, ref_in, tuple(g.float() for g in grad_out))
+    grads = torch.autograd.grad(out, inputs, tuple(g.clone() for g in grad_out))  # Liger writes dy
     return {"fwd": rel_err(out, ref_out), "bwd": rel_err(grads, ref_grads)}
+
+
+class Calls:
+    """The three timed calls of one implementation; `bwd` reuses one retained forward graph."""
+
+    def __init__(self, case: Case, fn: Callable[..., Any]):
+        self.case, self.fn = case, fn
+        self.grad_out = reference_results(case)[0]
+        self.out: tuple[torch.Tensor, ...] | None = None
+
+    def fwd(self):
+        return self.fn(*self.case.inputs, *self.case.extra)
+
+    def bwd(self):
+        if self.out is None:
+            self.out = _as_tuple(self.fwd())
+        return torch.autograd.grad(self.out, self.case.inputs, self.grad_out, retain_graph=True)
+
+    def fwd_bwd(self):
+        self.out = None  # free the retained graph first (the eager 128k loss holds tens of GiB)
+        return torch.autograd.grad(_as_tuple(self.fwd()), self.case.inputs, self.grad_out)
 
 
 def peak_memory(call: Callable[[], Any], device: torch.device) -> int | None:
@@ -320,11 +342,11 @@ def _row(case: Case, impl: str, direction: str, **values: Any) -> dict[str, Any]
 
 
 def measure_impl(case, impl, fn, device, repeats, ceil) -> list[dict[str, Any]]:
-    calls = direction_calls(case, fn)
-    errors = check(case, fn, calls["_grad_out"])
+    errors = check(case, fn)
+    calls = Calls(case, fn)
     rows = []
     for direction in DIRECTIONS:
-        p20, median, p80 = time_call(calls[direction], device, repeats)
+        p20, median, p80 = time_call(getattr(calls, direction), device, repeats)
         err = errors["fwd" if direction == "fwd" else "bwd"]
         row = _row(case, impl, direction, time_s=median, time_p20_s=p20, time_p80_s=p80,
                    rel_err=err, rel_err_ok=err <= TOLERANCE[case.dtype])  # fmt: skip
@@ -335,7 +357,7 @@ def measure_impl(case, impl, fn, device, repeats, ceil) -> list[dict[str, Any]]:
         else:
             row["ceiling_fraction"] = row["flops"] / median / ceil["matmul_flops_per_s"]
         if direction == "fwd_bwd":
-            row["peak_mem_bytes"] = peak_memory(calls["fwd_bwd"], device)
+            row["peak_mem_bytes"] = peak_memory(calls.fwd_bwd, device)
         rows.append(row)
     return rows
 
