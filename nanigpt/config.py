@@ -391,6 +391,7 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
         moe = {**MOE_DEFAULTS, **{k: v for k, v in arch_cfg.items() if k in MOE_KEYS}}
     # The most specific MLP ratio wins: the arch's (a wider dense baseline), the size's, the model's.
     mlp_ratio = arch_cfg.get("mlp_ratio", size_cfg.get("mlp_ratio", config["model"]["mlp_ratio"]))
+    kernels = config["model"].get("kernels", "torch")  # written only when not torch: ids unchanged
     return {
         "vocab_size": vocab_size_for(config, dataset),
         "seq_len": config["training"]["seq_len"],
@@ -400,6 +401,7 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
         "mlp_ratio": mlp_ratio,
         "tied_embeddings": config["model"]["tied_embeddings"],
         "moe": moe,
+        **({"kernels": kernels} if kernels != "torch" else {}),
     }
 
 

@@ -730,6 +730,7 @@ def train(
     step_model = torch.compile(par.model) if t["compile"] else par.model
 
     provenance = collect_provenance(run, device)
+    provenance["kernels"] = model_cfg.kernel_impls  # which implementation ran each kernel
     derived = {
         "device": str(device),
         "steps": steps,

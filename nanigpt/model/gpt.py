@@ -11,6 +11,11 @@ optionally tied input/output embeddings. Init: normal(0, 0.02), with the two pro
 into the residual stream (attention `wo`, MLP `w_down`) scaled by 1/sqrt(2 * n_layer) (GPT-2,
 Radford et al. 2019) so the residual's variance does not grow with depth.
 
+`kernels` ("torch" or "triton", or a mapping per kernel: rms_norm, rope, swiglu, cross_entropy)
+swaps the eager ops for the Triton kernels of `nanigpt.kernels` (core question 6); parameters and
+state dicts are the same either way, and tests/test_kernels.py holds the two equal. With the
+fused cross-entropy the logits are never built: `ModelOutput.logits` is None when targets are given.
+
 The model knows nothing of parallelism: `nanigpt.parallel` applies DDP, FSDP, TP and EP from
 outside. Reading order: config, rotary embedding, attention, block, model.
 """
@@ -44,6 +49,7 @@ class GPTConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    kernels: str | dict = "torch"  # "torch" | "triton" | {kernel: impl} (nanigpt.kernels.KERNELS)
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "seq_len", "n_layer", "d_model", "n_head"):
@@ -66,6 +72,7 @@ class GPTConfig:
             raise ValueError(
                 f"model.tied_embeddings={self.tied_embeddings!r}: expected true or false"
             )
+        _ = self.kernel_impls  # refuses an unknown kernel or implementation
         if self.moe is not None:
             if not self.moe_layers:
                 raise ValueError(
@@ -113,6 +120,13 @@ class GPTConfig:
         return max(MLP_MULTIPLE, MLP_MULTIPLE * round(self.mlp_ratio * self.d_model / MLP_MULTIPLE))
 
     @property
+    def kernel_impls(self) -> dict[str, str]:
+        """{kernel: "torch" | "triton"} for every kernel of `nanigpt.kernels`."""
+        from nanigpt.kernels import resolve_kernels
+
+        return resolve_kernels(self.kernels)
+
+    @property
     def moe_layers(self) -> tuple[int, ...]:
         """Indices of the layers whose MLP is an MoE: every `every`-th, counting from 1."""
         if self.moe is None:
@@ -121,7 +135,7 @@ class GPTConfig:
 
 
 class ModelOutput(NamedTuple):
-    logits: torch.Tensor  # [batch, time, vocab]
+    logits: torch.Tensor | None  # [batch, time, vocab]; None when the fused cross-entropy ran
     loss: torch.Tensor | None  # mean cross-entropy, nats/token; None without targets
     aux_loss: torch.Tensor  # weighted MoE auxiliary losses summed over MoE layers; 0 for dense
     moe_stats: list[dict[str, Any]]  # one dict per MoE layer ("layer" + MoE.forward's stats)
@@ -141,10 +155,20 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.to(x.dtype)
 
 
+def rms_norm_for(cfg: GPTConfig) -> nn.RMSNorm:
+    """`nn.RMSNorm`, or its Triton twin (same parameter) when `kernels` says so."""
+    if cfg.kernel_impls["rms_norm"] == "triton":
+        from nanigpt.kernels.rms_norm import TritonRMSNorm
+
+        return TritonRMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.triton_rope = cfg.kernel_impls["rope"] == "triton"
         # Separate q, k, v projections so tensor parallelism can shard each column-wise.
         self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.wk = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -153,6 +177,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
+        if self.triton_rope:
+            return self._forward_triton_rope(x, cos, sin)
         q, k, v = (
             w(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
             for w in (self.wq, self.wk, self.wv)
@@ -161,17 +187,31 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
+    def _forward_triton_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        from nanigpt.kernels.rope import rope
+
+        B, T, C = x.shape
+        q, k, v = (w(x).view(B, T, self.n_head, self.head_dim) for w in (self.wq, self.wk, self.wv))
+        q, k = rope(q, k, cos, sin)  # on [B, T, heads, head_dim], before the transpose
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = rms_norm_for(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp_norm = rms_norm_for(cfg)
         self.is_moe = layer in cfg.moe_layers
         if self.is_moe:
             self.mlp = MoE(cfg.d_model, cfg.mlp_hidden, cfg.moe)
+        elif cfg.kernel_impls["swiglu"] == "triton":
+            from nanigpt.kernels.swiglu import FusedSwiGLU
+
+            self.mlp = FusedSwiGLU(cfg.d_model, cfg.mlp_hidden)
         else:
             self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
@@ -191,7 +231,8 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = rms_norm_for(cfg)
+        self.fused_loss = cfg.kernel_impls["cross_entropy"] == "triton"
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tied_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -239,8 +280,23 @@ class GPT(nn.Module):
             if block_aux is not None:
                 aux_loss = aux_loss + block_aux
                 moe_stats.append(stats)
+        if targets is not None and self.fused_loss:
+            loss = self._fused_loss(self.norm(x), targets)
+            return ModelOutput(None, loss, aux_loss, moe_stats)
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return ModelOutput(logits, loss, aux_loss, moe_stats)
+
+    def _fused_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The chunked linear + cross-entropy; its matmuls in the autocast dtype when autocast is on."""
+        from nanigpt.kernels.cross_entropy import linear_cross_entropy
+
+        device_type = h.device.type
+        dtype = None
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        return linear_cross_entropy(
+            h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1), dtype
+        )

@@ -36,3 +36,23 @@ rule plot_rust_bench:
         f"{LOGS}/plot_rust_bench.log",
     shell:
         "python -m nanigpt.plots.rust_bench --bench {input} --out {output} > {log} 2>&1"
+
+
+# Core question 6: the Triton kernels against torch eager, torch.compile and Liger-Kernel. On the
+# CPU, small shapes with the Triton rows in the interpreter (correctness); full shapes on a GPU.
+# Not in `all`: an explicit target (`snakemake results/kernels/bench.svg`).
+rule bench_kernels:
+    output:
+        json="results/kernels/bench.json",
+        table="results/kernels/bench.parquet",
+        figure=report(
+            "results/kernels/bench.svg",
+            category="Kernels",
+            caption="../report/kernels_bench.rst",
+        ),
+    resources:
+        **SMALL_JOB,
+    log:
+        f"{LOGS}/bench_kernels.log",
+    shell:
+        "python -m nanigpt.kernels.bench --out {output.json} > {log} 2>&1"

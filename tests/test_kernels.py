@@ -1,0 +1,282 @@
+"""Triton kernels equal to their PyTorch references, forward and every gradient (issue 19).
+
+On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py
+and nanigpt/kernels before triton is imported); the interpreter has no bf16, so float32 and
+float16 are tested here and bf16 only on a GPU. Shapes are small and deliberately not multiples of
+the block sizes, and `max_block` is lowered so a row spans several blocks.
+
+Tolerances: float32 rtol = atol = 1e-5 (the kernels and the references do the same float32
+arithmetic in another order); float16 rtol = atol = 2e-3 (one or two fp16 ulps of the outputs).
+"""
+
+from __future__ import annotations
+
+import os
+
+if "TRITON_INTERPRET" not in os.environ:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+import pytest
+import torch
+
+from nanigpt.kernels import resolve_kernels
+from nanigpt.kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+from nanigpt.kernels.rms_norm import rms_norm, rms_norm_reference
+from nanigpt.kernels.rope import rope, rope_reference
+from nanigpt.kernels.swiglu import swiglu, swiglu_reference
+from nanigpt.model import GPT, GPTConfig
+from nanigpt.model.gpt import apply_rotary, rotary_tables
+
+TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float16: {"rtol": 2e-3, "atol": 2e-3}}
+DTYPES = [torch.float32, torch.float16]
+
+
+def _grads(out, inputs, grad_out):
+    outs = out if isinstance(out, tuple) else (out,)
+    grad_outs = grad_out if isinstance(grad_out, tuple) else (grad_out,)
+    return torch.autograd.grad(outs, inputs, grad_outs)
+
+
+def _assert_all_close(got, want, dtype):
+    for name, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.dtype == b.dtype, f"output {name}: dtype {a.dtype} != reference {b.dtype}"
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m, n=name: f"output {n}: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize(
+    "shape, max_block", [((3, 5, 50), 8192), ((7, 50), 16), ((4, 33), 32)], ids=["one-block", "multi-block", "33-cols"]
+)  # fmt: skip
+def test_kernels_rms_norm_matches_reference(dtype, shape, max_block):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).to(dtype).requires_grad_()
+    w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).to(dtype).requires_grad_()
+    dy = torch.randn(*shape, generator=g).to(dtype)
+    y = rms_norm(x, w, 1e-5, max_block)
+    y_ref = rms_norm_reference(x, w, 1e-5)
+    got = (y, *_grads(y, (x, w), dy))
+    want = (y_ref, *_grads(y_ref, (x, w), dy))
+    _assert_all_close(got, want, dtype)
+
+
+def test_kernels_rms_norm_non_contiguous_and_module():
+    from nanigpt.kernels.rms_norm import TritonRMSNorm
+
+    x = torch.randn(24, 6).t().requires_grad_()  # [6, 24], strides (1, 6)
+    norm, ref = TritonRMSNorm(24, eps=1e-5), torch.nn.RMSNorm(24, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, 24))
+        ref.weight.copy_(norm.weight)
+    y, y_ref = norm(x), ref(x)
+    torch.testing.assert_close(y, y_ref, **TOL[torch.float32])
+    dy = torch.randn_like(y)
+    got = _grads(y, (x, norm.weight), dy)
+    want = _grads(y_ref, (x, ref.weight), dy)
+    _assert_all_close(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 10), (1, 7, 4, 8)], ids=["3heads-d10", "4heads-d8"])
+def test_kernels_rope_matches_reference(dtype, shape):
+    g = torch.Generator().manual_seed(0)
+    batch, time, heads, head_dim = shape
+    q = torch.randn(*shape, generator=g).to(dtype).requires_grad_()
+    k = torch.randn(batch, time, heads - 1 if heads > 3 else heads, head_dim, generator=g)
+    k = k.to(dtype).requires_grad_()
+    cos, sin = rotary_tables(time + 3, head_dim, 10000.0)
+    cos, sin = cos[:time], sin[:time]
+    dq, dk = (
+        torch.randn(q.shape, generator=g).to(dtype),
+        torch.randn(k.shape, generator=g).to(dtype),
+    )
+    out, out_ref = rope(q, k, cos, sin), rope_reference(q, k, cos, sin)
+    got = (*out, *_grads(out, (q, k), (dq, dk)))
+    want = (*out_ref, *_grads(out_ref, (q, k), (dq, dk)))
+    _assert_all_close(got, want, dtype)
+    # The reference is the model's rotation, on the heads-first layout the model uses.
+    model_q = apply_rotary(q.detach().transpose(1, 2), cos, sin).transpose(1, 2)
+    torch.testing.assert_close(out_ref[0].detach(), model_q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+def test_kernels_swiglu_matches_reference(dtype):
+    g = torch.Generator().manual_seed(0)
+    gate = torch.randn(3, 37, generator=g).to(dtype).requires_grad_()  # 111 = 6 blocks of 16 + 15
+    up = torch.randn(3, 37, generator=g).to(dtype).requires_grad_()
+    dh = torch.randn(3, 37, generator=g).to(dtype)
+    h, h_ref = swiglu(gate, up, block=16), swiglu_reference(gate, up)
+    got = (h, *_grads(h, (gate, up), dh))
+    want = (h_ref, *_grads(h_ref, (gate, up), dh))
+    _assert_all_close(got, want, dtype)
+
+
+def test_kernels_swiglu_module_matches_dense_mlp():
+    from nanigpt.kernels.swiglu import FusedSwiGLU
+    from nanigpt.model.moe import SwiGLU
+
+    torch.manual_seed(0)
+    ref = SwiGLU(12, 20)
+    fused = FusedSwiGLU(12, 20)
+    fused.load_state_dict(ref.state_dict())  # same parameters, same names
+    x = torch.randn(2, 3, 12)
+    torch.testing.assert_close(fused(x), ref(x), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "dtype, chunk, max_block",
+    [(torch.float32, 4, 16), (torch.float32, None, 8192), (torch.float16, 5, 16)],
+    ids=["fp32-chunks-of-4-multi-block", "fp32-one-chunk", "fp16-chunks-of-5"],
+)
+def test_kernels_cross_entropy_matches_reference(dtype, chunk, max_block):
+    g = torch.Generator().manual_seed(0)
+    n, d, vocab = 13, 8, 37
+    h = torch.randn(n, d, generator=g).to(dtype).requires_grad_()
+    w = torch.randn(vocab, d, generator=g).to(dtype).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    targets[[2, 7]] = -100  # ignored: no loss, no gradient, not counted in the mean
+    loss = linear_cross_entropy(h, w, targets, chunk_tokens=chunk, max_block=max_block)
+    loss_ref = linear_cross_entropy_reference(h, w, targets)
+    # An upstream gradient that is not 1 (as under a loss scale or grad accumulation).
+    got = (loss, *_grads(loss * 3.0, (h, w), torch.tensor(1.0)))
+    want = (loss_ref, *_grads(loss_ref * 3.0, (h, w), torch.tensor(1.0)))
+    _assert_all_close(got, want, dtype)
+
+
+def test_kernels_cross_entropy_tied_weight_accumulates():
+    """A weight used by an embedding and the fused loss gets the sum of both gradients."""
+    g = torch.Generator().manual_seed(0)
+    vocab, d = 19, 6
+    idx = torch.randint(0, vocab, (10,), generator=g)
+    targets = torch.randint(0, vocab, (10,), generator=g)
+    grads = []
+    for fn in (linear_cross_entropy, linear_cross_entropy_reference):
+        w = torch.randn(vocab, d, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        h = torch.nn.functional.embedding(idx, w) * 2.0
+        fn(h, w, targets).backward()
+        grads.append(w.grad)
+    torch.testing.assert_close(grads[0], grads[1], **TOL[torch.float32])
+
+
+def test_kernels_cross_entropy_bad_shapes():
+    with pytest.raises(ValueError, match="expected h \\[tokens, d\\]"):
+        linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 2), torch.zeros(4, dtype=torch.long))
+
+
+TINY = {"vocab_size": 50, "seq_len": 12, "n_layer": 2, "d_model": 24, "n_head": 3, "mlp_ratio": 2}
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_kernels_model_triton_matches_torch(tied):
+    """The whole model with every kernel in Triton: same loss and gradients as with torch."""
+    idx = torch.randint(0, 50, (2, 11), generator=torch.Generator().manual_seed(2))
+    targets = idx.roll(-1, 1)
+    targets[0, -1] = -100
+    results = {}
+    for impl in ("torch", "triton"):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig.from_dict({**TINY, "tied_embeddings": tied, "kernels": impl}))
+        out = model(idx, targets)
+        out.loss.backward()
+        results[impl] = (out.loss, {n: p.grad for n, p in model.named_parameters()})
+    (loss_t, grads_t), (loss_k, grads_k) = results["torch"], results["triton"]
+    torch.testing.assert_close(loss_k, loss_t, **TOL[torch.float32])
+    assert grads_k.keys() == grads_t.keys()
+    for name in grads_t:
+        torch.testing.assert_close(grads_k[name], grads_t[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_kernels_model_compiles_in_one_graph():
+    """torch.compile of the Triton model traces forward and backward with no graph break."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_dict({**TINY, "n_layer": 1, "kernels": "triton"}))
+    idx = torch.randint(0, 50, (1, 6))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss = compiled(idx, idx.roll(-1, 1)).loss
+    loss.backward()
+    eager_loss = model(idx, idx.roll(-1, 1)).loss
+    torch.testing.assert_close(loss, eager_loss, **TOL[torch.float32])
+
+
+def test_kernels_setting_validation():
+    assert resolve_kernels("triton") == dict.fromkeys(resolve_kernels("torch"), "triton")
+    assert resolve_kernels({"rope": "triton"})["rope"] == "triton"
+    assert resolve_kernels({"rope": "triton"})["rms_norm"] == "torch"
+    with pytest.raises(ValueError, match="model.kernels='cuda'"):
+        GPTConfig.from_dict({**TINY, "kernels": "cuda"})
+    with pytest.raises(ValueError, match="unknown kernel"):
+        GPTConfig.from_dict({**TINY, "kernels": {"layernorm": "triton"}})
+    model = GPT(GPTConfig.from_dict({**TINY, "kernels": {"cross_entropy": "triton"}}))
+    out = model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+    assert out.logits is None and out.loss is not None  # the fused loss never builds logits
+    assert type(model.norm) is torch.nn.RMSNorm
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 kernels need a CUDA GPU")
+def test_kernels_bf16_on_gpu():
+    dev = torch.device("cuda")
+    x = torch.randn(64, 1000, device=dev, dtype=torch.bfloat16)
+    w = torch.ones(1000, device=dev, dtype=torch.bfloat16)
+    torch.testing.assert_close(
+        rms_norm(x, w, 1e-5), rms_norm_reference(x, w, 1e-5), rtol=2e-2, atol=2e-2
+    )
+    gate, up = torch.randn(2, 4096, device=dev, dtype=torch.bfloat16).unbind(0)
+    torch.testing.assert_close(swiglu(gate, up), swiglu_reference(gate, up), rtol=2e-2, atol=2e-2)
+
+
+def test_kernels_bench_cpu_writes_json_parquet_figure(tmp_path):
+    import json
+
+    import polars as pl
+
+    from nanigpt.kernels import bench
+
+    out = tmp_path / "kernels" / "bench.json"
+    code = bench.main(["--out", str(out), "--preset", "cpu", "--kernels", "rms_norm",
+                       "--repeats", "1"])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["meta"]["copy_bytes_per_s"] > 0 and result["meta"]["preset"] == "cpu"
+    assert {r["kernel"] for r in rows} == {"rms_norm"}
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert {r["impl"] for r in timed} == {"eager", "triton"}
+    assert all(r["rel_err_ok"] and r["gb_per_s"] > 0 for r in timed)
+    assert all(r["interpreted"] for r in timed if r["impl"] == "triton")
+    skipped = [r for r in rows if r["status"] == "skipped"]  # compiled and liger, with the reason
+    assert skipped and all(r["reason"] for r in skipped)
+    assert pl.read_parquet(out.with_suffix(".parquet")).height == len(rows)
+    assert out.with_suffix(".svg").read_text().startswith("<svg")
+    redrawn = tmp_path / "redrawn.svg"
+    assert bench.main(["--chart-from", str(out), "--out", str(redrawn)]) == 0
+    assert redrawn.exists()
+
+
+def test_kernels_bench_bad_input(tmp_path, capsys):
+    from nanigpt.kernels import bench
+
+    missing = tmp_path / "missing.json"
+    assert bench.main(["--chart-from", str(missing), "--out", str(tmp_path / "x.svg")]) == 2
+    assert "bench JSON not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    assert bench.main(["--chart-from", str(bad), "--out", str(tmp_path / "x.svg")]) == 2
+    assert "expected a kernel bench JSON" in capsys.readouterr().err
+    assert bench.main(["--out", str(tmp_path / "x.csv"), "--preset", "cpu"]) == 2
+    if not torch.cuda.is_available():
+        assert bench.main(["--out", str(tmp_path / "x.json"), "--preset", "gpu"]) == 2
+
+
+def test_kernels_bench_flags_a_wrong_kernel():
+    """The bench's correctness column can fail: a norm with a 10% wrong weight is flagged."""
+    from nanigpt.kernels import bench
+
+    case = bench.rms_norm_case("d40", (16, 40), torch.float32, torch.device("cpu"),
+                               torch.Generator().manual_seed(0))  # fmt: skip
+    good = bench.check(case, case.impls["triton"])
+    bad = bench.check(case, lambda x, w: rms_norm_reference(x, w * 1.1, bench.EPS))
+    assert max(good.values()) <= bench.TOLERANCE[torch.float32]
+    assert min(bad.values()) > bench.TOLERANCE[torch.float32]
