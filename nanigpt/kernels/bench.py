@@ -423,15 +423,23 @@ def _version(name: str) -> str | None:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> None:
-    """bench.json, bench.parquet and bench.svg beside `out`, each written atomically."""
-    import polars as pl
+    """bench.json, bench.parquet and bench.svg beside `out`, each written atomically.
 
-    from nanigpt.plots import save_chart
-    from nanigpt.plots.kernels import build_chart
+    The JSON comes first and needs nothing but the standard library; the parquet needs pyarrow and
+    the figure Altair. A GPU machine without Altair (the lent ones) skips the figure with a
+    warning; `--chart-from bench.json` draws it elsewhere."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     write_json_atomic(out, result)
     with atomic_path(out.with_suffix(".parquet")) as tmp:
-        pl.DataFrame(result["rows"], infer_schema_length=None).write_parquet(tmp)
+        pq.write_table(pa.Table.from_pylist(result["rows"]), tmp)
+    try:
+        from nanigpt.plots import save_chart
+        from nanigpt.plots.kernels import build_chart
+    except ImportError as error:
+        print(f"warning: no figure ({error}); draw it with --chart-from {out}", file=sys.stderr)
+        return
     save_chart(build_chart(result), out.with_suffix(".svg"))
 
 
