@@ -217,6 +217,11 @@ def test_kernels_setting_validation():
     model = GPT(GPTConfig.from_dict({**TINY, "kernels": {"cross_entropy": "triton"}}))
     out = model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
     assert out.logits is None and out.loss is not None  # the fused loss never builds logits
+    with torch.no_grad():  # evaluation: the eager loss (one matmul), logits returned
+        assert (
+            model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).logits
+            is not None
+        )
     assert type(model.norm) is torch.nn.RMSNorm
 
 

@@ -216,7 +216,7 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int) -> list
     if device.type == "cuda":
         import triton.testing
 
-        ms = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8])
+        ms = triton.testing.do_bench(fn, warmup=25, rep=300, quantiles=[0.2, 0.5, 0.8])
         return [m / 1e3 for m in ms]
     if not interpreted():
         fn()  # warm-up (the interpreter has nothing to warm and is slow)
