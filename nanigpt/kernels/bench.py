@@ -393,8 +393,14 @@ def run(preset: str, device: torch.device, kernels: list[str], compile_: bool, r
         hardware: Path | None) -> dict[str, Any]:  # fmt: skip
     if device.type == "cuda" and interpreted():
         raise ValueError("TRITON_INTERPRET is set on a CUDA machine: unset it to time the kernels")
-    if compile_ and hasattr(torch._dynamo.config, "cache_size_limit"):
-        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+    if compile_:
+        if hasattr(torch._dynamo.config, "cache_size_limit"):
+            torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        import torch._functorch.config as functorch_config
+
+        # The bwd timing reruns one retained graph (retain_graph=True), which a compiled backward
+        # with donated buffers refuses.
+        functorch_config.donated_buffer = False
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     ceil = ceilings(device, hardware)
     liger, liger_reason = liger_impls() if device.type == "cuda" else ({}, "liger needs CUDA")
