@@ -457,13 +457,14 @@ def train_step(
     grad_accum: int,
     grad_clip: float | None,
     intercept: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, float, dict[str, float], torch.Tensor | None]:
-    """One optimizer step over `grad_accum` micro-batches, timed by phase.
+) -> tuple[torch.Tensor, torch.Tensor, Any, Callable[[], dict[str, float]], torch.Tensor | None]:
+    """One optimizer step over `grad_accum` micro-batches, timed by phase; no host sync.
 
     `par` is the `nanigpt.parallel.apply.Parallelized` of the run (one process: the "single"
     setting, whose calls do nothing but the gradient clipping). Returns this rank's summed
     micro-batch losses and aux losses (tensors, not yet synchronised), the global gradient norm
-    before clipping, the phase times, and the MoE router statistics (None for a dense model).
+    before clipping (a tensor), a function that reads the phase times (waiting for the device),
+    and the MoE router statistics (None for a dense model).
     """
     timer.start_step()
     loss_sum = torch.zeros((), device=device)
@@ -493,9 +494,9 @@ def train_step(
         grad_norm = par.clip_grad_norm_(grad_clip if grad_clip else None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    times = timer.end_step()
+    read_times = timer.end_step_deferred()
     par.end_step()
-    return loss_sum, aux_sum, float(grad_norm), times, moe.means()
+    return loss_sum, aux_sum, grad_norm, read_times, moe.means()
 
 
 def collective_device(backend: str) -> torch.device:
@@ -850,6 +851,54 @@ def train(
         message = f"{run['run_id']}: checkpoint at step {steps_done} ({size / 1e6:.1f} MB)"
         log.info(message)
 
+    def finish_step(step: int, lr: float, step_out: tuple, profiled: bool, peak: int) -> dict:
+        """The metrics row of a trained step (reads its device values: waits for that step)."""
+        loss_sum, aux_sum, grad_norm, read_times, moe = step_out
+        times = read_times()
+        local = torch.stack([loss_sum.double(), aux_sum.double()]) / grad_accum
+        if moe is not None:
+            local = torch.cat([local, moe])
+        reduced = mean_over_ranks(local)
+        loss = reduced[0]
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"{run['run_id']}: loss is {loss} at step {step} (of {steps}, lr {lr:.3g}); "
+                f"stopping the run"
+            )
+        tokens_per_s = tokens_per_step / times["step_time_s"]
+        comm = dict.fromkeys(COMM_COLUMNS)
+        if world > 1:
+            comm = ledger.step_metrics(step, link)
+            if not par.intercepting or step - start_step < INTERCEPT_STEPS:
+                comm = {k: comm[k] for k in COMM_COLUMNS}
+            else:  # library collectives not recorded on this step: unknown, not zero
+                comm = dict.fromkeys(COMM_COLUMNS)
+            if len(records) < 100_000 and step - start_step < COMM_RECORD_STEPS:
+                records.extend(_record_dicts(ledger.step_records(step)))
+            ledger.clear()
+        row = {
+            "step": step,
+            "tokens": (step + 1) * tokens_per_step,
+            "flops": (step + 1) * tokens_per_step * flops_per_token,
+            "loss": loss,
+            "aux_loss": reduced[1],
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            **times,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu(flops_per_token, tokens_per_s, peak_flops),
+            "peak_memory_bytes": peak,
+            "profiled": profiled,
+            "val_loss": None,
+            "val_bpb": None,
+            "val_gap_bpb": None,
+            **comm,
+            **dict(zip(MOE_COLUMNS, reduced[2:] or [None] * 3, strict=True)),
+        }
+        rows.append(row)
+        return row
+
+    pending = None  # the last trained step whose metrics are not read yet
     try:
         with trace:
             for step in range(start_step, steps):
@@ -865,7 +914,7 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 intercept = par.intercepting and step - start_step < INTERCEPT_STEPS
-                loss_sum, aux_sum, grad_norm, times, moe = train_step(
+                step_out = train_step(
                     par,
                     step_model,
                     optimizer,
@@ -876,50 +925,31 @@ def train(
                     t["grad_clip"],
                     intercept=intercept,
                 )
-                local = torch.stack([loss_sum.double(), aux_sum.double()]) / grad_accum
-                if moe is not None:
-                    local = torch.cat([local, moe])
-                reduced = mean_over_ranks(local)
-                loss = reduced[0]
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"{run['run_id']}: loss is {loss} at step {step} (of {steps}, lr {lr:.3g}); "
-                        f"stopping the run"
-                    )
                 profiled = trace.recording(step - trace_offset)
                 trace.step()
-                tokens_per_s = tokens_per_step / times["step_time_s"]
-                comm = dict.fromkeys(COMM_COLUMNS)
-                if world > 1:
-                    comm = ledger.step_metrics(step, link)
-                    if not par.intercepting or intercept:
-                        comm = {k: comm[k] for k in COMM_COLUMNS}
-                    else:  # library collectives not recorded on this step: unknown, not zero
-                        comm = dict.fromkeys(COMM_COLUMNS)
-                    if len(records) < 100_000 and step - start_step < COMM_RECORD_STEPS:
-                        records.extend(_record_dicts(ledger.step_records(step)))
-                    ledger.clear()
-                row = {
-                    "step": step,
-                    "tokens": (step + 1) * tokens_per_step,
-                    "flops": (step + 1) * tokens_per_step * flops_per_token,
-                    "loss": loss,
-                    "aux_loss": reduced[1],
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    **times,
-                    "tokens_per_s": tokens_per_s,
-                    "mfu": mfu(flops_per_token, tokens_per_s, peak_flops),
-                    "peak_memory_bytes": peak_memory_bytes(device),
-                    "profiled": profiled,
-                    "val_loss": None,
-                    "val_bpb": None,
-                    "val_gap_bpb": None,
-                    **comm,
-                    **dict(zip(MOE_COLUMNS, reduced[2:] or [None] * 3, strict=True)),
-                }
+                # Metrics are read one step late (the host queues step N+1 before waiting for N),
+                # and at once before eval, snapshots, checkpoints, the last step, and with ranks.
+                done = (step, lr, step_out, profiled, peak_memory_bytes(device))
+                if pending is not None:
+                    lagged = finish_step(*pending)
+                    if progress is not None:
+                        progress.update(lagged["step"], lagged["loss"], None)
+                pending = done
                 is_last = step == steps - 1
-                if is_last or (eval_every and (step + 1) % eval_every == 0):
+                evaluating = is_last or (eval_every and (step + 1) % eval_every == 0)
+                snapshotting = snapshot_every and (step + 1) % snapshot_every == 0
+                checkpointing = (
+                    can_checkpoint
+                    and checkpoint_every
+                    and is_main
+                    and (step + 1) % checkpoint_every == 0
+                    and not is_last
+                )
+                if not (evaluating or snapshotting or checkpointing or world > 1):
+                    continue
+                row = finish_step(*pending)
+                pending = None
+                if evaluating:
                     val_loss = mean_over_ranks(
                         torch.tensor([evaluate(step_model, val_batches, device)])
                     )[0]
@@ -929,22 +959,15 @@ def train(
                         val_bpb=val_bpb,
                         val_gap_bpb=None if floor_bpb is None else val_bpb - floor_bpb,
                     )
-                rows.append(row)
                 if progress is not None:
-                    progress.update(step, loss, row["val_bpb"])
+                    progress.update(step, row["loss"], row["val_bpb"])
                 if is_main and row["val_loss"] is not None and not is_last:
                     write_metrics(metrics_path, rows)  # progress visible during long runs
-                if snapshot_every and (step + 1) % snapshot_every == 0:
+                if snapshotting:
                     save_weights(
                         out_dir / "snapshots" / f"step_{step + 1:06d}.pt", model, par, is_main
                     )
-                if (
-                    can_checkpoint
-                    and checkpoint_every
-                    and is_main
-                    and (step + 1) % checkpoint_every == 0
-                    and not is_last
-                ):
+                if checkpointing:
                     save_checkpoint(step + 1)
     except NonFiniteLossError:
         if rows and is_main:

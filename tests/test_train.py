@@ -353,3 +353,15 @@ def test_moe_run_trains_with_aux_loss(data, tmp_path):
         assert r["moe_load_cv"] >= 0
     assert summary["params_active"] < summary["params_total"]
     assert math.isfinite(summary["final_val_loss"])
+
+
+def test_metrics_read_one_step_late_are_the_same_values(data, tmp_path):
+    """The loop reads a step's metrics one step late, syncing only for eval/snapshots/the end:
+    where the syncs fall changes no value (eval at every 2nd step vs only the last)."""
+    run = make_run(tokens=6 * 8 * SEQ, eval_every=None, grad_clip=0.05)  # clips every step
+    _, rows_late = run_train(data, tmp_path / "late", run)
+    synced = make_run(tokens=6 * 8 * SEQ, eval_every=2, grad_clip=0.05, snapshot_every=3)
+    _, rows_synced = run_train(data, tmp_path / "synced", synced)
+    assert [r["step"] for r in rows_late] == list(range(6))
+    for key in ("loss", "grad_norm", "lr", "aux_loss"):
+        assert [r[key] for r in rows_late] == [r[key] for r in rows_synced], key

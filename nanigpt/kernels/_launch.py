@@ -29,9 +29,9 @@ def warps_for(block: int) -> int:
 
 
 def program_count(device: torch.device, n_rows: int) -> int:
-    """Programs of a persistent kernel: a few per SM on a GPU, 4 in the interpreter; <= n_rows."""
+    """Programs of a persistent kernel: 8 per SM on a GPU, 4 in the interpreter; <= n_rows."""
     if device.type == "cuda":
-        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        programs = 8 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         programs = 4
     return max(1, min(programs, n_rows))

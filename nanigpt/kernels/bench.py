@@ -216,7 +216,7 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int) -> list
     if device.type == "cuda":
         import triton.testing
 
-        ms = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8])
+        ms = triton.testing.do_bench(fn, warmup=25, rep=300, quantiles=[0.2, 0.5, 0.8])
         return [m / 1e3 for m in ms]
     if not interpreted():
         fn()  # warm-up (the interpreter has nothing to warm and is slow)
@@ -393,8 +393,14 @@ def run(preset: str, device: torch.device, kernels: list[str], compile_: bool, r
         hardware: Path | None) -> dict[str, Any]:  # fmt: skip
     if device.type == "cuda" and interpreted():
         raise ValueError("TRITON_INTERPRET is set on a CUDA machine: unset it to time the kernels")
-    if compile_ and hasattr(torch._dynamo.config, "cache_size_limit"):
-        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+    if compile_:
+        if hasattr(torch._dynamo.config, "cache_size_limit"):
+            torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        import torch._functorch.config as functorch_config
+
+        # The bwd timing reruns one retained graph (retain_graph=True), which a compiled backward
+        # with donated buffers refuses.
+        functorch_config.donated_buffer = False
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     ceil = ceilings(device, hardware)
     liger, liger_reason = liger_impls() if device.type == "cuda" else ({}, "liger needs CUDA")

@@ -105,6 +105,7 @@ def linear_cross_entropy_fwd(
     ignore_index: int, chunk_tokens: int, max_block: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(mean loss float32, d loss / d h in h's dtype, d loss / d weight in weight's dtype)."""
+    h, weight, targets = h.contiguous(), weight.contiguous(), targets.contiguous()
     n_tokens = h.shape[0]
     with torch.autocast(h.device.type, enabled=False):
         w = weight.to(compute_dtype)
@@ -132,7 +133,11 @@ def linear_cross_entropy_fwd(
 
 @linear_cross_entropy_fwd.register_fake
 def _(h, weight, targets, compute_dtype, ignore_index, chunk_tokens, max_block):
-    return h.new_empty((), dtype=torch.float32), torch.empty_like(h), torch.empty_like(weight)
+    return (
+        h.new_empty((), dtype=torch.float32),
+        h.new_empty(h.shape),
+        weight.new_empty(weight.shape),
+    )
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):

@@ -112,7 +112,8 @@ def _rms_norm_bwd_kernel(
 def rms_norm_fwd(
     x: torch.Tensor, weight: torch.Tensor, eps: float, max_block: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """y [rows, cols] in x's dtype and rstd [rows] float32, for a contiguous 2-D x."""
+    """y [rows, cols] in x's dtype and rstd [rows] float32, for a 2-D x."""
+    x, weight = x.contiguous(), weight.contiguous()  # no-ops, unless a compiler changed strides
     n_rows, n_cols = x.shape
     y = torch.empty_like(x)
     rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
@@ -126,7 +127,7 @@ def rms_norm_fwd(
 
 @rms_norm_fwd.register_fake
 def _(x, weight, eps, max_block):
-    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=torch.float32)
+    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
 @torch.library.custom_op("nanigpt::rms_norm_bwd", mutates_args=())
@@ -134,6 +135,7 @@ def rms_norm_bwd(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, max_block: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dx in x's dtype and dw in weight's dtype."""
+    dy, x, weight, rstd = dy.contiguous(), x.contiguous(), weight.contiguous(), rstd.contiguous()
     n_rows, n_cols = x.shape
     dx = torch.empty_like(x)
     programs = program_count(x.device, n_rows)
@@ -150,7 +152,7 @@ def rms_norm_bwd(
 
 @rms_norm_bwd.register_fake
 def _(dy, x, weight, rstd, max_block):
-    return torch.empty_like(x), torch.empty_like(weight)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
 class RMSNormFunction(torch.autograd.Function):

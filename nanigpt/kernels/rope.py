@@ -79,13 +79,14 @@ def _rotate(q, k, cos, sin, sign: int):
 def rope_op(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate contiguous q, k [batch, time, heads, head_dim] by +angle (sign 1) or -angle (-1)."""
+    """Rotate q, k [batch, time, heads, head_dim] by +angle (sign 1) or -angle (-1)."""
+    q, k, cos, sin = q.contiguous(), k.contiguous(), cos.contiguous(), sin.contiguous()
     return _rotate(q, k, cos, sin, sign)
 
 
 @rope_op.register_fake
 def _(q, k, cos, sin, sign):
-    return torch.empty_like(q), torch.empty_like(k)
+    return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
 class RoPEFunction(torch.autograd.Function):

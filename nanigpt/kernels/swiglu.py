@@ -54,6 +54,7 @@ def _swiglu_bwd_kernel(dh_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n, BLOCK: tl.conste
 
 @torch.library.custom_op("nanigpt::swiglu_fwd", mutates_args=())
 def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor, block: int) -> torch.Tensor:
+    gate, up = gate.contiguous(), up.contiguous()  # no-ops, unless a compiler changed strides
     h = torch.empty_like(gate)
     n = gate.numel()
     _swiglu_fwd_kernel[(triton.cdiv(n, block),)](gate, up, h, n, BLOCK=block, num_warps=4)
@@ -62,13 +63,14 @@ def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor, block: int) -> torch.Tensor
 
 @swiglu_fwd.register_fake
 def _(gate, up, block):
-    return torch.empty_like(gate)
+    return gate.new_empty(gate.shape)
 
 
 @torch.library.custom_op("nanigpt::swiglu_bwd", mutates_args=())
 def swiglu_bwd(
     dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, block: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    dh, gate, up = dh.contiguous(), gate.contiguous(), up.contiguous()
     dg, du = torch.empty_like(gate), torch.empty_like(up)
     n = gate.numel()
     _swiglu_bwd_kernel[(triton.cdiv(n, block),)](dh, gate, up, dg, du, n, BLOCK=block, num_warps=4)
@@ -77,7 +79,7 @@ def swiglu_bwd(
 
 @swiglu_bwd.register_fake
 def _(dh, gate, up, block):
-    return torch.empty_like(gate), torch.empty_like(up)
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
 
 
 class SwiGLUFunction(torch.autograd.Function):

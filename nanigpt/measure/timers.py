@@ -6,13 +6,15 @@ without a synchronisation per phase; the events are read once, at the end of the
 monotonic clock (`time.perf_counter`) brackets each phase. A phase may run several times in a step
 (gradient accumulation): its times add up. Whatever the phases do not cover (Python overhead between
 them) is reported as `other_s`, so the phases always sum to the step time.
+`end_step_deferred` closes a step without waiting for the GPU: the training loop reads a step's
+times one step later, so the host never waits on the device between steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -65,17 +67,26 @@ class StepTimer:
 
     def end_step(self) -> dict[str, float]:
         """Close the step; returns `{phase}_s` for every known phase, `other_s` and `step_time_s`."""
+        return self.end_step_deferred()()
+
+    def end_step_deferred(self) -> Callable[[], dict[str, float]]:
+        """Close the step now; the returned function reads its times (waiting for the GPU then)."""
         if self._step_start is None:
             raise RuntimeError("StepTimer.end_step() called without start_step()")
         end = self._mark()
-        if self.use_cuda_events:
-            end.synchronize()  # type: ignore[attr-defined]
-        times = {f"{name}_s": 0.0 for name in self.phases}
-        for name, start, stop in self._spans:
-            times[f"{name}_s"] += self._elapsed_s(start, stop)
-        step_time = self._elapsed_s(self._step_start, end)
-        times["other_s"] = max(0.0, step_time - sum(times[f"{name}_s"] for name in self.phases))
-        times["step_time_s"] = step_time
+        step_start, spans, phases = self._step_start, self._spans, list(self.phases)
         self._step_start = None
         self._spans = []
-        return times
+
+        def read() -> dict[str, float]:
+            if self.use_cuda_events:
+                end.synchronize()  # type: ignore[attr-defined]
+            times = {f"{name}_s": 0.0 for name in phases}
+            for name, start, stop in spans:
+                times[f"{name}_s"] += self._elapsed_s(start, stop)
+            step_time = self._elapsed_s(step_start, end)
+            times["other_s"] = max(0.0, step_time - sum(times[f"{name}_s"] for name in phases))
+            times["step_time_s"] = step_time
+            return times
+
+        return read

@@ -14,7 +14,9 @@ Radford et al. 2019) so the residual's variance does not grow with depth.
 `kernels` ("torch" or "triton", or a mapping per kernel: rms_norm, rope, swiglu, cross_entropy)
 swaps the eager ops for the Triton kernels of `nanigpt.kernels` (core question 6); parameters and
 state dicts are the same either way, and tests/test_kernels.py holds the two equal. With the
-fused cross-entropy the logits are never built: `ModelOutput.logits` is None when targets are given.
+fused cross-entropy the logits are never built: `ModelOutput.logits` is None when targets are given
+and grad mode is on (training); evaluation under no_grad takes the eager loss, one matmul instead
+of the fused loss's three (it finishes the gradients in the forward).
 
 The model knows nothing of parallelism: `nanigpt.parallel` applies DDP, FSDP, TP and EP from
 outside. Reading order: config, rotary embedding, attention, block, model.
@@ -280,7 +282,7 @@ class GPT(nn.Module):
             if block_aux is not None:
                 aux_loss = aux_loss + block_aux
                 moe_stats.append(stats)
-        if targets is not None and self.fused_loss:
+        if targets is not None and self.fused_loss and torch.is_grad_enabled():
             loss = self._fused_loss(self.norm(x), targets)
             return ModelOutput(None, loss, aux_loss, moe_stats)
         logits = self.lm_head(self.norm(x))

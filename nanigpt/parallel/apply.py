@@ -204,7 +204,13 @@ class Parallelized:
         else:
             total = total * world  # every rank holds the same gradients: no communication
         norm = total.sqrt()[0].float()
-        if max_norm:
+        if max_norm and not any(isinstance(g, DTensor) for g in grads):
+            # On the device, no host sync; float64 like the host arithmetic below, and a factor
+            # of exactly 1 when not clipping, so the gradients are the same bit for bit.
+            coef = (max_norm / (norm.double() + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(coef)
+        elif max_norm:
             coef = max_norm / (float(norm) + 1e-6)
             if coef < 1:
                 for g in grads:
