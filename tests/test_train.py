@@ -282,7 +282,13 @@ def test_cli_end_to_end_writes_the_four_files(data, tmp_path):
     ]  # fmt: skip; no temporary files, and the checkpoint is gone once the run is complete
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
-    assert set(summary["provenance"]) == {"config_hash", "code_version", "packages", "device"}
+    assert set(summary["provenance"]) == {
+        "config_hash",
+        "code_version",
+        "packages",
+        "device",
+        "kernels",
+    }
     assert summary["tokens_trained"] == 6 * 8 * SEQ and summary["floor_bpb"] == FLOOR_BPB
     assert summary["params_total"] == sum(
         p.numel() for p in train_module.build_model(make_run())[0].parameters()
