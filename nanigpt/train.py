@@ -474,6 +474,8 @@ def train_step(
         for micro in range(grad_accum):
             with timer.phase("data"):
                 x, y = par.local_batch(*loader.next_batch())
+                if device.type == "cuda":  # from pageable memory the copy would wait for the GPU
+                    x, y = x.pin_memory(), y.pin_memory()
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
             # accumulate without communication; the last micro-batch's backward syncs

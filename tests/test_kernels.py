@@ -50,9 +50,13 @@ def _assert_all_close(got, want, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+# one-block: 15 rows in one [16, 64] tile; 70-rows: three backward programs of 32, 32 and 6 rows
+# in [16, 32] tiles; multi-block and 33-cols: rows longer than the block, looped.
 @pytest.mark.parametrize(
-    "shape, max_block", [((3, 5, 50), 8192), ((7, 50), 16), ((4, 33), 32)], ids=["one-block", "multi-block", "33-cols"]
-)  # fmt: skip
+    "shape, max_block",
+    [((3, 5, 50), 8192), ((70, 24), 8192), ((7, 50), 16), ((4, 33), 32)],
+    ids=["one-block", "70-rows", "multi-block", "33-cols"],
+)
 def test_kernels_rms_norm_matches_reference(dtype, shape, max_block):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g).to(DEV, dtype).requires_grad_()

@@ -282,7 +282,13 @@ def test_cli_end_to_end_writes_the_four_files(data, tmp_path):
     ]  # fmt: skip; no temporary files, and the checkpoint is gone once the run is complete
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
-    assert set(summary["provenance"]) == {"config_hash", "code_version", "packages", "device"}
+    assert set(summary["provenance"]) == {
+        "config_hash",
+        "code_version",
+        "packages",
+        "device",
+        "kernels",
+    }
     assert summary["tokens_trained"] == 6 * 8 * SEQ and summary["floor_bpb"] == FLOOR_BPB
     assert summary["params_total"] == sum(
         p.numel() for p in train_module.build_model(make_run())[0].parameters()
@@ -365,3 +371,44 @@ def test_metrics_read_one_step_late_are_the_same_values(data, tmp_path):
     assert [r["step"] for r in rows_late] == list(range(6))
     for key in ("loss", "grad_norm", "lr", "aux_loss"):
         assert [r[key] for r in rows_late] == [r[key] for r in rows_synced], key
+    provenance = json.loads((tmp_path / "late" / "config.json").read_text())["provenance"]
+    assert provenance["kernels"] == dict.fromkeys(provenance["kernels"], "torch")
+    assert set(provenance["kernels"]) == {"rms_norm", "rope", "swiglu", "cross_entropy"}
+
+
+@pytest.mark.parametrize("max_norm", [0.01, 1e6], ids=["clips", "no-clip"])
+def test_grad_clipping_on_the_device_matches_the_host_formula(max_norm):
+    """Clipping without a host sync scales the gradients exactly as the host formula does."""
+    from nanigpt.parallel.apply import Parallelized
+    from nanigpt.parallel.ledger import Ledger
+    from nanigpt.parallel.mesh import ParallelSetting
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))
+    model(torch.randn(4, 7)).square().sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    norm = Parallelized(
+        model, ParallelSetting(), None, Ledger(torch.device("cpu"))
+    ).clip_grad_norm_(max_norm)
+    expected_norm = torch.stack([g.double().square().sum() for g in before]).sum().sqrt().float()
+    assert float(norm) == float(expected_norm)
+    coef = max_norm / (float(norm) + 1e-6)
+    for g, p in zip(before, model.parameters(), strict=True):
+        want = g * coef if coef < 1 else g
+        assert torch.equal(p.grad, want)
+
+
+@pytest.mark.slow
+def test_kernels_triton_run_matches_torch_run(data, tmp_path):
+    """A run with model.kernels: triton (the interpreter on the CPU) trains like the torch run
+    (same losses within float32 reordering) and records the kernels it used."""
+    rows = {}
+    for impl in ("torch", "triton"):
+        run = make_run(tokens=2 * 2 * SEQ, eval_every=None, batch_size=2, eval_batches=1)
+        run["model"] = {**run["model"], "kernels": impl}
+        _, rows[impl] = run_train(data, tmp_path / impl, run)
+        provenance = json.loads((tmp_path / impl / "config.json").read_text())["provenance"]
+        assert set(provenance["kernels"].values()) == {impl}
+    for key in ("loss", "grad_norm"):
+        got, want = [r[key] for r in rows["triton"]], [r[key] for r in rows["torch"]]
+        assert got == pytest.approx(want, rel=1e-4), key

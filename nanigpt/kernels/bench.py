@@ -394,8 +394,9 @@ def run(preset: str, device: torch.device, kernels: list[str], compile_: bool, r
     if device.type == "cuda" and interpreted():
         raise ValueError("TRITON_INTERPRET is set on a CUDA machine: unset it to time the kernels")
     if compile_:
-        if hasattr(torch._dynamo.config, "cache_size_limit"):
-            torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        for limit in ("cache_size_limit", "recompile_limit"):  # one compile per case and impl
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
         import torch._functorch.config as functorch_config
 
         # The bwd timing reruns one retained graph (retain_graph=True), which a compiled backward

@@ -7,7 +7,9 @@ The forward reads x once and writes y once (and a float32 r per row, saved for t
 backward reads x, dy, w and r, writes dx, and each program of a persistent grid sums dw over its
 rows into one float32 partial row, which a small torch sum then reduces (Liger-Kernel, Hsu et al.
 2024, arXiv 2410.10989, does the same). Arithmetic is float32 whatever the input dtype; outputs
-come back in the input's dtype. Rows longer than one block loop over blocks (two passes).
+come back in the input's dtype. A row that fits one block is handled a few rows per program (one
+[rows, block] tile of about 4096 elements, so short rows such as d = 768 still give each program
+enough bytes in flight); rows longer than one block loop over blocks (two passes).
 
 The reference `rms_norm_reference` computes in float32 like `torch.nn.RMSNorm` does under autocast.
 """
@@ -27,21 +29,33 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return y.to(x.dtype)
 
 
+def rows_for(block: int) -> int:
+    """Rows one program normalises at once when a row fits one block (about 4096 elements)."""
+    return max(1, min(16, 4096 // block))
+
+
 @triton.jit
 def _rms_norm_fwd_kernel(
-    x_ptr, w_ptr, y_ptr, rstd_ptr, n_cols, eps, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr
-):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * n_cols
-    y_row = y_ptr + row * n_cols
+    x_ptr, w_ptr, y_ptr, rstd_ptr, n_rows, n_cols, eps, BLOCK: tl.constexpr,
+    ONE_BLOCK: tl.constexpr, ROWS: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    if ONE_BLOCK:
-        mask = cols < n_cols
-        x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
-        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(y_row + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
-    else:
+    if ONE_BLOCK:  # ROWS whole rows as one [ROWS, BLOCK] tile
+        rows = pid * ROWS + tl.arange(0, ROWS)
+        row_mask = rows < n_rows
+        mask = row_mask[:, None] & (cols[None, :] < n_cols)
+        offsets = rows[:, None] * n_cols + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+        w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        y = x * rstd[:, None] * w[None, :]
+        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+    else:  # one long row, two passes over its blocks
+        row = pid
+        x_row = x_ptr + row * n_cols
+        y_row = y_ptr + row * n_cols
         sum_sq = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, n_cols, BLOCK):
             mask = start + cols < n_cols
@@ -53,34 +67,38 @@ def _rms_norm_fwd_kernel(
             x = tl.load(x_row + start + cols, mask=mask, other=0.0).to(tl.float32)
             w = tl.load(w_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
             tl.store(y_row + start + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(rstd_ptr + row, rstd)
+        tl.store(rstd_ptr + row, rstd)
 
 
 @triton.jit
 def _rms_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, n_rows, n_cols, rows_per_program,
-    BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * rows_per_program
     last = tl.minimum(first + rows_per_program, n_rows)
     cols = tl.arange(0, BLOCK)
     dw_row = dw_partial_ptr + pid.to(tl.int64) * n_cols
-    if ONE_BLOCK:
-        mask = cols < n_cols
-        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        dw = tl.zeros([BLOCK], dtype=tl.float32)
-        for row in range(first, last):
-            offset = row * n_cols
-            x = tl.load(x_ptr + offset + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + offset + cols, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(rstd_ptr + row)
-            x_hat = x * rstd
-            g = dy * w
-            dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=0) / n_cols))
-            tl.store(dx_ptr + offset + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    if ONE_BLOCK:  # ROWS whole rows per iteration, dw summed in registers
+        col_mask = cols < n_cols
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        dw = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+        for start in range(first, last, ROWS):
+            rows = start + tl.arange(0, ROWS)
+            row_mask = rows < last
+            mask = row_mask[:, None] & col_mask[None, :]
+            offsets = rows[:, None] * n_cols + cols[None, :]
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+            x_hat = x * rstd[:, None]
+            g = dy * w[None, :]
+            mean_dot = tl.sum(g * x_hat, axis=1) / n_cols
+            dx = rstd[:, None] * (g - x_hat * mean_dot[:, None])
+            tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             dw += dy * x_hat
-        tl.store(dw_row + cols, dw, mask=mask)
+        tl.store(dw_row + cols, tl.sum(dw, axis=0), mask=col_mask)
     else:
         for start in range(0, n_cols, BLOCK):
             tl.store(dw_row + start + cols, tl.zeros([BLOCK], dtype=tl.float32),
@@ -118,9 +136,11 @@ def rms_norm_fwd(
     y = torch.empty_like(x)
     rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
     block = block_for(n_cols, max_block)
-    _rms_norm_fwd_kernel[(n_rows,)](
-        x, weight, y, rstd, n_cols, eps, BLOCK=block, ONE_BLOCK=block >= n_cols,
-        num_warps=warps_for(block),
+    one_block = block >= n_cols
+    rows = rows_for(block) if one_block else 1
+    _rms_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
+        x, weight, y, rstd, n_rows, n_cols, eps, BLOCK=block, ONE_BLOCK=one_block, ROWS=rows,
+        num_warps=warps_for(rows * block),
     )  # fmt: skip
     return y, rstd
 
@@ -138,14 +158,16 @@ def rms_norm_bwd(
     dy, x, weight, rstd = dy.contiguous(), x.contiguous(), weight.contiguous(), rstd.contiguous()
     n_rows, n_cols = x.shape
     dx = torch.empty_like(x)
+    block = block_for(n_cols, max_block)
+    one_block = block >= n_cols
+    rows = rows_for(block) if one_block else 1
     programs = program_count(x.device, n_rows)
-    rows_per_program = triton.cdiv(n_rows, programs)
+    rows_per_program = triton.cdiv(triton.cdiv(n_rows, programs), rows) * rows
     programs = triton.cdiv(n_rows, rows_per_program)
     dw_partial = torch.empty(programs, n_cols, device=x.device, dtype=torch.float32)
-    block = block_for(n_cols, max_block)
     _rms_norm_bwd_kernel[(programs,)](
         dy, x, weight, rstd, dx, dw_partial, n_rows, n_cols, rows_per_program,
-        BLOCK=block, ONE_BLOCK=block >= n_cols, num_warps=warps_for(block),
+        BLOCK=block, ONE_BLOCK=one_block, ROWS=rows, num_warps=warps_for(rows * block),
     )  # fmt: skip
     return dx, dw_partial.sum(0).to(weight.dtype)
 
