@@ -207,7 +207,7 @@ def _check_references(config: dict, source: str) -> None:
     if analysis:
         named = [("sweeps", s) for s in analysis["sweeps"]]
         named += [("control_sweep", analysis["control_sweep"])] if analysis["control_sweep"] else []
-        for group in ("load", "crossover", "experts"):
+        for group in ("load", "crossover", "experts", "knowledge"):
             named += [(f"{group}.{k}", s) for k, v in analysis[group].items() for s in v]
         for where, sweep in named:
             if sweep not in config["sweeps"]:
@@ -464,8 +464,9 @@ def moe_eval_dataset(config: dict, run: dict) -> str:
 
 
 def moe_analysed_runs(config: dict) -> dict[str, str]:
-    """Every MoE run of `moe_analysis.sweeps` and its `control_sweep`, in config order, mapped to
-    `moe_eval_dataset`: the runs that get specialization.json and a heatmap."""
+    """Every MoE run of `moe_analysis.sweeps` and its `control_sweep` at the base seed
+    (`training.seed`; scoring every seed would double the analysis' cost), in config order, mapped
+    to `moe_eval_dataset`: the runs that get specialization.json and a heatmap."""
     spec = config.get("moe_analysis") or {}
     sweeps = list(spec.get("sweeps") or []) + [s for s in [spec.get("control_sweep")] if s]
     runs = resolve_runs(config)
@@ -473,7 +474,7 @@ def moe_analysed_runs(config: dict) -> dict[str, str]:
         rid: moe_eval_dataset(config, runs[rid])
         for sweep in sweeps
         for rid in sweep_run_ids(config, sweep)
-        if runs[rid]["arch_kind"] == "moe"
+        if runs[rid]["arch_kind"] == "moe" and runs[rid]["seed"] == config["training"]["seed"]
     }
 
 

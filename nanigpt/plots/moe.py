@@ -405,6 +405,8 @@ def runs_table(summary_paths: Sequence[str | Path]) -> pl.DataFrame:
         rows.append(
             {
                 "run_id": summary["run_id"],
+                "dataset": summary.get("dataset", run.get("dataset")),
+                "seed": summary.get("seed", (run.get("training") or {}).get("seed", 0)),
                 "arch": summary.get("arch", run.get("arch")),
                 "arch_kind": summary["arch_kind"],
                 "size": summary.get("size"),
