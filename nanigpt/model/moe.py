@@ -9,21 +9,51 @@ Reading order: `MoEConfig`, the router, the two expert kernels (a loop over expe
 reference, and `torch._grouped_mm`, the fast path), then `MoE` which ties them together.
 
 Semantics, with their sources:
-- Router: softmax over experts, top-k. Top-1 gates are the raw router probability (Switch,
-  Fedus et al. 2021), so the main loss trains the router; top-k > 1 renormalises the chosen k
-  probabilities to sum to one (GShard, Lepikhin et al. 2020; Mixtral).
-- Capacity (when `capacity_factor` is set): each expert takes at most
-  `ceil(capacity_factor * tokens * k / experts)` assignments of the batch; first choices are served
-  before second choices, and within a choice rank earlier tokens first (GShard). A dropped
-  assignment contributes zero, so a token dropped by all its experts passes through the residual
-  unchanged (Switch section 2.2). `capacity_factor=None` is dropless (MegaBlocks, Gale et al. 2022):
-  every assignment is computed, tokens sorted by expert and run through one grouped matmul.
-  Capacity is shared by all tokens of the forward call, so dropping couples them: only dropless
-  (or top-1 on a single sequence) keeps the model strictly causal (tests/test_model.py).
-- Load-balancing loss (Switch eq. 4): `E * sum_i f_i * P_i`, `f_i` the fraction of assignments sent
-  to expert i (before capacity), `P_i` the mean router probability of expert i. Equals 1.0 whenever
+- Router: logits computed in fp32 from the fp32 input and weight, autocast off around the matmul
+  (Switch's selective precision; under bf16 autocast a Linear would round both operands first).
+- `gate` (`MoEConfig.gate`), how the chosen experts' outputs are weighted:
+  - `switch`: softmax over experts, top-k; the top-1 gate is the raw router probability (Switch,
+    Fedus et al. 2021), kept as the reference. It starts near 1/E, so the MoE's MLP output starts E
+    times smaller than the dense MLP's and stays damped through a short run.
+  - `renorm` (default): softmax, top-k, the chosen probabilities renormalised to sum to one (GShard,
+    Lepikhin et al. 2020; Mixtral). At k = 1 that is a gate of exactly 1 in the forward pass,
+    written p / p.detach() so the router still gets the gradient d(log p) (`keep_grad_normalise`);
+    with one expert the layer is exactly the dense MLP (tests/test_moe.py).
+  - `sigmoid`: per-expert sigmoid scores, normalised over the chosen experts as `renorm` does,
+    with auxiliary-loss-free balancing (DeepSeek-V3, arXiv 2412.19437, section 2.1.2): a bias per
+    expert is added to the scores for the top-k selection only (never to the gate), and after every
+    optimizer step each bias moves by `bias_update_rate` (gamma) toward balance:
+    b_i += gamma * sign(mean load - load_i), loads counted over the step's training forward passes
+    (`update_bias`, called by the trainer through `update_router_biases`; outside autograd, and
+    never on evaluation or no-grad passes). The bias is a buffer saved with the weights. The balance
+    loss then reads the normalised scores; set `aux_loss_weight: 0` for DeepSeek-V3's
+    aux-loss-free setting (it keeps a tiny sequence-wise loss; we keep the batch-wise one optional).
+- Capacity (when the mode's factor is set): each expert takes at most
+  `ceil(capacity_factor * tokens * k / experts)` assignments of the forward call. `capacity_factor`
+  applies in training mode, `eval_capacity_factor` (default null: dropless) in eval mode, so a
+  validation loss never depends on how the batch was laid out. Which assignments drop does not
+  depend on a token's row: within an expert, first choices before second choices, and within a
+  choice the more confident assignment (higher router score) first: batch-prioritized routing
+  (Riquelme et al. 2021, V-MoE, section 3.3). A dropped assignment contributes zero, so a token
+  dropped by all its experts passes through the residual unchanged (Switch section 2.2).
+  Null is dropless (MegaBlocks, Gale et al. 2022): every assignment is computed, tokens sorted by
+  expert and run through one grouped matmul. Capacity is shared by all tokens of the forward call,
+  so dropping couples them: only dropless keeps the model strictly causal (tests/test_model.py).
+- `dense_layers`: the first that many layers keep the dense MLP (DeepSeekMoE's first layer;
+  `GPTConfig.moe_layers`).
+- Defaults, chosen by measurement (README "Mixture of experts" has the table): at s2 / 200k tokens on
+  the default mixture, 4 experts top-1, 3 seeds (validation bits/byte, mean and seed range),
+  dense 1.074 (1.054-1.089); `switch` 1.173 (1.126-1.213), worse than dense in every seed;
+  `renorm` with capacity 1.25 in training 1.064 (1.047-1.081) and dropless 1.064 (1.056-1.069),
+  both no different from dense; `sigmoid` with aux-loss-free bias and no balance loss 1.098
+  (1.068-1.144), no different from dense but with the widest spread. Hence `renorm`, capacity 1.25
+  in training (same loss as dropless, bounded per-expert work) and dropless evaluation.
+- Load-balancing loss (Switch eq. 4), weighted by `aux_loss_weight`: `E * sum_i f_i * P_i`, `f_i` the
+  fraction of assignments sent to expert i (before capacity), `P_i` the mean router probability
+  (normalised score for `sigmoid`) of expert i. Equals 1.0 whenever
   the router is uniform, which is the Switch normalisation.
-- Router z-loss (ST-MoE, Zoph et al. 2022 eq. 5): mean over tokens of `logsumexp(logits)^2`.
+- Router z-loss (ST-MoE, Zoph et al. 2022 eq. 5), weighted by `z_loss_weight`: mean over tokens of
+  `logsumexp(logits)^2`.
 - Fine-grained experts (DeepSeekMoE, Dai et al. 2024; Krajewski et al. 2024): granularity g makes
   g times more experts, each g times narrower, and routes each token to g times more of them, so
   total and active parameters and FLOPs match the g = 1 model.

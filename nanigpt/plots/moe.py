@@ -625,7 +625,11 @@ def crossover_chart(
             x=x,
             y=y,
             color=colour,
-            fill=alt.condition("datum.beyond_spread", colour, alt.value("white")),
+            fill=alt.condition(
+                "datum.beyond_spread",
+                alt.Color("line:N", sort=order, legend=None),
+                alt.value("white"),
+            ),
             tooltip=["run_id:N", "dense_run_id:N", "delta:Q", "delta_lo:Q", "delta_hi:Q"]
             + ["seeds:Q", "verdict:N", f"{ratio}:Q", "total_over_dense_params:Q"],
         )

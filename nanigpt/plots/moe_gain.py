@@ -110,7 +110,9 @@ def gain_chart(summary: list[dict[str, Any]], control: str | None, unit: str) ->
         x=x,
         y=y,
         color=colour,
-        fill=alt.condition("datum.beyond_spread", colour, alt.value("white")),
+        fill=alt.condition(
+            "datum.beyond_spread", alt.Color("line:N", legend=None), alt.value("white")
+        ),
         tooltip=tooltip,
     )
     labels = (
@@ -123,7 +125,7 @@ def gain_chart(summary: list[dict[str, Any]], control: str | None, unit: str) ->
         "bar: range over seeds; hollow: the range includes 0 (no difference)",
     ]
     if control:
-        subtitle.append(f"{control}: the single-source control (a model that stores one table)")
+        subtitle.append(f"{control}: the single-source control (one table: no sources to split)")
     for r in sorted(summary, key=lambda r: (r["line"], r["bits_per_param"])):
         text = worded(r["delta"], r["delta_lo"], r["delta_hi"], r["seeds"], unit)
         subtitle.append(
