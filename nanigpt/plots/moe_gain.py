@@ -104,7 +104,9 @@ def gain_chart(summary: list[dict[str, Any]], control: str | None, unit: str) ->
     base = alt.Chart(alt.Data(values=summary))
     zero = alt.Chart(alt.Data(values=[{"delta": 0.0}])).mark_rule(color="black").encode(y=y)
     band = base.mark_rule(strokeWidth=2).encode(x=x, y="delta_lo:Q", y2="delta_hi:Q", color=colour)
-    line = base.mark_line(strokeDash=[4, 3]).encode(x=x, y=y, color=colour)
+    line = base.mark_line(strokeDash=[4, 3]).encode(
+        x=x, y=y, color=colour, detail=["size:N", "tokens:Q"]
+    )
     tooltip = ["line:N", "dataset:N", "delta:Q", "delta_lo:Q", "delta_hi:Q", "seeds:Q", "verdict:N"]
     points = base.mark_point(size=80, strokeWidth=2).encode(
         x=x,
@@ -148,8 +150,8 @@ def gain(
     knowledge = knowledge_of(truths)
     table = runs_table(summaries)
     rows = gain_rows(table, knowledge, loss)
-    summary = summarise(rows, ("line", "dataset"))
-    summary.sort(key=lambda r: (r["line"], r["bits_per_param"]))
+    summary = summarise(rows, ("line", "dataset", "size", "tokens"))
+    summary.sort(key=lambda r: (r["line"], r["bits_per_param"], r["tokens"]))
     single = [
         r["dataset"]
         for r in summary
