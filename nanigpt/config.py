@@ -2,7 +2,7 @@
 
 Serves the contract "a run is named by its parameters": every training run of the graph is one
 entry of `resolve_runs(config)`, keyed by a run id built from (dataset, arch, size, tokens,
-parallelism), and carrying exactly the settings that run depends on, so Snakemake reruns a run
+parallelism, and the seed where a sweep's `seeds` differ from `training.seed`), and carrying exactly the settings that run depends on, so Snakemake reruns a run
 when, and only when, one of its own settings changes. A bad key or value fails here, naming the
 key, before any job is planned.
 """
@@ -27,6 +27,7 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "workflow" / "config" / "default.yaml"
 
 # Defaults of the MoE layer, applied under an arch of kind "moe".
+# Routing defaults chosen by measurement: nanigpt/model/moe.py's docstring and README say why.
 MOE_DEFAULTS = {
     "num_experts": 4,
     "top_k": 1,
@@ -36,6 +37,10 @@ MOE_DEFAULTS = {
     "every": 1,
     "shared_expert": False,
     "granularity": 1,
+    "gate": "renorm",
+    "bias_update_rate": 0.001,
+    "eval_capacity_factor": None,
+    "dense_layers": 0,
 }
 MOE_KEYS = set(MOE_DEFAULTS)
 
@@ -202,7 +207,7 @@ def _check_references(config: dict, source: str) -> None:
     if analysis:
         named = [("sweeps", s) for s in analysis["sweeps"]]
         named += [("control_sweep", analysis["control_sweep"])] if analysis["control_sweep"] else []
-        for group in ("load", "crossover", "experts"):
+        for group in ("load", "crossover", "experts", "knowledge"):
             named += [(f"{group}.{k}", s) for k, v in analysis[group].items() for s in v]
         for where, sweep in named:
             if sweep not in config["sweeps"]:
@@ -405,6 +410,17 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
     }
 
 
+def sweep_seeds(config: dict, sweep_name: str) -> list[int]:
+    """The training seeds of a sweep: its `seeds`, else `[training.seed]`."""
+    return list(config["sweeps"][sweep_name].get("seeds") or [config["training"]["seed"]])
+
+
+def seeded_run_id(config: dict, run_id: str, seed: int) -> str:
+    """A run id with its seed: `_seed{n}` appended unless n is the config's `training.seed`, so
+    the base seed's run keeps its id and is shared by single- and multi-seed sweeps."""
+    return run_id if seed == config["training"]["seed"] else f"{run_id}_seed{seed}"
+
+
 def resolve_runs(config: dict) -> dict[str, dict]:
     """Every run of every sweep, keyed by run id, each with only the settings it depends on."""
     runs: dict[str, dict] = {}
@@ -414,25 +430,28 @@ def resolve_runs(config: dict) -> dict[str, dict]:
             for size in sweep["sizes"]:
                 for tokens, budget in sweep_tokens(config, sweep_name, arch, size):
                     for par in sweep["parallelism"]:
-                        run_id = run_id_for(dataset, arch, size, tokens, par)
-                        run = {
-                            "run_id": run_id,
-                            "dataset": dataset,
-                            "arch": arch,
-                            "arch_kind": config["archs"][arch]["kind"],
-                            "size": size,
-                            "tokens": tokens,
-                            "parallelism_name": par,
-                            "parallelism": dict(config["parallelism"][par]),
-                            "model": _model_settings(config, dataset, size, arch),
-                            "training": dict(config["training"]),
-                            "profile": dict(config["profile"]),
-                        }
-                        runs.setdefault(run_id, run)
-                        runs[run_id].setdefault("sweeps", [])
-                        runs[run_id]["sweeps"].append(sweep_name)
-                        if budget is not None:  # bookkeeping, like `sweeps`: not a setting
-                            runs[run_id].setdefault("budgets", {})[sweep_name] = budget
+                        for seed in sweep_seeds(config, sweep_name):
+                            base_id = run_id_for(dataset, arch, size, tokens, par)
+                            run_id = seeded_run_id(config, base_id, seed)
+                            run = {
+                                "run_id": run_id,
+                                "dataset": dataset,
+                                "arch": arch,
+                                "arch_kind": config["archs"][arch]["kind"],
+                                "size": size,
+                                "tokens": tokens,
+                                "seed": seed,
+                                "parallelism_name": par,
+                                "parallelism": dict(config["parallelism"][par]),
+                                "model": _model_settings(config, dataset, size, arch),
+                                "training": {**config["training"], "seed": seed},
+                                "profile": dict(config["profile"]),
+                            }
+                            runs.setdefault(run_id, run)
+                            runs[run_id].setdefault("sweeps", [])
+                            runs[run_id]["sweeps"].append(sweep_name)
+                            if budget is not None:  # bookkeeping, like `sweeps`: not a setting
+                                runs[run_id].setdefault("budgets", {})[sweep_name] = budget
     return runs
 
 
@@ -447,8 +466,9 @@ def moe_eval_dataset(config: dict, run: dict) -> str:
 
 
 def moe_analysed_runs(config: dict) -> dict[str, str]:
-    """Every MoE run of `moe_analysis.sweeps` and its `control_sweep`, in config order, mapped to
-    `moe_eval_dataset`: the runs that get specialization.json and a heatmap."""
+    """Every MoE run of `moe_analysis.sweeps` and its `control_sweep` at the base seed
+    (`training.seed`; scoring every seed would double the analysis' cost), in config order, mapped
+    to `moe_eval_dataset`: the runs that get specialization.json and a heatmap."""
     spec = config.get("moe_analysis") or {}
     sweeps = list(spec.get("sweeps") or []) + [s for s in [spec.get("control_sweep")] if s]
     runs = resolve_runs(config)
@@ -456,7 +476,7 @@ def moe_analysed_runs(config: dict) -> dict[str, str]:
         rid: moe_eval_dataset(config, runs[rid])
         for sweep in sweeps
         for rid in sweep_run_ids(config, sweep)
-        if runs[rid]["arch_kind"] == "moe"
+        if runs[rid]["arch_kind"] == "moe" and runs[rid]["seed"] == config["training"]["seed"]
     }
 
 

@@ -64,6 +64,7 @@ from nanigpt.measure.hardware import mfu, peak_bf16_flops
 from nanigpt.measure.provenance import collect_provenance
 from nanigpt.measure.timers import StepTimer
 from nanigpt.measure.trace import TraceWindow
+from nanigpt.model.moe import update_router_biases
 
 log = logging.getLogger("nanigpt.train")
 
@@ -77,6 +78,7 @@ CHECKPOINT_STRATEGIES = ("single", "ddp_builtin", "ddp_manual")
 # FSDP2 and DTensor collectives are recorded by a dispatch mode that costs host time on every op:
 # the ledger intercepts them on the first few steps only (their bytes repeat step to step).
 INTERCEPT_STEPS = 3
+VAL_SEED = 0  # the validation batches' seed, whatever training.seed is
 COMM_RECORD_STEPS = 3  # collectives listed one by one in comm.json (the first steps of a process)
 
 
@@ -496,6 +498,7 @@ def train_step(
         grad_norm = par.clip_grad_norm_(grad_clip if grad_clip else None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        update_router_biases(model)  # aux-loss-free balancing: once per optimizer step
     read_times = timer.end_step_deferred()
     par.end_step()
     return loss_sum, aux_sum, grad_norm, read_times, moe.means()
@@ -770,7 +773,9 @@ def train(
     if val_shard.byte_count <= 0:
         raise ValueError(f"--val shard {paths['val']} encodes 0 bytes: bits/byte is undefined")
     val_tokens_per_byte = len(val_shard.tokens) / val_shard.byte_count
-    val_loader = BatchLoader(val_shard, seq_len, batch_size, t["seed"])
+    # The same validation batches for every training seed (seed 0's, as before seeds were a
+    # sweep dimension): seeds vary the initial weights and the data order, not the measurement.
+    val_loader = BatchLoader(val_shard, seq_len, batch_size, VAL_SEED)
     val_batches = list(val_loader.eval_batches(t["eval_batches"]))
 
     def bits_per_byte(nats_per_token: float) -> float:
@@ -1003,6 +1008,7 @@ def train(
         "arch_kind": run["arch_kind"],
         "size": run["size"],
         "parallelism_name": run["parallelism_name"],
+        "seed": run["training"]["seed"],  # the run's training seed (a sweep's `seeds` vary it)
         "tokens_target": run["tokens"],
         "tokens_trained": tokens_trained,
         "steps": steps,

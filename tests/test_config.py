@@ -125,27 +125,29 @@ def test_defaults_are_filled():
 def test_default_declares_the_expert_count_and_matched_parameter_sweeps():
     config = load_config()
     runs = resolve_runs(config)
-    for experts in (1, 2, 4, 8, 16):
+    for experts in (2, 4, 8):
         arch = "moe" if experts == 4 else f"moee{experts}"
-        run = runs[f"mix_{arch}_s2_t200k_single"]
-        assert run["model"]["moe"]["num_experts"] == experts
-        assert run["model"]["moe"]["top_k"] == 1 and run["model"]["moe"]["capacity_factor"] == 1.25
-    assert runs["mix_moetop2_s2_t200k_single"]["model"]["moe"]["top_k"] == 2
-    for arch in ("moee2", "moee8"):  # a crossover fit per expert count, on the headline grid
-        ids = {rid for rid, run in runs.items() if run["arch"] == arch and run["dataset"] == "mix"}
-        assert {f"mix_{arch}_{s}_t{t}_single" for s in ("s1", "s2", "s3")
-                for t in ("100k", "200k", "400k")} <= ids  # fmt: skip
-    for experts in (2, 4, 8):  # dense with E times the MLP: the MoE's total parameters
-        run = runs[f"mix_densew{experts}_s2_t200k_single"]
-        assert run["model"]["moe"] is None
-        assert run["model"]["mlp_ratio"] == experts * config["model"]["mlp_ratio"]
-    # the MoE and dense runs of before keep their settings (no rerun): no arch-level ratio leaks
+        moe = runs[f"mix_{arch}_s1_t200k_single"]["model"]["moe"]
+        assert moe["num_experts"] == experts and moe["top_k"] == 1
+        # the routing defaults (issue 15): renormalised gate, capacity in training only
+        assert moe["gate"] == "renorm" and moe["capacity_factor"] == 1.25
+        assert moe["eval_capacity_factor"] is None
+    assert runs["mix_moeswitch_s1_t200k_single_seed1"]["model"]["moe"]["gate"] == "switch"
+    run = runs["mix_densew4_s1_t200k_single_seed1"]  # dense with 4x the MLP: the MoE's params
+    assert run["model"]["moe"] is None
+    assert run["model"]["mlp_ratio"] == 4 * config["model"]["mlp_ratio"]
     assert runs["mix_moe_s2_t200k_single"]["model"]["mlp_ratio"] == config["model"]["mlp_ratio"]
     assert "mlp_ratio" not in runs["mix_moe_s2_t200k_single"]["model"]["moe"]
     analysis = config["moe_analysis"]
     assert "moe_experts" in analysis["sweeps"] and analysis["experts"]
     crossover = [s for sweeps in analysis["crossover"].values() for s in sweeps]
-    assert {"moe_experts_scaling", "dense_wide"} <= set(crossover)
+    assert {"scaling", "dense_wide"} <= set(crossover)
+    datasets = {config["sweeps"][s]["dataset"] for s in analysis["knowledge"]["data"]}
+    assert {"solo", "mix", "mix16"} <= datasets  # the knowledge dial, with its control
+    for dataset in ("solo", "mix16"):
+        assert {"dense", "moe"} <= {
+            r["arch"] for r in runs.values() if r["dataset"] == dataset and r["seed"] == 1
+        }
 
 
 def test_arch_mlp_ratio_overrides_the_size_and_the_model():

@@ -39,6 +39,7 @@ STAGES = {
     "fit_scaling",
     "plot_moe_vs_dense",
     "plot_fit_residuals",
+    "moe_gain_vs_data",
     "bench_tokenizer",
     "plot_rust_bench",
     "hardware_ceilings",

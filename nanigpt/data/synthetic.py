@@ -42,6 +42,26 @@ document-start cost, reported on its own too). `floor_bits_per_byte` = that tota
 bytes of the val text). It leaves out the cost of the document lengths (where EOT falls);
 `floor_incl_doc_length_bits_per_byte` adds ln(number of possible lengths) per document.
 
+Knowledge content (`knowledge` in ground_truth.json)
+---------------------------------------------------
+How many bits a model must store to reach the floor, counted exactly from the generator's support:
+a source's table is, per state, an ordered list of `branching` distinct successors out of A words
+(the rank fixes which successor gets which q), so naming one list takes
+log2(A! / (A - b)!) bits, and the table of K sources with S states each takes
+
+    successor_bits = K * S * log2(A! / (A - b)!)
+
+(the log of the number of distinct tables the generator can produce: the entropy of the tables
+under a uniform prior over its support, an upper bound on their entropy under the Zipf-weighted
+draw actually used). The probabilities q within a list are fixed by the rank and one exponent a_x
+per state, drawn uniformly from [a/2, 3a/2]; at a precision of 1/2**EXPONENT_BITS of that range
+they add `exponent_bits` = K * S * EXPONENT_BITS (0 when a = 0). `bits` is the sum. This is the
+description-length view of model capacity of Allen-Zhu and Li 2024 (Physics of LMs 3.3, about 2
+bits of knowledge stored per parameter): a dataset whose `bits` far exceed a model's parameter
+count cannot be memorised by it, which is where extra expert parameters have something to hold.
+`more sources`, a larger alphabet or more successors each raise it; the default mixture's is about
+131k bits (4 sources x 256 states x 16 successors x ~8 bits).
+
 Determinism: everything is drawn from numpy PCG64 generators seeded by explicit tuples
 (seed, purpose, index): the alphabet, each source's tables, and every chunk of documents, so a chunk
 can be regenerated on its own. Sampling uses only IEEE-exact arithmetic on the generator's doubles;
@@ -83,6 +103,7 @@ KINDS = ("markov_mixture",)
 MAX_STATES = 1 << 20  # alphabet_size**order per source
 MAX_TABLE_WORK = 1 << 28  # num_sources * states * alphabet_size: race keys drawn to build tables
 MAX_ALPHABET = 1 << 16
+EXPONENT_BITS = 4  # precision of a state's Zipf exponent counted in the knowledge bits
 MAX_BIGRAM_ALPHABET = 1024  # plug-in bigram counts kept only up to this alphabet (A*A counters)
 CHUNK_SYMBOLS = 1 << 20  # about 5 MB of text per chunk (= parquet row group)
 
@@ -666,6 +687,27 @@ def _bits_per_byte(nats: float, n_bytes: float) -> float:
     return nats / (math.log(2) * n_bytes)
 
 
+def knowledge_bits(spec: SyntheticSpec) -> dict[str, Any]:
+    """Bits of the transition tables (module docstring, "Knowledge content"): exact counts."""
+    A, b = spec.alphabet_size, spec.branching
+    per_list = (math.lgamma(A + 1) - math.lgamma(A - b + 1)) / math.log(2)  # log2 A!/(A-b)!
+    tables = spec.num_sources * spec.num_states
+    successor = tables * per_list
+    exponent = tables * EXPONENT_BITS if spec.zipf_exponent > 0 else 0.0
+    return {
+        "bits": successor + exponent,
+        "successor_bits": successor,
+        "exponent_bits": exponent,
+        "bits_per_successor_list": per_list,
+        "tables": tables,
+        "definition": (
+            "num_sources * alphabet_size**order states, each an ordered list of branching "
+            "successors out of alphabet_size words (log2 A!/(A-b)! bits) plus its Zipf exponent "
+            f"at {EXPONENT_BITS} bits; the log2 of the generator's number of distinct tables"
+        ),
+    }
+
+
 def ground_truth(
     name: str, mixture: MarkovMixture, train: SplitStats, val: SplitStats
 ) -> dict[str, Any]:
@@ -701,6 +743,7 @@ def ground_truth(
         "seed": spec.seed,
         "params": spec.to_dict(),
         "mixture_weights": [float(x) for x in w],
+        "knowledge": knowledge_bits(spec),
         "alphabet": mixture.alphabet,
         "sources": sources,
         "floor_bits_per_byte": floor,

@@ -78,8 +78,9 @@ class GPTConfig:
         if self.moe is not None:
             if not self.moe_layers:
                 raise ValueError(
-                    f"model.moe.every={self.moe.every}: no MoE layer among n_layer={self.n_layer} "
-                    f"(layer i is MoE when (i + 1) % every == 0); expected every <= n_layer"
+                    f"model.moe.every={self.moe.every}, dense_layers={self.moe.dense_layers}: no "
+                    f"MoE layer among n_layer={self.n_layer} (layer i >= dense_layers is MoE when "
+                    f"(i + 1) % every == 0); expected fewer dense layers or a smaller every"
                 )
             self.moe.expert_hidden(self.mlp_hidden)  # refuses a granularity that does not divide
 
@@ -130,10 +131,12 @@ class GPTConfig:
 
     @property
     def moe_layers(self) -> tuple[int, ...]:
-        """Indices of the layers whose MLP is an MoE: every `every`-th, counting from 1."""
+        """Indices of the layers whose MLP is an MoE: every `every`-th, counting from 1, past the
+        first `dense_layers` (which keep the dense MLP, as DeepSeekMoE's first layer)."""
         if self.moe is None:
             return ()
-        return tuple(i for i in range(self.n_layer) if (i + 1) % self.moe.every == 0)
+        moe = self.moe
+        return tuple(i for i in range(moe.dense_layers, self.n_layer) if (i + 1) % moe.every == 0)
 
 
 class ModelOutput(NamedTuple):

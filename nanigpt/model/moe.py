@@ -9,21 +9,51 @@ Reading order: `MoEConfig`, the router, the two expert kernels (a loop over expe
 reference, and `torch._grouped_mm`, the fast path), then `MoE` which ties them together.
 
 Semantics, with their sources:
-- Router: softmax over experts, top-k. Top-1 gates are the raw router probability (Switch,
-  Fedus et al. 2021), so the main loss trains the router; top-k > 1 renormalises the chosen k
-  probabilities to sum to one (GShard, Lepikhin et al. 2020; Mixtral).
-- Capacity (when `capacity_factor` is set): each expert takes at most
-  `ceil(capacity_factor * tokens * k / experts)` assignments of the batch; first choices are served
-  before second choices, and within a choice rank earlier tokens first (GShard). A dropped
-  assignment contributes zero, so a token dropped by all its experts passes through the residual
-  unchanged (Switch section 2.2). `capacity_factor=None` is dropless (MegaBlocks, Gale et al. 2022):
-  every assignment is computed, tokens sorted by expert and run through one grouped matmul.
-  Capacity is shared by all tokens of the forward call, so dropping couples them: only dropless
-  (or top-1 on a single sequence) keeps the model strictly causal (tests/test_model.py).
-- Load-balancing loss (Switch eq. 4): `E * sum_i f_i * P_i`, `f_i` the fraction of assignments sent
-  to expert i (before capacity), `P_i` the mean router probability of expert i. Equals 1.0 whenever
+- Router: logits computed in fp32 from the fp32 input and weight, autocast off around the matmul
+  (Switch's selective precision; under bf16 autocast a Linear would round both operands first).
+- `gate` (`MoEConfig.gate`), how the chosen experts' outputs are weighted:
+  - `switch`: softmax over experts, top-k; the top-1 gate is the raw router probability (Switch,
+    Fedus et al. 2021), kept as the reference. It starts near 1/E, so the MoE's MLP output starts E
+    times smaller than the dense MLP's and stays damped through a short run.
+  - `renorm` (default): softmax, top-k, the chosen probabilities renormalised to sum to one (GShard,
+    Lepikhin et al. 2020; Mixtral). At k = 1 that is a gate of exactly 1 in the forward pass,
+    written p / p.detach() so the router still gets the gradient d(log p) (`keep_grad_normalise`);
+    with one expert the layer is exactly the dense MLP (tests/test_moe.py).
+  - `sigmoid`: per-expert sigmoid scores, normalised over the chosen experts as `renorm` does,
+    with auxiliary-loss-free balancing (DeepSeek-V3, arXiv 2412.19437, section 2.1.2): a bias per
+    expert is added to the scores for the top-k selection only (never to the gate), and after every
+    optimizer step each bias moves by `bias_update_rate` (gamma) toward balance:
+    b_i += gamma * sign(mean load - load_i), loads counted over the step's training forward passes
+    (`update_bias`, called by the trainer through `update_router_biases`; outside autograd, and
+    never on evaluation or no-grad passes). The bias is a buffer saved with the weights. The balance
+    loss then reads the normalised scores; set `aux_loss_weight: 0` for DeepSeek-V3's
+    aux-loss-free setting (it keeps a tiny sequence-wise loss; we keep the batch-wise one optional).
+- Capacity (when the mode's factor is set): each expert takes at most
+  `ceil(capacity_factor * tokens * k / experts)` assignments of the forward call. `capacity_factor`
+  applies in training mode, `eval_capacity_factor` (default null: dropless) in eval mode, so a
+  validation loss never depends on how the batch was laid out. Which assignments drop does not
+  depend on a token's row: within an expert, first choices before second choices, and within a
+  choice the more confident assignment (higher router score) first: batch-prioritized routing
+  (Riquelme et al. 2021, V-MoE, section 3.3). A dropped assignment contributes zero, so a token
+  dropped by all its experts passes through the residual unchanged (Switch section 2.2).
+  Null is dropless (MegaBlocks, Gale et al. 2022): every assignment is computed, tokens sorted by
+  expert and run through one grouped matmul. Capacity is shared by all tokens of the forward call,
+  so dropping couples them: only dropless keeps the model strictly causal (tests/test_model.py).
+- `dense_layers`: the first that many layers keep the dense MLP (DeepSeekMoE's first layer;
+  `GPTConfig.moe_layers`).
+- Defaults, chosen by measurement (README "Mixture of experts" has the table): at s2 / 200k tokens on
+  the default mixture, 4 experts top-1, 3 seeds (validation bits/byte, mean and seed range),
+  dense 1.074 (1.054-1.089); `switch` 1.173 (1.126-1.213), worse than dense in every seed;
+  `renorm` with capacity 1.25 in training 1.064 (1.047-1.081) and dropless 1.064 (1.056-1.069),
+  both no different from dense; `sigmoid` with aux-loss-free bias and no balance loss 1.098
+  (1.068-1.144), no different from dense but with the widest spread. Hence `renorm`, capacity 1.25
+  in training (same loss as dropless, bounded per-expert work) and dropless evaluation.
+- Load-balancing loss (Switch eq. 4), weighted by `aux_loss_weight`: `E * sum_i f_i * P_i`, `f_i` the
+  fraction of assignments sent to expert i (before capacity), `P_i` the mean router probability
+  (normalised score for `sigmoid`) of expert i. Equals 1.0 whenever
   the router is uniform, which is the Switch normalisation.
-- Router z-loss (ST-MoE, Zoph et al. 2022 eq. 5): mean over tokens of `logsumexp(logits)^2`.
+- Router z-loss (ST-MoE, Zoph et al. 2022 eq. 5), weighted by `z_loss_weight`: mean over tokens of
+  `logsumexp(logits)^2`.
 - Fine-grained experts (DeepSeekMoE, Dai et al. 2024; Krajewski et al. 2024): granularity g makes
   g times more experts, each g times narrower, and routes each token to g times more of them, so
   total and active parameters and FLOPs match the g = 1 model.
@@ -38,12 +68,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 IMPLS = ("auto", "grouped", "loop")
+GATES = ("switch", "renorm", "sigmoid")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -56,6 +93,10 @@ class MoEConfig:
     every: int = 1  # layer i is MoE when (i + 1) % every == 0
     shared_expert: bool = False
     granularity: int = 1
+    gate: str = "renorm"  # "switch" | "renorm" | "sigmoid" (see the module docstring)
+    bias_update_rate: float = 0.001  # sigmoid gate's aux-loss-free balancing (DeepSeek-V3 gamma)
+    eval_capacity_factor: float | None = None  # capacity outside training; None = dropless
+    dense_layers: int = 0  # the first this many layers keep the dense MLP
 
     def __post_init__(self) -> None:
         def bad(key: str, value: object, expected: str) -> ValueError:
@@ -71,9 +112,17 @@ class MoEConfig:
                 self.top_k,
                 f"at most num_experts={self.num_experts} (a token cannot pick more experts than exist)",
             )
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise bad("capacity_factor", self.capacity_factor, "a number > 0, or null for dropless")
-        for key in ("aux_loss_weight", "z_loss_weight"):
+        for key in ("capacity_factor", "eval_capacity_factor"):
+            value = getattr(self, key)
+            if value is not None and not (_is_number(value) and value > 0):
+                raise bad(key, value, "a number > 0, or null for dropless")
+        if self.gate not in GATES:
+            raise bad("gate", self.gate, f"one of {', '.join(GATES)}")
+        if not isinstance(self.dense_layers, int) or isinstance(self.dense_layers, bool):
+            raise bad("dense_layers", self.dense_layers, "an integer >= 0")
+        if self.dense_layers < 0:
+            raise bad("dense_layers", self.dense_layers, "an integer >= 0")
+        for key in ("aux_loss_weight", "z_loss_weight", "bias_update_rate"):
             value = getattr(self, key)
             if not isinstance(value, int | float) or value < 0:
                 raise bad(key, value, "a number >= 0")
@@ -98,6 +147,28 @@ class MoEConfig:
                 f"divisible by it; expected a granularity dividing {dense_hidden}"
             )
         return dense_hidden // self.granularity
+
+
+class Routing(NamedTuple):
+    """One forward call's routing: what the experts compute and what the losses and stats read."""
+
+    logits: torch.Tensor  # [N, E] fp32 router logits
+    probs: torch.Tensor  # [N, E] per-token affinities summing to 1 (balance loss, entropy)
+    top_idx: torch.Tensor  # [N, k] chosen experts, best first
+    order: torch.Tensor  # kept assignments (choice-major indices), grouped by expert
+    gate_of: torch.Tensor  # [k*N] gate of every assignment, choice-major
+    rows: torch.Tensor  # token row of each kept assignment, in `order`
+    routed: torch.Tensor  # [E] assignments per expert before capacity
+    kept: torch.Tensor  # [E] assignments per expert after capacity
+
+
+def keep_grad_normalise(top: torch.Tensor) -> torch.Tensor:
+    """Gates of the chosen experts summing to one (GShard, Mixtral). At k = 1 the plain quotient
+    p / p is 1 with no gradient, so it is written p / p.detach(): 1 in the forward pass, d(log p)
+    into the router in the backward pass (the straight-through form of a gate of one)."""
+    if top.shape[-1] == 1:
+        return top / top.detach()
+    return top / top.sum(-1, keepdim=True)
 
 
 # --- expert kernels: y_e = (silu(x W_gate[e]) * x W_up[e]) W_down[e] for the rows of each expert ---
@@ -176,7 +247,8 @@ class MoE(nn.Module):
     """Top-k routed SwiGLU experts; returns (output, weighted aux loss, stats).
 
     Expert weights are stacked `[experts, in, out]` so that `x @ w[e]` and the grouped matmul use
-    them as stored, and expert parallelism can shard dim 0 from outside.
+    them as stored, and expert parallelism can shard dim 0 from outside: it calls `route` and
+    `losses_and_stats` as they are and replaces only the expert computation between them.
     """
 
     def __init__(self, d_model: int, dense_hidden: int, cfg: MoEConfig):
@@ -192,6 +264,11 @@ class MoE(nn.Module):
         self.w_up = nn.Parameter(torch.empty(self.num_experts, d_model, self.hidden))
         self.w_down = nn.Parameter(torch.empty(self.num_experts, self.hidden, d_model))
         self.shared = SwiGLU(d_model, self.hidden) if cfg.shared_expert else None
+        if cfg.gate == "sigmoid":
+            # Selection bias of aux-loss-free balancing: a buffer (no gradient, saved with the
+            # weights), moved by `update_bias` once per optimizer step from the step's loads.
+            self.register_buffer("expert_bias", torch.zeros(self.num_experts))
+            self.register_buffer("step_load", torch.zeros(self.num_experts), persistent=False)
         self.init_weights()
 
     def init_weights(self, std: float = 0.02, residual_std: float = 0.02) -> None:
@@ -203,76 +280,133 @@ class MoE(nn.Module):
             nn.init.normal_(self.shared.w_gate.weight, std=std)
             nn.init.normal_(self.shared.w_up.weight, std=std)
             nn.init.normal_(self.shared.w_down.weight, std=residual_std)
+        if self.cfg.gate == "sigmoid":
+            self.expert_bias.zero_()
+            self.step_load.zero_()
 
     def capacity(self, n_tokens: int) -> int:
-        """Assignments one expert may take (GShard): ceil(cf * tokens * k / experts), capped at tokens * k."""
-        cf = self.cfg.capacity_factor
+        """Assignments one expert may take (GShard): ceil(cf * tokens * k / experts), capped at
+        tokens * k; cf is `capacity_factor` in training mode, `eval_capacity_factor` otherwise."""
+        cf = self.cfg.capacity_factor if self.training else self.cfg.eval_capacity_factor
         most = n_tokens * self.top_k
         if cf is None or math.isinf(cf):
             return most
         return min(most, math.ceil(cf * n_tokens * self.top_k / self.num_experts))
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, E] logits in fp32 from the fp32 input and weight: autocast off around the matmul
+        (under bf16 autocast a Linear would round both operands to bf16 first)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.router(x.float())
+
+    def route(self, x: torch.Tensor) -> Routing:
+        """Scores, top-k choice, gates and capacity for the rows of `x` ([N, d_model])."""
+        n_tokens, n_experts, k = x.shape[0], self.num_experts, self.top_k
+        logits = self.router_logits(x)
+        if self.cfg.gate == "sigmoid":
+            scores = torch.sigmoid(logits)
+            top_idx = (scores + self.expert_bias).topk(k, dim=-1).indices  # bias: selection only
+            top = scores.gather(-1, top_idx)
+            probs = scores / scores.sum(-1, keepdim=True)
+        else:
+            probs = logits.softmax(-1)
+            top, top_idx = probs.topk(k, dim=-1)  # [N, k]
+        switch = self.cfg.gate == "switch" and k == 1
+        gates = top if switch else keep_grad_normalise(top)  # Switch: the raw probability
+
+        # Assignments flattened choice-major (all first choices, then all second ...).
+        expert_of = top_idx.t().reshape(-1)  # [k*N]
+        token_of = torch.arange(n_tokens, device=x.device).repeat(k)
+        gate_of = gates.t().reshape(-1)
+        routed = torch.bincount(expert_of, minlength=n_experts)  # before capacity
+        capacity = self.capacity(n_tokens)
+        if capacity < n_tokens * k:
+            # Batch-prioritized routing (V-MoE): within an expert, first choices before second
+            # choices, and within a choice the more confident assignment first, so which tokens
+            # drop depends on the router's scores, never on a token's row in the batch.
+            confidence = top.detach().t().reshape(-1)
+            order = torch.argsort(confidence, descending=True, stable=True)
+            order = order[torch.argsort(order // n_tokens, stable=True)]  # choice rank
+            order = order[torch.argsort(expert_of[order], stable=True)]
+            starts = torch.cumsum(routed, 0) - routed
+            position = torch.arange(order.numel(), device=x.device) - starts[expert_of[order]]
+            order = order[position < capacity]
+            kept = routed.clamp(max=capacity)
+        else:
+            order = torch.argsort(expert_of, stable=True)
+            kept = routed
+        if self.cfg.gate == "sigmoid" and self.training and torch.is_grad_enabled():
+            self.step_load += routed.detach().float()
+        return Routing(logits, probs, top_idx, order, gate_of, token_of[order], routed, kept)
+
+    def combine(self, x: torch.Tensor, r: Routing, ys: torch.Tensor) -> torch.Tensor:
+        """Weight each kept assignment's expert output by its gate and sum them per token."""
+        ys = ys * r.gate_of[r.order].unsqueeze(-1).to(ys.dtype)
+        out = torch.zeros_like(x, dtype=ys.dtype).index_add_(0, r.rows, ys).to(x.dtype)
+        if self.shared is not None:
+            out = out + self.shared(x)
+        return out
+
+    def losses_and_stats(
+        self, r: Routing, shape: torch.Size
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted auxiliary loss (Switch eq. 4; ST-MoE eq. 5) and the router statistics."""
+        n_tokens, k = r.logits.shape[0], self.top_k
+        load = r.routed.float() / (n_tokens * k)  # f_i, sums to 1
+        balance_loss = self.num_experts * (load * r.probs.mean(0)).sum()
+        z_loss = torch.logsumexp(r.logits, -1).square().mean()
+        aux_loss = self.cfg.aux_loss_weight * balance_loss + self.cfg.z_loss_weight * z_loss
+        entropy = -(r.probs * r.probs.clamp_min(1e-30).log()).sum(-1).mean()
+        stats = {
+            "load": load.detach(),  # [E] fraction of assignments routed to each expert (pre-capacity)
+            "tokens_per_expert": r.kept.detach(),  # [E] assignments computed (post-capacity)
+            "dropped_frac": (1 - r.kept.sum() / (n_tokens * k)).detach(),
+            "router_entropy": entropy.detach(),  # nats, mean over tokens
+            "balance_loss": balance_loss.detach(),  # unweighted
+            "z_loss": z_loss.detach(),  # unweighted
+            "expert_index": r.top_idx.detach().reshape(*shape[:-1], k),  # each token's choices
+        }
+        return aux_loss, stats
 
     def forward(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         shape = x.shape
         x = x.reshape(-1, self.d_model)
-        n_tokens, n_experts, k = x.shape[0], self.num_experts, self.top_k
-
-        # Router in fp32 (Switch: selective precision keeps the softmax stable).
-        logits = self.router(x).float()
-        probs = logits.softmax(-1)
-        top_probs, top_idx = probs.topk(k, dim=-1)  # [N, k]
-        gates = top_probs if k == 1 else top_probs / top_probs.sum(-1, keepdim=True)
-
-        # Assignments flattened choice-major (all first choices, then all second ...), so a stable
-        # sort by expert keeps GShard's priority order within each expert.
-        expert_of = top_idx.t().reshape(-1)  # [k*N]
-        token_of = torch.arange(n_tokens, device=x.device).repeat(k)
-        gate_of = gates.t().reshape(-1)
-        order = torch.argsort(expert_of, stable=True)
-        routed = torch.bincount(expert_of, minlength=n_experts)  # before capacity
-        capacity = self.capacity(n_tokens)
-        if capacity < n_tokens * k:
-            starts = torch.cumsum(routed, 0) - routed
-            position = torch.arange(order.numel(), device=x.device) - starts[expert_of[order]]
-            order = order[position < capacity]
-            kept = routed.clamp(max=capacity)
-        else:
-            kept = routed
-
-        rows = token_of[order]
-        xs = x[rows]
+        r = self.route(x)
+        xs = x[r.rows]
         impl, dtype = self.impl, xs.dtype
         if impl == "auto":
             dtype = grouped_mm_dtype(xs, self.d_model, self.hidden)
             impl = "loop" if dtype is None else "grouped"
         if impl == "grouped":
             w = [p.to(dtype) for p in (self.w_gate, self.w_up, self.w_down)]
-            ys = experts_grouped(xs.to(dtype), kept, *w)
+            ys = experts_grouped(xs.to(dtype), r.kept, *w)
         elif impl == "loop":
-            ys = experts_loop(xs, kept.tolist(), self.w_gate, self.w_up, self.w_down)
+            ys = experts_loop(xs, r.kept.tolist(), self.w_gate, self.w_up, self.w_down)
         else:
             raise ValueError(f"MoE.impl={impl!r}: expected one of {IMPLS}")
-        ys = ys * gate_of[order].unsqueeze(-1).to(ys.dtype)
-        out = torch.zeros_like(x, dtype=ys.dtype).index_add_(0, rows, ys).to(x.dtype)
-        if self.shared is not None:
-            out = out + self.shared(x)
-
-        # Auxiliary losses (Switch eq. 4; ST-MoE eq. 5).
-        load = routed.float() / (n_tokens * k)  # f_i, sums to 1
-        balance_loss = n_experts * (load * probs.mean(0)).sum()
-        z_loss = torch.logsumexp(logits, -1).square().mean()
-        aux_loss = self.cfg.aux_loss_weight * balance_loss + self.cfg.z_loss_weight * z_loss
-
-        entropy = -(probs * logits.log_softmax(-1)).sum(-1).mean()
-        stats = {
-            "load": load.detach(),  # [E] fraction of assignments routed to each expert (pre-capacity)
-            "tokens_per_expert": kept.detach(),  # [E] assignments computed (post-capacity)
-            "dropped_frac": (1 - kept.sum() / (n_tokens * k)).detach(),
-            "router_entropy": entropy.detach(),  # nats, mean over tokens
-            "balance_loss": balance_loss.detach(),  # unweighted
-            "z_loss": z_loss.detach(),  # unweighted
-            "expert_index": top_idx.detach().reshape(*shape[:-1], k),  # each token's choices
-        }
+        out = self.combine(x, r, ys)
+        aux_loss, stats = self.losses_and_stats(r, shape)
         return out.reshape(shape), aux_loss, stats
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """Aux-loss-free balancing (DeepSeek-V3 section 2.1.2): after a training step, raise the
+        selection bias of each under-loaded expert and lower it for each over-loaded one by
+        `bias_update_rate` (the sign of the load error), then start the next step's count."""
+        if self.cfg.gate != "sigmoid":
+            return
+        load = self.step_load
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(load)  # every rank applies the same update from the global load
+        if load.sum() > 0:
+            self.expert_bias += self.cfg.bias_update_rate * torch.sign(load.mean() - load)
+        self.step_load.zero_()
+
+
+def update_router_biases(model: nn.Module) -> None:
+    """Call after each optimizer step: `MoE.update_bias` on every MoE layer of `model`."""
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.update_bias()

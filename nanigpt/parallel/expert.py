@@ -2,7 +2,7 @@
 
 Serves core question 2 (and 3: what an MoE costs in communication). GShard (Lepikhin et al. 2020)
 dispatch and combine, as in DeepSpeed-MoE and MegaBlocks:
-1. route locally exactly as `nanigpt.model.moe.MoE.forward` does (top-k, capacity or dropless), so
+1. route locally with `nanigpt.model.moe.MoE.route` (gate, top-k, capacity or dropless), so
    the assignments computed are the ones a single process computes on this rank's tokens;
 2. exchange the per-expert counts with one all_to_all (so every rank knows how many rows it will
    receive for each of its experts before the payload moves);
@@ -15,7 +15,8 @@ Gradients: an expert's weights see the tokens of every ep rank, so its gradient 
 ep ranks' losses; data parallel averaging is over dp*fsdp*ep ranks, so expert gradients are scaled
 by 1/ep in backward (`_ScaleGrad`), and then only averaged over the dp (or fsdp) copies of the
 same expert. The model's MoE forward has no dispatch seam, so `apply_ep` replaces it with
-`ep_moe_forward`, which repeats its routing code verbatim around the exchange.
+`ep_moe_forward`, which calls the layer's own `route`, `combine` and `losses_and_stats` around
+the exchange (so every gate, capacity and drop rule of the layer holds under EP too).
 """
 
 from __future__ import annotations
@@ -81,29 +82,12 @@ def ep_moe_forward(self, x: torch.Tensor):
     comm: EPComm = self._ep
     shape = x.shape
     x = x.reshape(-1, self.d_model)
-    n_tokens, n_experts, k = x.shape[0], self.num_experts, self.top_k
-    n_ranks, local_experts = comm.size, n_experts // comm.size
+    n_ranks, local_experts = comm.size, self.num_experts // comm.size
 
-    # --- routing: verbatim from MoE.forward ---
-    logits = self.router(x).float()
-    probs = logits.softmax(-1)
-    top_probs, top_idx = probs.topk(k, dim=-1)
-    gates = top_probs if k == 1 else top_probs / top_probs.sum(-1, keepdim=True)
-    expert_of = top_idx.t().reshape(-1)
-    token_of = torch.arange(n_tokens, device=x.device).repeat(k)
-    gate_of = gates.t().reshape(-1)
-    order = torch.argsort(expert_of, stable=True)
-    routed = torch.bincount(expert_of, minlength=n_experts)
-    capacity = self.capacity(n_tokens)
-    if capacity < n_tokens * k:
-        starts = torch.cumsum(routed, 0) - routed
-        position = torch.arange(order.numel(), device=x.device) - starts[expert_of[order]]
-        order = order[position < capacity]
-        kept = routed.clamp(max=capacity)
-    else:
-        kept = routed
-    rows = token_of[order]
-    xs = x[rows]  # sorted by global expert id, so contiguous per destination rank
+    # --- routing: MoE.route itself, so EP routes exactly as one process does ---
+    r = self.route(x)
+    kept = r.kept
+    xs = x[r.rows]  # sorted by global expert id, so contiguous per destination rank
 
     # --- dispatch: counts first, then the rows ---
     send_counts = kept.to(torch.int64).contiguous()  # [n_ranks * local_experts]
@@ -148,26 +132,10 @@ def ep_moe_forward(self, x: torch.Tensor):
     y_recv = ye.index_select(0, torch.argsort(perm_t))
     ys = _AllToAll.apply(y_recv, in_splits, out_splits, comm)  # back along the reverse splits
 
-    # --- combine: verbatim from MoE.forward ---
-    ys = ys * gate_of[order].unsqueeze(-1).to(ys.dtype)
-    out = torch.zeros_like(x, dtype=ys.dtype).index_add_(0, rows, ys).to(x.dtype)
-    if self.shared is not None:
-        out = out + self.shared(x)
-    load = routed.float() / (n_tokens * k)
-    balance_loss = n_experts * (load * probs.mean(0)).sum()
-    z_loss = torch.logsumexp(logits, -1).square().mean()
-    aux_loss = self.cfg.aux_loss_weight * balance_loss + self.cfg.z_loss_weight * z_loss
-    entropy = -(probs * logits.log_softmax(-1)).sum(-1).mean()
-    stats = {
-        "load": load.detach(),
-        "tokens_per_expert": kept.detach(),
-        "dropped_frac": (1 - kept.sum() / (n_tokens * k)).detach(),
-        "router_entropy": entropy.detach(),
-        "balance_loss": balance_loss.detach(),
-        "z_loss": z_loss.detach(),
-        "expert_index": top_idx.detach().reshape(*shape[:-1], k),
-        "ep_rows_sent": torch.tensor(sum(in_splits) - in_splits[comm.rank]),
-    }
+    # --- combine, losses and stats: MoE's own ---
+    out = self.combine(x, r, ys)
+    aux_loss, stats = self.losses_and_stats(r, shape)
+    stats["ep_rows_sent"] = torch.tensor(sum(in_splits) - in_splits[comm.rank])
     return out.reshape(shape), aux_loss, stats
 
 

@@ -29,7 +29,10 @@ where an MoE overtakes the dense model as compute grows. Five figures, each a su
   partner: the E experts' weights in one MLP, so the two differ only by the router (d_model x E
   weights per layer), and the dense run spends about E times the MLP FLOPs per token.
   The dense baseline of the fits and of the left panel is the dense runs with the MoE runs' MLP
-  ratio; wider dense runs appear only in the right panel.
+  ratio; wider dense runs appear only in the right panel. Seeds: every pair is of the same seed;
+  the seeds of one setting are drawn as one point, their mean, with the range over seeds as a bar,
+  hollow when the range includes zero (no difference; `nanigpt.plots.seeds`). The fits take every
+  seed's run as a point.
 
 CLI: `python -m nanigpt.plots.moe heatmap --spec specialization.json --out heatmap.svg`
      `python -m nanigpt.plots.moe mi --spec A.json [B.json ...] --out mi_vs_step.svg`
@@ -56,6 +59,7 @@ import polars as pl
 
 from nanigpt.io import read_json, write_json_atomic
 from nanigpt.plots import save_from_cli
+from nanigpt.plots.seeds import base_run_id, summarise
 
 DROPLESS = "dropless"
 # A dense run matches an MoE run's total parameters when the counts differ by at most this share.
@@ -405,6 +409,8 @@ def runs_table(summary_paths: Sequence[str | Path]) -> pl.DataFrame:
         rows.append(
             {
                 "run_id": summary["run_id"],
+                "dataset": summary.get("dataset", run.get("dataset")),
+                "seed": summary.get("seed", (run.get("training") or {}).get("seed", 0)),
                 "arch": summary.get("arch", run.get("arch")),
                 "arch_kind": summary["arch_kind"],
                 "size": summary.get("size"),
@@ -459,15 +465,16 @@ def _arch_label(row: dict[str, Any], baseline: float | None = None) -> str:
 
 
 def paired_differences(table: pl.DataFrame, loss: str) -> list[dict[str, Any]]:
-    """Matched active compute: MoE loss minus the dense loss at the same depth, width, MLP ratio
-    and token budget."""
+    """Matched active compute: MoE loss minus the dense loss at the same depth, width, MLP ratio,
+    token budget and seed."""
     dense = {
-        (r["n_layer"], r["d_model"], r["mlp_ratio"], r["tokens_target"]): r
+        (r["n_layer"], r["d_model"], r["mlp_ratio"], r["tokens_target"], r.get("seed", 0)): r
         for r in table.filter(pl.col("arch_kind") == "dense").to_dicts()
     }
     rows = []
     for r in table.filter(pl.col("arch_kind") != "dense").to_dicts():
-        partner = dense.get((r["n_layer"], r["d_model"], r["mlp_ratio"], r["tokens_target"]))
+        key = (r["n_layer"], r["d_model"], r["mlp_ratio"], r["tokens_target"], r.get("seed", 0))
+        partner = dense.get(key)
         if partner is None or r[loss] is None or partner[loss] is None:
             continue
         rows.append(
@@ -483,8 +490,9 @@ def _pair_row(moe: dict, dense: dict, loss: str, **extra: float) -> dict[str, An
     """One point of the crossover figure: an MoE run minus its dense partner, at the MoE's compute."""
     return {
         "line": _arch_label(moe),
-        "run_id": moe["run_id"],
-        "dense_run_id": dense["run_id"],
+        "run_id": base_run_id(moe["run_id"]),
+        "dense_run_id": base_run_id(dense["run_id"]),
+        "seed": moe.get("seed", 0),
         "flops": moe["flops_total"],
         "delta": moe[loss] - dense[loss],
         "total_over_dense_params": moe["params_total"] / dense["params_total"],
@@ -513,6 +521,7 @@ def matched_params_differences(
             d
             for d in dense
             if d["tokens_target"] == r["tokens_target"]
+            and d.get("seed", 0) == r.get("seed", 0)
             and abs(d["params_total"] / r["params_total"] - 1) <= tolerance
         ]
         if not candidates:
@@ -565,11 +574,16 @@ def frontier_differences(fits: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _matched_summary(label: str, deltas: list[float], unit: str) -> str:
+def _matched_summary(label: str, points: list[dict[str, Any]], unit: str) -> str:
+    """One line per arch of the matched-parameter panel: its seed-averaged points' verdicts."""
+    deltas = [r["delta"] for r in points]
+    counts = Counter(r["verdict"] for r in points)
+    verdicts = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     wins = sum(d < 0 for d in deltas)
     return (
         f"{label}: matched params, MoE - dense median {float(np.median(deltas)):+.3f} {unit} "
-        f"(range {min(deltas):+.3f} to {max(deltas):+.3f}), MoE lower in {wins} of {len(deltas)}"
+        f"(range {min(deltas):+.3f} to {max(deltas):+.3f}), MoE lower in {wins} of {len(deltas)} "
+        f"seed-averaged points ({verdicts})"
     )
 
 
@@ -578,8 +592,9 @@ def crossover_chart(
 ) -> alt.HConcatChart:
     from nanigpt.scaling.fit import LOSS_UNITS, crossover_text
 
-    points = paired_differences(table, loss)
-    matched = matched_params_differences(table, loss)
+    keys = ("line", "run_id")  # seeds of one setting become one point: mean and range
+    points = summarise(paired_differences(table, loss), keys)
+    matched = summarise(matched_params_differences(table, loss), keys)
     lines = frontier_differences(fits)
     if not points and not lines and not matched:
         raise ValueError(
@@ -599,18 +614,26 @@ def crossover_chart(
     colour = alt.Color("line:N", title="architecture", sort=order)
     zero = alt.Chart(alt.Data(values=[{"delta": 0.0}])).mark_rule(color="black").encode(y=y)
 
-    def point_layer(rows: list[dict[str, Any]], ratio: str, shape: str) -> alt.Chart:
-        return (
-            alt.Chart(alt.Data(values=rows))
-            .mark_point(filled=True, size=60, stroke="black", strokeWidth=0.4, shape=shape)
-            .encode(
-                x=x,
-                y=y,
-                color=colour,
-                tooltip=["run_id:N", "dense_run_id:N", "delta:Q", f"{ratio}:Q"]
-                + ["total_over_dense_params:Q"],
-            )
+    def point_layer(rows: list[dict[str, Any]], ratio: str, shape: str) -> alt.LayerChart:
+        """Seed mean (filled when every seed agrees on the sign, hollow: no difference) and the
+        range over seeds as a bar."""
+        base = alt.Chart(alt.Data(values=rows))
+        bars = base.mark_rule(strokeWidth=1.5).encode(
+            x=x, y=alt.Y("delta_lo:Q"), y2="delta_hi:Q", color=colour
         )
+        marks = base.mark_point(size=60, strokeWidth=1.5, shape=shape).encode(
+            x=x,
+            y=y,
+            color=colour,
+            fill=alt.condition(
+                "datum.beyond_spread",
+                alt.Color("line:N", sort=order, legend=None),
+                alt.value("white"),
+            ),
+            tooltip=["run_id:N", "dense_run_id:N", "delta:Q", "delta_lo:Q", "delta_hi:Q"]
+            + ["seeds:Q", "verdict:N", f"{ratio}:Q", "total_over_dense_params:Q"],
+        )
+        return alt.layer(bars, marks)
 
     active = [zero]
     if lines:
@@ -628,8 +651,10 @@ def crossover_chart(
             title=alt.TitleParams(
                 "matched active compute",
                 subtitle=[
-                    "points: MoE run minus the dense run of the same depth, width, MLP ratio "
-                    "and tokens",
+                    "points: MoE run minus the dense run of the same depth, width, MLP ratio, "
+                    "tokens and seed;",
+                    "mean over seeds, bar: their range; hollow: the range includes 0 (no "
+                    "difference)",
                     "lines: difference of fitted compute-optimal frontiers (Chinchilla approach 3)",
                 ],
             ),
@@ -660,9 +685,9 @@ def crossover_chart(
             subtitle.append(f"{label}: fit refused ({entry['error'][:70]})")
             continue
         subtitle.append(crossover_text(entry.get("crossover_vs_dense") or {}, label))
-    by_line: dict[str, list[float]] = {}
+    by_line: dict[str, list[dict[str, Any]]] = {}
     for r in matched:
-        by_line.setdefault(r["line"], []).append(r["delta"])
+        by_line.setdefault(r["line"], []).append(r)
     for label in sorted(by_line, key=_leading_int):
         subtitle.append(_matched_summary(label, by_line[label], unit))
     if not matched:

@@ -29,6 +29,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
     "arch_kind": pl.String,
     "size": pl.String,
     "parallelism_name": pl.String,
+    "seed": pl.Int64,  # training seed (null in summaries written before seeds were recorded)
     "tokens_target": pl.Int64,
     "tokens_trained": pl.Int64,
     "steps": pl.Int64,
@@ -116,6 +117,7 @@ def aggregate(paths: Iterable[str | Path]) -> pl.DataFrame:
     keys: list[str] = []
     for row in rows:
         keys.extend(key for key in row if key not in keys)
+    keys += [] if "seed" in keys else ["seed"]  # every table has it: seed replicates group by it
     columns = {}
     for key in keys:
         values = [row.get(key) for row in rows]

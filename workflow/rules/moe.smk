@@ -7,6 +7,8 @@
 #   load: {name: [sweeps]} -> results/moe/load_vs_capacity_{name}.svg;
 #   crossover: {name: [sweeps]} -> results/moe/crossover_{name}.svg (+ crossover_fits_{name}.json);
 #   experts: {name: [sweeps]} -> results/moe/experts_{name}.svg (MI and load CV vs expert count);
+#   knowledge: {name: [sweeps]} -> results/moe/gain_vs_{name}.svg (+ .json): MoE and wide dense
+#     minus dense against the datasets' knowledge bits per parameter, with seed ranges;
 #   max_tokens: tokens analysed per model; bootstrap: replicates of the crossover fits.
 # Snapshots over training come from `training.snapshot_every` (the trainer writes them).
 from nanigpt.config import moe_analysed_runs, moe_eval_dataset
@@ -17,6 +19,7 @@ MOE_CONTROL_SWEEP = MOE_ANALYSIS.get("control_sweep")
 MOE_LOAD = dict(MOE_ANALYSIS.get("load") or {})
 MOE_CROSSOVER = dict(MOE_ANALYSIS.get("crossover") or {})
 MOE_EXPERTS = dict(MOE_ANALYSIS.get("experts") or {})
+MOE_KNOWLEDGE = dict(MOE_ANALYSIS.get("knowledge") or {})
 
 for _where, _sweeps in [
     ("sweeps", MOE_SWEEPS),
@@ -24,6 +27,7 @@ for _where, _sweeps in [
     *[(f"load.{k}", v) for k, v in MOE_LOAD.items()],
     *[(f"crossover.{k}", v) for k, v in MOE_CROSSOVER.items()],
     *[(f"experts.{k}", v) for k, v in MOE_EXPERTS.items()],
+    *[(f"knowledge.{k}", v) for k, v in MOE_KNOWLEDGE.items()],
 ]:
     for _sweep in _sweeps:
         if _sweep not in config["sweeps"]:
@@ -40,8 +44,13 @@ if MOE_ANALYSIS.get("eval_dataset") and MOE_ANALYSIS["eval_dataset"] not in conf
 
 
 def moe_run_ids(sweep):
-    """The MoE runs of a sweep (dense runs have no router to analyse)."""
-    return [rid for rid in sweep_run_ids(config, sweep) if RUNS[rid]["arch_kind"] == "moe"]
+    """The MoE runs of a sweep at the base seed (dense runs have no router to analyse; the
+    specialization of other seeds is not scored, to keep the analysis' cost)."""
+    return [
+        rid
+        for rid in sweep_run_ids(config, sweep)
+        if RUNS[rid]["arch_kind"] == "moe" and RUNS[rid]["seed"] == config["training"]["seed"]
+    ]
 
 
 def moe_val_shard(wildcards):
@@ -80,6 +89,7 @@ MOE_TARGETS = (
     + [f"results/moe/load_vs_capacity_{name}.svg" for name in MOE_LOAD]
     + [f"results/moe/crossover_{name}.svg" for name in MOE_CROSSOVER]
     + [f"results/moe/experts_{name}.svg" for name in MOE_EXPERTS]
+    + [f"results/moe/gain_vs_{name}.svg" for name in MOE_KNOWLEDGE]
 )
 
 
@@ -199,6 +209,37 @@ rule moe_crossover:
     shell:
         "python -m nanigpt.plots.moe crossover --summaries {input} --out {output.svg}"
         " --fits-out {output.fits} --loss {params.loss} --bootstrap {params.bootstrap} > {log} 2>&1"
+
+
+rule moe_gain_vs_data:
+    input:
+        summaries=lambda w: [
+            f"results/runs/{rid}/summary.json"
+            for rid in run_ids_of(MOE_KNOWLEDGE[w.name], moe_only=False)
+        ],
+        truths=lambda w: sorted(
+            {f"data/synthetic/{config['sweeps'][s]['dataset']}/ground_truth.json"
+             for s in MOE_KNOWLEDGE[w.name]}
+        ),
+    output:
+        svg=report(
+            "results/moe/gain_vs_{name}.svg",
+            caption="../report/gain_vs_data.rst",
+            category="MoE specialization",
+        ),
+        json="results/moe/gain_vs_{name}.json",
+    wildcard_constraints:
+        name="|".join(MOE_KNOWLEDGE) or "(?!)",
+    params:
+        loss=config["scaling"]["loss"],
+    resources:
+        **SMALL_JOB,
+    log:
+        f"{LOGS}/moe_gain_vs_data/{{name}}.log",
+    shell:
+        "python -m nanigpt.plots.moe_gain --summaries {input.summaries}"
+        " --ground-truth {input.truths} --out {output.svg} --json-out {output.json}"
+        " --loss {params.loss} > {log} 2>&1"
 
 
 rule moe_figures:
