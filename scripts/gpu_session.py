@@ -258,6 +258,28 @@ def pack(work: Path, archive: Path, timings: dict) -> None:
             if path.is_file() and (path.name in keep or path.suffix == ".log" or small_trace):
                 tar.add(path, arcname=str(rel))
     print(f"packed {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+    split_archive(archive)
+
+
+PART_BYTES = 15 * 2**20  # the device tool brings back files of at most 16 MiB each
+
+
+def split_archive(archive: Path, part_bytes: int = PART_BYTES) -> list[Path]:
+    """Cut an archive larger than `part_bytes` into `NAME.part00`, `.part01`, ... (and remove it),
+    so that every piece comes back; `cat NAME.part* > NAME` joins them again."""
+    if archive.stat().st_size <= part_bytes:
+        return [archive]
+    parts = []
+    with archive.open("rb") as f:
+        while chunk := f.read(part_bytes):
+            part = archive.with_name(f"{archive.name}.part{len(parts):02d}")
+            part.write_bytes(chunk)
+            parts.append(part)
+    archive.unlink()
+    print(
+        f"split into {len(parts)} parts of at most {part_bytes / 2**20:.0f} MiB: cat {archive.name}.part* > {archive.name}"
+    )
+    return parts
 
 
 def throughput(out: Path, work: Path, steps: int) -> None:

@@ -60,3 +60,15 @@ def test_nothing_starts_after_the_deadline(gpu_session, tmp_path):
     timings: dict[str, float] = {}
     gpu_session._on_gpus(jobs, gpus=1, timings=timings, deadline=time.monotonic() - 1)
     assert timings == {} and not (tmp_path / "late.log").exists()
+
+
+def test_large_archive_is_split_into_parts_that_join_back(gpu_session, tmp_path):
+    archive = tmp_path / "sweep.tar.gz"
+    data = bytes(range(256)) * 40
+    archive.write_bytes(data)
+    parts = gpu_session.split_archive(archive, part_bytes=4096)
+    names = [p.name for p in parts]
+    assert names == ["sweep.tar.gz.part00", "sweep.tar.gz.part01", "sweep.tar.gz.part02"]
+    assert not archive.exists()
+    assert b"".join(p.read_bytes() for p in parts) == data
+    assert gpu_session.split_archive(parts[-1], part_bytes=4096) == [parts[-1]]  # small: kept
