@@ -452,11 +452,11 @@ def measure_impl(case, impl, fn, device, repeats, ceil) -> list[dict[str, Any]]:
 # Launch settings of our RMSNorm timed at the large case: (fwd tile, fwd warps, bwd tile, bwd
 # warps, bwd programs per SM); the default (rms_norm.LAUNCH_CONFIG) is the "triton" row.
 RMS_NORM_SWEEP = [
-    (4096, 8, 4096, 8, 4),
+    (4096, 8, 4096, 8, 8),
     (4096, 4, 2048, 4, 8),
     (16384, 16, 8192, 16, 2),
     (8192, 16, 4096, 4, 16),
-    (2048, 4, 2048, 8, 4),
+    (8192, 8, 4096, 8, 2),
 ]
 SWEEP_CASES = {("rms_norm", "d1024_large")}
 

@@ -41,7 +41,7 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 FWD_TILE = 8192  # elements of x one forward program normalises at once (whole rows)
 BWD_TILE = 4096  # elements of x (and dy) one backward program handles per loop step
 FWD_WARPS, BWD_WARPS = 8, 8
-BWD_PROGRAMS_PER_SM = 8
+BWD_PROGRAMS_PER_SM = 4
 
 
 def rows_for(block: int, tile: int = FWD_TILE) -> int:
@@ -102,19 +102,28 @@ def _rms_norm_bwd_kernel(
         local = tl.arange(0, ROWS)
         offsets = local[:, None] * n_cols + cols[None, :]  # 32-bit, inside one tile
         dw = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+        # Software prefetch: the next tile's loads are issued before this tile's arithmetic, so a
+        # program keeps one tile of x and dy in flight while it computes (no async copies needed).
+        row_mask = first + local < last
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(x_ptr + first * n_cols + offsets, mask=mask, other=0.0)
+        dy = tl.load(dy_ptr + first * n_cols + offsets, mask=mask, other=0.0)
+        rstd = tl.load(rstd_ptr + first + local, mask=row_mask, other=0.0)
         for start in range(first, last, ROWS):
-            row_mask = start + local < last
-            mask = row_mask[:, None] & col_mask[None, :]
-            base = start * n_cols
-            x = tl.load(x_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(rstd_ptr + start + local, mask=row_mask, other=0.0)
-            x_hat = x * rstd[:, None]
-            g = dy * w[None, :]
+            following = start + ROWS
+            next_row_mask = following + local < last
+            next_mask = next_row_mask[:, None] & col_mask[None, :]
+            x_next = tl.load(x_ptr + following * n_cols + offsets, mask=next_mask, other=0.0)
+            dy_next = tl.load(dy_ptr + following * n_cols + offsets, mask=next_mask, other=0.0)
+            rstd_next = tl.load(rstd_ptr + following + local, mask=next_row_mask, other=0.0)
+            x_hat = x.to(tl.float32) * rstd[:, None]
+            dyf = dy.to(tl.float32)
+            g = dyf * w[None, :]
             mean_dot = tl.sum(g * x_hat, axis=1) / n_cols
             dx = rstd[:, None] * (g - x_hat * mean_dot[:, None])
-            tl.store(dx_ptr + base + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-            dw += dy * x_hat
+            tl.store(dx_ptr + start * n_cols + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            dw += dyf * x_hat
+            x, dy, rstd, mask = x_next, dy_next, rstd_next, next_mask
         tl.store(dw_row + cols, tl.sum(dw, axis=0), mask=col_mask)
     else:
         for start in range(0, n_cols, BLOCK):
