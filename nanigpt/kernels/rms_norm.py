@@ -7,9 +7,14 @@ The forward reads x once and writes y once (and a float32 r per row, saved for t
 backward reads x, dy, w and r, writes dx, and each program of a persistent grid sums dw over its
 rows into one float32 partial row, which a small torch sum then reduces (Liger-Kernel, Hsu et al.
 2024, arXiv 2410.10989, does the same). Arithmetic is float32 whatever the input dtype; outputs
-come back in the input's dtype. A row that fits one block is handled a few rows per program (one
-[rows, block] tile of about 4096 elements, so short rows such as d = 768 still give each program
-enough bytes in flight); rows longer than one block loop over blocks (two passes).
+come back in the input's dtype. A row that fits one block (power-of-two BLOCK over the row, the
+tail masked) is handled a tile of rows at a time: the forward, one program per [ROWS, BLOCK] tile
+of about FWD_TILE elements (enough bytes in flight per SM for short rows such as d = 768, as in
+the Triton tutorial's layer norm); the backward, a persistent grid (BWD_PROGRAMS_PER_SM per SM),
+each program looping over its rows in tiles of about BWD_TILE elements, loading the next tile
+before computing this one, dw summed in registers. Rows longer than one block loop over blocks
+(two passes). Addresses: a 64-bit tile base plus 32-bit offsets inside the tile. `launch_config`
+overrides the tiles, warps and programs per SM; the bench times a few at 131072 x 1024.
 
 The reference `rms_norm_reference` computes in float32 like `torch.nn.RMSNorm` does under autocast.
 """
