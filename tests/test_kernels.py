@@ -361,6 +361,24 @@ def test_kernels_bench_bad_input(tmp_path, capsys):
         assert bench.main(["--out", str(tmp_path / "x.json"), "--preset", "gpu"]) == 2
 
 
+def test_kernels_bench_sweeps_rms_norm_launch_settings_at_the_large_case():
+    """At the large RMSNorm case (here at a small shape) the bench adds one `triton_sweep` row per
+    direction and launch setting, each checked against the reference; on the CPU no graph time,
+    with the reason."""
+    from nanigpt.kernels import bench
+
+    case = bench.rms_norm_case("d1024_large", (16, 40), torch.float32, DEV,
+                               torch.Generator().manual_seed(0))  # fmt: skip
+    ceil = {"copy_bytes_per_s": 1e10, "matmul_flops_per_s": 1e11}
+    rows = bench.run_case(case, DEV, 1, ceil, "off", {}, "no liger")
+    sweep = [r for r in rows if r["impl"] == "triton_sweep"]
+    assert len(sweep) == 3 * len(bench.RMS_NORM_SWEEP)
+    assert all(r["status"] == "ok" and r["rel_err_ok"] and r["launch_config"] for r in sweep)
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert all(r["timing"] == "calls" and r["graph_reason"] for r in timed)
+    assert all(r["ceiling_fraction"] == r["ceiling_fraction_calls"] for r in timed)
+
+
 def test_kernels_bench_flags_a_wrong_kernel():
     """The bench's correctness column can fail: a norm with a 10% wrong weight is flagged."""
     from nanigpt.kernels import bench

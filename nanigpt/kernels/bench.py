@@ -497,7 +497,7 @@ def run_case(case, device, repeats, ceil, compile_reason, liger, liger_reason) -
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    for label, fn in sweep_impls(case).items() if device.type == "cuda" else ():
+    for label, fn in sweep_impls(case).items():
         print(f"  {case.kernel} {case.name} triton_sweep {label}", flush=True)
         try:
             found = measure_impl(case, "triton_sweep", fn, device, repeats, ceil)
