@@ -10,8 +10,10 @@ For every kernel of `nanigpt.kernels` and direction (fwd, bwd, fwd_bwd) it times
 GPU timings, two per row: `time_s` is `triton.testing.do_bench` (back-to-back calls timed with CUDA
 events, L2 flushed before every call, 20/50/80% quantiles of the repeats), which includes the host
 time of each call wherever the host is slower than the kernel (small ops: Python dispatch,
-autograd, allocation); `time_graph_s` is `triton.testing.do_bench_cudagraph` (the call captured
-many times in one CUDA graph and the graph replayed: device time only, L2 not flushed). GB/s and
+autograd, allocation); `time_graph_s` captures the call 2-64 times (about 10 ms of work) in one
+CUDA graph on a side stream and times 10 replays with CUDA events, per call (the method of
+`triton.testing.do_bench_cudagraph`, with the number of calls bounded so the graph's memory stays
+small): device time only, L2 not flushed between calls. GB/s and
 the ceiling fraction come from the graph timing where there is one (`timing: "graph"`; the
 kernel's roofline figure), else from `time_s` (`timing: "calls"`); `gb_per_s_calls` and
 `ceiling_fraction_calls` always hold the back-to-back figures. A call that cannot be captured
