@@ -216,6 +216,69 @@ def test_kernels_model_compiles_in_one_graph():
     torch.testing.assert_close(losses["triton"], losses["torch"], **TOL[torch.float16])
 
 
+def test_kernels_rms_norm_launch_config_changes_nothing_but_speed():
+    """Another launch setting (tiles of other row counts, as the bench sweeps) gives the same
+    result; on the CPU the programs-per-SM entry is unused (4 programs)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(37, 40, generator=gen).to(DEV).requires_grad_()
+    w = (1 + 0.1 * torch.randn(40, generator=gen)).to(DEV).requires_grad_()
+    dy = torch.randn(37, 40, generator=gen).to(DEV)
+    want = rms_norm_reference(x, w, 1e-5)
+    want_grads = _grads(want, (x, w), dy)
+    for config in [(128, 1, 64, 1, 2), (2048, 4, 512, 4, 8)]:
+        got = rms_norm(x, w, 1e-5, launch_config=config)
+        torch.testing.assert_close(got, want, **TOL[torch.float32])
+        _assert_all_close(_grads(got, (x, w), dy), want_grads, torch.float32)
+
+
+TRACE_SCRIPT = """
+import os
+os.environ["TRITON_INTERPRET"] = "0"
+import torch
+import nanigpt.kernels._launch as launch
+launch.sm_count = lambda device_type, index: 132  # no GPU to ask
+from torch._functorch.aot_autograd import aot_function
+from torch._subclasses.fake_tensor import FakeTensorMode
+from nanigpt.kernels import rms_norm, rope, swiglu
+assert launch.use_triton_op()
+graphs = []
+def keep(gm, inputs):
+    graphs.append(gm.code)
+    return gm
+with FakeTensorMode():
+    x = torch.empty(64, 48, device="cuda", dtype=torch.bfloat16)
+    w = torch.empty(48, device="cuda", dtype=torch.bfloat16)
+    q = torch.empty(2, 8, 4, 16, device="cuda", dtype=torch.bfloat16)
+    c = torch.empty(8, 8, device="cuda")
+    def norm(x, w):
+        y, r = rms_norm.rms_norm_fwd(x, w, 1e-5, 8192, 8192, 8)
+        return rms_norm.rms_norm_bwd(y, x, w, r, 8192, 4096, 8, 8)
+    aot_function(norm, fw_compiler=keep)(x, w)
+    aot_function(lambda q, c: rope.rope_op(q, q, c, c, 1), fw_compiler=keep)(q, c)
+    aot_function(lambda q: swiglu.swiglu_fwd(q, q, 1024), fw_compiler=keep)(q)
+    aot_function(lambda q: swiglu.swiglu_bwd(q, q, q, 1024), fw_compiler=keep)(q)
+kernels = [g.count("triton_kernel_wrapper_functional(") for g in graphs]
+assert kernels == [2, 1, 1, 1], kernels
+assert all("torch.ops.nanigpt" not in g for g in graphs)
+print("traced", kernels)
+"""
+
+
+def test_kernels_triton_ops_trace_to_kernel_calls():
+    """The GPU form of the ops (triton_op, not runnable here): tracing them with fake CUDA
+    tensors, as torch.compile does, turns each into its Triton kernel calls (the higher-order
+    op Inductor launches from generated code), not an opaque op. A subprocess, because
+    TRITON_INTERPRET must be off before triton is imported."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, "-c", TRACE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "traced [2, 1, 1, 1]" in done.stdout
+
+
 def test_kernels_setting_validation():
     assert resolve_kernels("triton") == dict.fromkeys(resolve_kernels("torch"), "triton")
     assert resolve_kernels({"rope": "triton"})["rope"] == "triton"
@@ -296,6 +359,24 @@ def test_kernels_bench_bad_input(tmp_path, capsys):
     assert bench.main(["--out", str(tmp_path / "x.csv"), "--preset", "cpu"]) == 2
     if not torch.cuda.is_available():
         assert bench.main(["--out", str(tmp_path / "x.json"), "--preset", "gpu"]) == 2
+
+
+def test_kernels_bench_sweeps_rms_norm_launch_settings_at_the_large_case():
+    """At the large RMSNorm case (here at a small shape) the bench adds one `triton_sweep` row per
+    direction and launch setting, each checked against the reference; on the CPU no graph time,
+    with the reason."""
+    from nanigpt.kernels import bench
+
+    case = bench.rms_norm_case("d1024_large", (16, 40), torch.float32, DEV,
+                               torch.Generator().manual_seed(0))  # fmt: skip
+    ceil = {"copy_bytes_per_s": 1e10, "matmul_flops_per_s": 1e11}
+    rows = bench.run_case(case, DEV, 1, ceil, "off", {}, "no liger")
+    sweep = [r for r in rows if r["impl"] == "triton_sweep"]
+    assert len(sweep) == 3 * len(bench.RMS_NORM_SWEEP)
+    assert all(r["status"] == "ok" and r["rel_err_ok"] and r["launch_config"] for r in sweep)
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert all(r["timing"] == "calls" and r["graph_reason"] for r in timed)
+    assert all(r["ceiling_fraction"] == r["ceiling_fraction_calls"] for r in timed)
 
 
 def test_kernels_bench_flags_a_wrong_kernel():

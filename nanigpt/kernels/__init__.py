@@ -12,8 +12,12 @@ log-softmax over the vocabulary. One module per kernel, each with its readable P
   the forward (Liger-Kernel, Hsu et al. 2024, arXiv 2410.10989; cut cross-entropy, Wijmans et al.
   2024, arXiv 2411.09009), so the [tokens x vocab] logits never exist in full.
 
-Every launch goes through a `torch.library.custom_op`, so `torch.compile` of the model treats it as
-one opaque op (no graph break, no host sync); the autograd.Function around it is traced by Dynamo.
+On a GPU the RMSNorm, RoPE and SwiGLU launches are `torch.library.triton_op`s (kernels launched
+through `wrap_triton`), so `torch.compile` traces into them and Inductor calls the Triton kernels
+from its generated code, without a Python dispatch per call; in the interpreter, and for the fused
+cross-entropy (one call per step, matmuls inside), they are `torch.library.custom_op`s, one opaque
+op each (no graph break, no host sync). `nanigpt.kernels._launch` says how; the autograd.Function
+around each op is traced by Dynamo.
 
 Without CUDA, Triton can only run through its interpreter: importing this package then sets
 `TRITON_INTERPRET=1` (unless set already), so the CPU tests and the CPU benchmark run the same

@@ -7,9 +7,23 @@ For every kernel of `nanigpt.kernels` and direction (fwd, bwd, fwd_bwd) it times
 - `triton`: ours;
 - `liger`: Liger-Kernel's equivalent (Hsu et al. 2024, arXiv 2410.10989) when `import liger_kernel`
   works (never a dependency of the project; a missing one is a row with the reason).
-GPU timings are `triton.testing.do_bench` (CUDA events, L2 flushed before every call, 20/50/80%
-quantiles of the repeats); CPU timings the median of a few `time.perf_counter` repeats, where the
-Triton rows run in Triton's interpreter (`interpreted: true`: correctness, not speed).
+GPU timings, two per row: `time_s` is `triton.testing.do_bench` (back-to-back calls timed with CUDA
+events, L2 flushed before every call, 20/50/80% quantiles of the repeats), which includes the host
+time of each call wherever the host is slower than the kernel (small ops: Python dispatch,
+autograd, allocation); `time_graph_s` captures the call 2-64 times (about 10 ms of work) in one
+CUDA graph on a side stream and times 10 replays with CUDA events, per call (the method of
+`triton.testing.do_bench_cudagraph`, with the number of calls bounded so the graph's memory stays
+small): device time only, L2 not flushed between calls. GB/s and
+the ceiling fraction come from the graph timing where there is one (`timing: "graph"`; the
+kernel's roofline figure), else from `time_s` (`timing: "calls"`); `gb_per_s_calls` and
+`ceiling_fraction_calls` always hold the back-to-back figures. A call that cannot be captured
+leaves `time_graph_s` empty with `graph_reason`. The fused cross-entropy (a host loop of matmuls)
+is not graph-timed. At a size that fits L2 a graph replay may read from it: the large RMSNorm case
+(several times L2) is the HBM figure. At that case `triton_sweep` rows time our RMSNorm under a few
+other launch settings (`launch_config`: forward tile/warps, backward tile/warps/programs per SM),
+in the JSON only, to pick the defaults from. CPU timings are the median of a few
+`time.perf_counter` repeats, where the Triton rows run in Triton's interpreter
+(`interpreted: true`: correctness, not speed).
 
 Bytes are the minimal traffic of the op (each input read once, each output written once; for the
 norm's backward x, dy and w in, dx and dw out; fwd_bwd the sum of the two), so GB/s over it and its fraction of the measured
@@ -60,7 +74,13 @@ MLP_MULTIPLE = 8
 # name -> shapes; GPT-2 124M / 350M-like at 32 x 1024 tokens, MLP 8/3 d, vocab 50304 and 128256.
 PRESETS: dict[str, dict[str, list[tuple[str, tuple[int, ...]]]]] = {
     "gpu": {
-        "rms_norm": [("d768", (32768, 768)), ("d1024", (32768, 1024))],
+        # d768 / d1024 at 32k tokens (50-67 MB) are about the 60 MB L2; d1024_large is several
+        # times it, so its graph timing is the HBM figure (and where the launch sweep runs).
+        "rms_norm": [
+            ("d768", (32768, 768)),
+            ("d1024", (32768, 1024)),
+            ("d1024_large", (131072, 1024)),
+        ],  # fmt: skip
         "rope": [("h12", (32, 1024, 12, 64)), ("h16", (32, 1024, 16, 64))],
         "swiglu": [("d768", (32768, 2048)), ("d1024", (32768, 2728))],
         "cross_entropy": [
@@ -229,6 +249,54 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int) -> list
     return [samples[0], statistics.median(samples), samples[-1]]
 
 
+def _graph_seconds(fn: Callable[[], Any], device: torch.device, n_calls: int) -> list[float]:
+    """Capture n_calls of fn in one CUDA graph on a side stream; seconds per call of 10 replays."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()  # warm-up on the capture stream (a retained forward is built there)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(n_calls):
+                fn()
+        graph.replay()
+        seconds = []
+        for _ in range(10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            graph.replay()
+            end.record(stream)
+            end.synchronize()
+            seconds.append(start.elapsed_time(end) / 1e3 / n_calls)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    del graph
+    return sorted(seconds)
+
+
+def time_graph(
+    fn: Callable[[], Any], device: torch.device, call_s: float
+) -> tuple[list[float] | None, str | None]:
+    """((p20, median, p80) s per call replayed in a CUDA graph, None), or (None, reason).
+
+    About 10 ms of calls (by `call_s`, the back-to-back time; 2 to 64 calls) go into one graph,
+    so host time drops out and launch gaps are the device's own."""
+    if device.type != "cuda":
+        return None, "CUDA graphs need a GPU"
+    n_calls = max(2, min(64, int(0.01 / max(call_s, 1e-7))))
+    try:
+        seconds = _graph_seconds(fn, device, n_calls)
+        torch.cuda.synchronize(device)
+    except Exception as e:  # an op that cannot be captured (a host sync, a CPU tensor) is a reason
+        try:
+            torch.cuda.synchronize(device)
+        except Exception as after:  # a capture error that stuck to the context: say so too
+            e = RuntimeError(f"{type(e).__name__}: {e}; then {type(after).__name__}: {after}")
+        return None, f"graph capture failed: {type(e).__name__}: {e}"[:300]
+    finally:
+        gc.collect()
+    return [seconds[2], statistics.median(seconds), seconds[7]], None
+
+
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
@@ -335,10 +403,21 @@ def _row(case: Case, impl: str, direction: str, **values: Any) -> dict[str, Any]
            "bytes": case.bytes[direction], "flops": case.flops[direction], "ceiling": case.ceiling,
            "time_s": None, "time_p20_s": None, "time_p80_s": None, "gb_per_s": None,
            "tflop_per_s": None, "ceiling_fraction": None, "intensity": None,
+           "time_graph_s": None, "time_graph_p20_s": None, "time_graph_p80_s": None,
+           "graph_reason": None, "timing": None, "gb_per_s_calls": None,
+           "ceiling_fraction_calls": None, "launch_config": None,
            "peak_mem_bytes": None, "rel_err": None, "rel_err_ok": None}  # fmt: skip
     row["intensity"] = row["flops"] / row["bytes"]
     row.update(values)
     return row
+
+
+def _rates(case: Case, direction: str, seconds: float, ceil: dict[str, Any]) -> tuple:
+    """(GB/s, TFLOP/s, fraction of the case's ceiling) at `seconds` per call."""
+    gb, tflop = case.bytes[direction] / seconds / 1e9, case.flops[direction] / seconds / 1e12
+    if case.ceiling == "copy":
+        return gb, tflop, case.bytes[direction] / seconds / ceil["copy_bytes_per_s"]
+    return gb, tflop, case.flops[direction] / seconds / ceil["matmul_flops_per_s"]
 
 
 def measure_impl(case, impl, fn, device, repeats, ceil) -> list[dict[str, Any]]:
@@ -350,16 +429,50 @@ def measure_impl(case, impl, fn, device, repeats, ceil) -> list[dict[str, Any]]:
         err = errors["fwd" if direction == "fwd" else "bwd"]
         row = _row(case, impl, direction, time_s=median, time_p20_s=p20, time_p80_s=p80,
                    rel_err=err, rel_err_ok=err <= TOLERANCE[case.dtype])  # fmt: skip
-        row["gb_per_s"] = row["bytes"] / median / 1e9
-        row["tflop_per_s"] = row["flops"] / median / 1e12
+        row["gb_per_s_calls"], _, row["ceiling_fraction_calls"] = _rates(
+            case, direction, median, ceil
+        )
+        graph, reason = None, "not graph-timed: a host loop of matmuls"
         if case.ceiling == "copy":
-            row["ceiling_fraction"] = row["bytes"] / median / ceil["copy_bytes_per_s"]
-        else:
-            row["ceiling_fraction"] = row["flops"] / median / ceil["matmul_flops_per_s"]
+            calls.out = None  # the retained forward is rebuilt on the capture's stream
+            graph, reason = time_graph(getattr(calls, direction), device, median)
+            calls.out = None
+        row["graph_reason"] = reason
+        if graph is not None:
+            row["time_graph_p20_s"], row["time_graph_s"], row["time_graph_p80_s"] = graph
+        row["timing"] = "calls" if graph is None else "graph"
+        seconds = median if graph is None else graph[1]
+        row["gb_per_s"], row["tflop_per_s"], row["ceiling_fraction"] = _rates(
+            case, direction, seconds, ceil
+        )
         if direction == "fwd_bwd":
             row["peak_mem_bytes"] = peak_memory(calls.fwd_bwd, device)
         rows.append(row)
     return rows
+
+
+# Launch settings of our RMSNorm timed at the large case: (fwd tile, fwd warps, bwd tile, bwd
+# warps, bwd programs per SM); the default (rms_norm.LAUNCH_CONFIG) is the "triton" row.
+RMS_NORM_SWEEP = [
+    (4096, 8, 4096, 8, 8),
+    (4096, 4, 2048, 4, 8),
+    (16384, 16, 8192, 16, 2),
+    (8192, 16, 4096, 4, 16),
+    (8192, 8, 4096, 8, 2),
+]
+SWEEP_CASES = {("rms_norm", "d1024_large")}
+
+
+def sweep_impls(case: Case) -> dict[str, Callable[..., Any]]:
+    """{label: fn} of the launch settings to sweep at this case (none but at SWEEP_CASES)."""
+    if (case.kernel, case.name) not in SWEEP_CASES:
+        return {}
+    return {
+        "f{}w{}_b{}w{}p{}".format(*config): (
+            lambda x, w, config=config: rms_norm(x, w, EPS, launch_config=config)
+        )
+        for config in RMS_NORM_SWEEP
+    }
 
 
 def run_case(case, device, repeats, ceil, compile_reason, liger, liger_reason) -> list[dict]:
@@ -386,6 +499,15 @@ def run_case(case, device, repeats, ceil, compile_reason, liger, liger_reason) -
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    for label, fn in sweep_impls(case).items():
+        print(f"  {case.kernel} {case.name} triton_sweep {label}", flush=True)
+        try:
+            found = measure_impl(case, "triton_sweep", fn, device, repeats, ceil)
+        except Exception as e:  # a setting that fails to compile is a row too
+            reason = f"{type(e).__name__}: {e}"[:500]
+            found = [_row(case, "triton_sweep", d, status="error", reason=reason)
+                     for d in DIRECTIONS]  # fmt: skip
+        rows += [{**r, "launch_config": label} for r in found]
     return rows
 
 

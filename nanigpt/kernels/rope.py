@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nanigpt.kernels._launch import contiguous, fake_for, kernel_op, launch
+
 
 def rope_reference(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -67,7 +69,7 @@ def _rotate(q, k, cos, sin, sign: int):
     half = head_dim // 2
     q_out, k_out = torch.empty_like(q), torch.empty_like(k)
     heads = triton.next_power_of_2(max(q_heads, k_heads))
-    _rope_kernel[(batch * seq_len,)](
+    launch(_rope_kernel)[(batch * seq_len,)](
         q, k, q_out, k_out, cos, sin, seq_len, q_heads, k_heads, half, SIGN=sign,
         Q_HEADS=triton.next_power_of_2(q_heads), K_HEADS=triton.next_power_of_2(k_heads),
         HALF=triton.next_power_of_2(half), num_warps=4 if heads * half <= 1024 else 8,
@@ -75,16 +77,16 @@ def _rotate(q, k, cos, sin, sign: int):
     return q_out, k_out
 
 
-@torch.library.custom_op("nanigpt::rope", mutates_args=())
+@kernel_op("nanigpt::rope")
 def rope_op(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q, k [batch, time, heads, head_dim] by +angle (sign 1) or -angle (-1)."""
-    q, k, cos, sin = q.contiguous(), k.contiguous(), cos.contiguous(), sin.contiguous()
+    q, k, cos, sin = contiguous(q), contiguous(k), contiguous(cos), contiguous(sin)
     return _rotate(q, k, cos, sin, sign)
 
 
-@rope_op.register_fake
+@fake_for(rope_op)
 def _(q, k, cos, sin, sign):
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
@@ -92,14 +94,14 @@ def _(q, k, cos, sin, sign):
 class RoPEFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, cos, sin):
-        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+        cos, sin = contiguous(cos.float()), contiguous(sin.float())
         ctx.save_for_backward(cos, sin)
-        return rope_op(q.contiguous(), k.contiguous(), cos, sin, 1)
+        return rope_op(contiguous(q), contiguous(k), cos, sin, 1)
 
     @staticmethod
     def backward(ctx, dq, dk):
         cos, sin = ctx.saved_tensors
-        dq, dk = rope_op(dq.contiguous(), dk.contiguous(), cos, sin, -1)
+        dq, dk = rope_op(contiguous(dq), contiguous(dk), cos, sin, -1)
         return dq, dk, None, None
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from nanigpt.kernels._launch import contiguous, fake_for, kernel_op, launch
 from nanigpt.model.moe import SwiGLU
 
 BLOCK = 1024
@@ -52,32 +53,34 @@ def _swiglu_bwd_kernel(dh_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n, BLOCK: tl.conste
     tl.store(dg_ptr + offsets, dg.to(dg_ptr.dtype.element_ty), mask=mask)
 
 
-@torch.library.custom_op("nanigpt::swiglu_fwd", mutates_args=())
+@kernel_op("nanigpt::swiglu_fwd")
 def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor, block: int) -> torch.Tensor:
-    gate, up = gate.contiguous(), up.contiguous()  # no-ops, unless a compiler changed strides
+    gate, up = contiguous(gate), contiguous(up)  # no-ops, unless a compiler changed strides
     h = torch.empty_like(gate)
     n = gate.numel()
-    _swiglu_fwd_kernel[(triton.cdiv(n, block),)](gate, up, h, n, BLOCK=block, num_warps=4)
+    launch(_swiglu_fwd_kernel)[(triton.cdiv(n, block),)](gate, up, h, n, BLOCK=block, num_warps=4)
     return h
 
 
-@swiglu_fwd.register_fake
+@fake_for(swiglu_fwd)
 def _(gate, up, block):
     return gate.new_empty(gate.shape)
 
 
-@torch.library.custom_op("nanigpt::swiglu_bwd", mutates_args=())
+@kernel_op("nanigpt::swiglu_bwd")
 def swiglu_bwd(
     dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, block: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    dh, gate, up = dh.contiguous(), gate.contiguous(), up.contiguous()
+    dh, gate, up = contiguous(dh), contiguous(gate), contiguous(up)
     dg, du = torch.empty_like(gate), torch.empty_like(up)
     n = gate.numel()
-    _swiglu_bwd_kernel[(triton.cdiv(n, block),)](dh, gate, up, dg, du, n, BLOCK=block, num_warps=4)
+    launch(_swiglu_bwd_kernel)[(triton.cdiv(n, block),)](
+        dh, gate, up, dg, du, n, BLOCK=block, num_warps=4
+    )
     return dg, du
 
 
-@swiglu_bwd.register_fake
+@fake_for(swiglu_bwd)
 def _(dh, gate, up, block):
     return gate.new_empty(gate.shape), up.new_empty(up.shape)
 
@@ -85,7 +88,7 @@ def _(dh, gate, up, block):
 class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate, up, block):
-        gate, up = gate.contiguous(), up.contiguous()
+        gate, up = contiguous(gate), contiguous(up)
         ctx.save_for_backward(gate, up)
         ctx.block = block
         return swiglu_fwd(gate, up, block)
@@ -93,7 +96,7 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         gate, up = ctx.saved_tensors
-        dg, du = swiglu_bwd(dh.contiguous(), gate, up, ctx.block)
+        dg, du = swiglu_bwd(contiguous(dh), gate, up, ctx.block)
         return dg, du, None
 
 

@@ -89,6 +89,7 @@ def roofline_layer(rows: list[dict[str, Any]], meta: dict[str, Any]) -> alt.Laye
 def build_chart(result: dict[str, Any]) -> alt.VConcatChart:
     meta = result["meta"]
     rows = [r for r in result["rows"] if r.get("status") == "ok" and r.get("time_s")]
+    rows = [r for r in rows if r["impl"] != "triton_sweep"]  # launch settings: in the JSON only
     if not rows:
         raise ValueError(
             "the kernel bench has no timed rows (every implementation skipped or failed)"
