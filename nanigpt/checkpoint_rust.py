@@ -174,10 +174,16 @@ class Writer:
         entries, nbytes = layout(tensors)
         on_gpu = any(t.device.type == "cuda" for t in tensors.values())
         flat = self._buffer(nbytes, pinned=on_gpu)
+        host = []  # CPU tensors: one memcpy each in Rust, GIL released
         for name, _, _, begin, end in entries:
             t = tensors[name].detach()
-            if end > begin:
-                flat[begin:end].view(t.dtype).copy_(t.reshape(-1), non_blocking=on_gpu)
+            if end == begin:
+                continue
+            if t.device.type == "cpu":
+                host.append((t.contiguous().reshape(-1).view(torch.uint8).numpy(), begin))
+            else:  # device -> pinned host, asynchronous, then one synchronize
+                flat[begin:end].view(t.dtype).copy_(t.reshape(-1), non_blocking=True)
+        nanigpt_rs.copy_into(flat.numpy(), host)
         if on_gpu:
             torch.cuda.synchronize()
         metadata = [
