@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod loader;
 pub mod pretokenize;
 pub mod shard;
+pub mod trace;
 
 #[pyfunction]
 fn version() -> &'static str {
@@ -382,6 +383,19 @@ fn verify_checkpoint(py: Python<'_>, data: PyBuffer<u8>, name: &str) -> PyResult
         .map_err(PyValueError::new_err)
 }
 
+/// The step breakdown of a Chrome trace file (`trace.json.gz`), streamed and analysed in Rust
+/// with the GIL released: the JSON of `nanigpt.measure.trace_analysis.TraceBreakdown`'s fields.
+/// ValueError naming the file when it is missing or not a readable trace.
+#[pyfunction]
+#[pyo3(signature = (path, drop_outliers=true))]
+fn trace_breakdown(py: Python<'_>, path: &str, drop_outliers: bool) -> PyResult<String> {
+    py.allow_threads(|| {
+        let events = trace::read_path(path)?;
+        Ok::<String, String>(trace::analyze(&events, drop_outliers).to_string())
+    })
+    .map_err(PyValueError::new_err)
+}
+
 #[pymodule]
 fn nanigpt_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
@@ -393,5 +407,6 @@ fn nanigpt_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(verify_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(copy_into, m)?)?;
+    m.add_function(wrap_pyfunction!(trace_breakdown, m)?)?;
     Ok(())
 }
