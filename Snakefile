@@ -32,4 +32,5 @@ rule all:
         "results/profile/summary.parquet",
         "results/profile/breakdown.svg",
         "results/rust/tokenizer.svg" if "bench" in config else [],
+        "results/rust/checkpoint.svg" if "bench" in config else [],
         MOE_TARGETS,

@@ -20,6 +20,11 @@ profiler trace bytes when the window already closed, else None), `parallelism`.
 
 `load` verifies the magic, the length and the checksum before unpickling anything and raises
 `CheckpointError` naming the file on a foreign, truncated or corrupt checkpoint.
+
+This is the reference. `training.checkpoint_format: rust` writes the same payload as
+`checkpoint.safetensors` from a Rust thread instead (`nanigpt.checkpoint_rust`); `load` reads
+either by suffix, and `latest` finds the newest of the two in a run folder, so a run resumes from
+whichever format it last wrote (the format is left out of the fingerprint).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from nanigpt.io import atomic_path
 
 MAGIC = b"NANIGPT-CHECKPOINT v1\n"
 FORMAT = 1
+FILES = {"torch": "checkpoint.pt", "rust": "checkpoint.safetensors"}  # training.checkpoint_format
 
 
 class CheckpointError(RuntimeError):
@@ -52,6 +58,9 @@ def run_fingerprint(run: dict[str, Any], inputs: dict[str, str | Path]) -> str:
     the run) or rebuilt inputs (a new shard, a new ground truth) start the run afresh.
     """
     settings = {k: v for k, v in run.items() if k != "sweeps"}
+    if "checkpoint_format" in settings.get("training", {}):  # how it is stored, not what it holds
+        training = {k: v for k, v in settings["training"].items() if k != "checkpoint_format"}
+        settings = {**settings, "training": training}
     files = {}
     for name, path in sorted(inputs.items()):
         stat = Path(path).stat()
@@ -74,9 +83,21 @@ def save(path: str | os.PathLike, payload: dict[str, Any]) -> int:
     return len(header) + len(data)
 
 
+def latest(out_dir: str | os.PathLike) -> Path | None:
+    """The most recently written checkpoint of a run folder, of either format; None if none."""
+    found = [p for p in (Path(out_dir) / name for name in FILES.values()) if p.exists()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and verify a checkpoint (magic, length, sha256), then unpickle it onto the CPU."""
+    """Read and verify a checkpoint (magic, length, sha256), then unpickle it onto the CPU.
+
+    A `.safetensors` path is read by `nanigpt.checkpoint_rust.load` (xxh3-128 verified in Rust)."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        from nanigpt import checkpoint_rust
+
+        return checkpoint_rust.load(path)
     raw = path.read_bytes()
     if not raw.startswith(MAGIC):
         raise CheckpointError(

@@ -19,7 +19,8 @@ mean over MoE layers; null for dense models). A few steps are profiled (`nanigpt
 validation reports nats/token, bits/byte and the gap to the dataset's known entropy floor.
 
 Checkpoints (`nanigpt.checkpoint`): every `training.checkpoint_every` steps (default: 10 per run; 0
-turns them off) the run writes `checkpoint.pt`; a trainer that starts and finds one with the same
+turns them off) the run writes `checkpoint.pt` (`training.checkpoint_format: torch`, synchronous) or
+`checkpoint.safetensors` (`rust`: written on a Rust thread while training goes on); a trainer that starts and finds one with the same
 run fingerprint resumes from it (and logs the step), one with another fingerprint is ignored with a
 warning (the run starts afresh and overwrites it), and a corrupt, truncated or foreign one stops the
 run with an error naming the file: it is never silently discarded; delete it to start afresh. On
@@ -73,6 +74,7 @@ DEFAULT_PROFILE = {"enabled": True, "wait": 1, "warmup": 1, "active": 2}
 DEFAULT_WSD_DECAY_FRAC = 0.2  # WSD: last 20% of steps decay (Hagele et al. 2024 use 10-20%)
 ADAMW_BETAS = (0.9, 0.95)  # as nanoGPT / GPT-3
 DEFAULT_CHECKPOINTS_PER_RUN = 10  # training.checkpoint_every unset: every 10% of the steps
+DEFAULT_CHECKPOINT_FORMAT = "rust"  # training.checkpoint_format unset (README: checkpoint bench)
 # Strategies whose full training state sits on rank 0 (replicated weights and optimizer state).
 CHECKPOINT_STRATEGIES = ("single", "ddp_builtin", "ddp_manual")
 # FSDP2 and DTensor collectives are recorded by a dispatch mode that costs host time on every op:
@@ -205,6 +207,8 @@ def validate_run(run: Any) -> dict[str, Any]:
         t["device"] in ("auto", "cpu", "cuda"), "training.device", t["device"], "auto, cpu or cuda"
     )
     _require(t["threads"] is None or t["threads"] >= 1, "training.threads", t["threads"], ">= 1")
+    fmt = t.get("checkpoint_format", DEFAULT_CHECKPOINT_FORMAT)
+    _require(fmt in checkpoint.FILES, "training.checkpoint_format", fmt, "torch or rust")
     decay_frac = t.get("decay_frac", DEFAULT_WSD_DECAY_FRAC)
     _require(
         _is_number(decay_frac) and 0 < decay_frac <= 1,
@@ -683,7 +687,9 @@ def train(
     )
 
     # --- resume ----------------------------------------------------------------------------
-    checkpoint_path = out_dir / "checkpoint.pt"
+    checkpoint_format = t.get("checkpoint_format", DEFAULT_CHECKPOINT_FORMAT)
+    checkpoint_path = out_dir / checkpoint.FILES[checkpoint_format]
+    resume_path = checkpoint.latest(out_dir) or checkpoint_path
     fingerprint = checkpoint.run_fingerprint(run, paths)
     can_checkpoint = setting.strategy in CHECKPOINT_STRATEGIES
     if not can_checkpoint and is_main:
@@ -694,12 +700,12 @@ def train(
         )
         log.warning(message)
     state = None
-    if can_checkpoint and checkpoint_path.exists():
-        state = checkpoint.load(checkpoint_path)  # CheckpointError: refuse, never silently restart
+    if can_checkpoint and resume_path.exists():
+        state = checkpoint.load(resume_path)  # CheckpointError: refuse, never silently restart
         if state["fingerprint"] != fingerprint:
             if is_main:
                 message = (
-                    f"{run['run_id']}: ignoring {checkpoint_path}: it was written for other run "
+                    f"{run['run_id']}: ignoring {resume_path}: it was written for other run "
                     f"settings or inputs (fingerprint {state['fingerprint'][:12]} != "
                     f"{fingerprint[:12]}); starting from step 0"
                 )
@@ -711,7 +717,7 @@ def train(
         dist.all_reduce(agree, op=dist.ReduceOp.MAX)
         if agree[0] != -agree[1]:
             raise checkpoint.CheckpointError(
-                f"{checkpoint_path}: ranks disagree on the step to resume from "
+                f"{resume_path}: ranks disagree on the step to resume from "
                 f"({-int(agree[1])}..{int(agree[0])})"
             )
     if state is not None:
@@ -748,6 +754,7 @@ def train(
         "strategy": setting.strategy,
         "checkpoint_every": checkpoint_every if can_checkpoint else 0,
         "snapshot_every": snapshot_every,
+        "checkpoint_format": checkpoint_format,
     }
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -790,7 +797,7 @@ def train(
         log.info(message)
         if state is not None:
             message = (
-                f"{run['run_id']}: resuming from {checkpoint_path} at step {start_step}/{steps} "
+                f"{run['run_id']}: resuming from {resume_path} at step {start_step}/{steps} "
                 f"({start_step * tokens_per_step} tokens trained)"
             )
             log.info(message)
@@ -828,6 +835,10 @@ def train(
     ledger.step = start_step
     records: list[dict[str, Any]] = []  # comm.json's per-collective list (first steps)
 
+    from nanigpt.checkpoint_rust import Writer
+
+    rust_writer = Writer()
+
     def save_checkpoint(steps_done: int) -> None:
         trace_bytes = None
         if getattr(trace, "written", False) and trace_path.exists():
@@ -854,8 +865,16 @@ def train(
             "trace": trace_bytes,
             "parallelism": setting.as_dict(),
         }
-        size = checkpoint.save(checkpoint_path, payload)
-        message = f"{run['run_id']}: checkpoint at step {steps_done} ({size / 1e6:.1f} MB)"
+        if checkpoint_format == "torch":
+            size = checkpoint.save(checkpoint_path, payload)
+            message = f"{run['run_id']}: checkpoint at step {steps_done} ({size / 1e6:.1f} MB)"
+        else:  # the loop waits for the snapshot only; the write's error surfaces at the next wait
+            started = time.perf_counter()
+            rust_writer.save(checkpoint_path, payload)
+            message = (
+                f"{run['run_id']}: checkpoint at step {steps_done} started (snapshot "
+                f"{time.perf_counter() - started:.3f}s; written in the background)"
+            )
         log.info(message)
 
     def finish_step(step: int, lr: float, step_out: tuple, profiled: bool, peak: int) -> dict:
@@ -981,6 +1000,7 @@ def train(
             write_metrics(metrics_path, rows)
         raise
     finally:
+        rust_writer.finish()  # let a write in flight land (the last good checkpoint)
         if progress is not None:
             progress.close()
     if is_main:
@@ -1042,7 +1062,9 @@ def train(
     }
     if is_main:
         write_json_atomic(out_dir / "summary.json", summary)
-        checkpoint_path.unlink(missing_ok=True)  # the run is complete: model.pt holds the weights
+        rust_writer.wait()  # a write still in flight would land after the deletion
+        for name in checkpoint.FILES.values():  # the run is complete: model.pt holds the weights
+            (out_dir / name).unlink(missing_ok=True)
         message = (
             f"{run['run_id']}: val {summary['final_val_loss']:.4f} nats/token, "
             f"{summary['final_val_bpb']:.4f} bits/byte (floor {floor_text}, gap "

@@ -95,7 +95,12 @@ def test_rng_state_round_trip():
 def test_resume_is_bit_for_bit(data, tmp_path, monkeypatch, caplog):
     """N steps straight == N/2 steps, a kill, then a resumed N/2 (with accumulation, MoE, eval)."""
     run = make_run(
-        tokens=12 * 8 * SEQ, profile=True, grad_accum=2, batch_size=4, checkpoint_every=6
+        tokens=12 * 8 * SEQ,
+        profile=True,
+        grad_accum=2,
+        batch_size=4,
+        checkpoint_every=6,
+        checkpoint_format="torch",
     )
     run.update(arch="moe", arch_kind="moe")
     run["model"]["moe"] = {"num_experts": 4, "top_k": 1, "aux_loss_weight": 0.01}
@@ -176,7 +181,9 @@ def test_snapshots_hold_the_weights_every_k_steps(data, tmp_path):
 def test_kill_9_then_rerun_resumes_and_matches(data, tmp_path):
     """The CLI killed with SIGKILL mid-run, then started again: it resumes from its checkpoint
     (not from zero) and its outputs are complete and equal to an uninterrupted run's."""
-    run = make_run(tokens=240 * 8 * SEQ, checkpoint_every=10, eval_every=40)
+    run = make_run(
+        tokens=240 * 8 * SEQ, checkpoint_every=10, eval_every=40, checkpoint_format="torch"
+    )
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "nanigpt.train", "--run-config", json.dumps(run)]
     cmd += ["--train", str(data["train"]), "--val", str(data["val"])]

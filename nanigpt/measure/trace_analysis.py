@@ -52,6 +52,9 @@ analyses, it reads the same `trace.json.gz`.
 
     python -m nanigpt.measure.trace_analysis --trace results/runs/RUN/trace.json.gz \\
         --out results/profile/RUN/trace_breakdown.parquet   # + trace_breakdown.json beside it
+
+`--impl rust` (the default) runs the same analysis in Rust (`rust/src/trace.rs`, streaming the
+gzip JSON); `--impl python` runs this module, the reference the Rust port is tested against.
 """
 
 from __future__ import annotations
@@ -450,6 +453,27 @@ def analyze(trace: dict[str, Any], drop_outliers: bool = True) -> TraceBreakdown
     )
 
 
+IMPLS = ("rust", "python")
+
+
+def analyze_path(
+    path: str | Path, drop_outliers: bool = True, impl: str = "rust"
+) -> TraceBreakdown:
+    """`analyze(load_trace(path))`, by this module (`impl="python"`, the reference) or by the Rust
+    port (`nanigpt_rs.trace_breakdown`: streams the gzip JSON, same table; tested equal)."""
+    if impl == "python":
+        return analyze(load_trace(path), drop_outliers=drop_outliers)
+    if impl != "rust":
+        raise ValueError(f"trace analysis impl {impl!r}: expected one of {IMPLS}")
+    import nanigpt_rs
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"trace not found: {path}")
+    fields = json.loads(nanigpt_rs.trace_breakdown(str(path), drop_outliers))
+    fields["top_names"] = {c: [tuple(p) for p in v] for c, v in fields["top_names"].items()}
+    return TraceBreakdown(**fields)
+
+
 def write_breakdown(result: TraceBreakdown, out: str | Path) -> tuple[Path, Path]:
     """`out` (parquet, one row per category) and the JSON summary beside it (same stem)."""
     out = Path(out)
@@ -473,9 +497,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"keep profiled steps longer than {OUTLIER_FACTOR}x the median (default: left out)",
     )
+    parser.add_argument(
+        "--impl", choices=IMPLS, default="rust", help="rust (default) or the Python reference"
+    )
     args = parser.parse_args(argv)
     try:
-        result = analyze(load_trace(args.trace), drop_outliers=not args.keep_outlier_steps)
+        result = analyze_path(args.trace, not args.keep_outlier_steps, impl=args.impl)
     except (FileNotFoundError, ValueError) as e:
         print(f"nanigpt.measure.trace_analysis: error: {e}", file=sys.stderr)
         return 2

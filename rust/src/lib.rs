@@ -1,16 +1,18 @@
 //! naniGPT's Rust track: the pieces of the data pipeline rewritten from their Python references.
 //!
 //! This file only converts types and releases the GIL; the logic lives in plain Rust modules
-//! (`pretokenize`, `bpe`, `shard`, `loader`) tested by `cargo test`.
+//! (`pretokenize`, `bpe`, `shard`, `loader`, `checkpoint`, `trace`) tested by `cargo test`.
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 pub mod bpe;
+pub mod checkpoint;
 pub mod loader;
 pub mod pretokenize;
 pub mod shard;
+pub mod trace;
 
 #[pyfunction]
 fn version() -> &'static str {
@@ -224,6 +226,176 @@ impl BatchLoader {
     }
 }
 
+/// The result of a background checkpoint write: what `wait` returns (bytes) or raises.
+type WriteOutcome = (Result<u64, String>, f64);
+
+/// A checkpoint being written on a background thread (`save_checkpoint`'s handle).
+#[pyclass]
+struct CheckpointWrite {
+    path: String,
+    thread: Option<std::thread::JoinHandle<(WriteOutcome, PyBuffer<u8>)>>,
+    outcome: Option<WriteOutcome>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[pymethods]
+impl CheckpointWrite {
+    #[getter]
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// True once the file is durable (or the write failed); never blocks.
+    fn done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Block (GIL released) until the file is durable; return its size in bytes, or raise OSError
+    /// with a one-line message naming the file. Further calls return the same outcome.
+    fn wait(&mut self, py: Python<'_>) -> PyResult<u64> {
+        if let Some(thread) = self.thread.take() {
+            let joined = py.allow_threads(|| thread.join());
+            let (outcome, buffer) = joined.map_err(|_| {
+                PyRuntimeError::new_err(format!("checkpoint {}: writer thread panicked", self.path))
+            })?;
+            drop(buffer); // released with the GIL held
+            self.outcome = Some(outcome);
+        }
+        match &self.outcome {
+            Some((Ok(n), _)) => Ok(*n),
+            Some((Err(e), _)) => Err(PyOSError::new_err(e.clone())),
+            None => Err(PyRuntimeError::new_err("checkpoint write has no outcome")),
+        }
+    }
+
+    /// Seconds from the call of `save_checkpoint` to the file being durable (after `wait`).
+    #[getter]
+    fn durable_s(&self) -> Option<f64> {
+        self.outcome.as_ref().map(|o| o.1)
+    }
+}
+
+/// Start writing a checkpoint: `entries` are (name, dtype, shape, begin, end) over the contiguous
+/// byte buffer `data` (which the caller must not modify until `wait` returns), `metadata` a
+/// string map for `__metadata__`. Checks the layout now (ValueError), then writes on a thread.
+#[pyfunction]
+fn save_checkpoint(
+    path: String,
+    entries: Vec<(String, String, Vec<u64>, u64, u64)>,
+    metadata: Vec<(String, String)>,
+    data: PyBuffer<u8>,
+) -> PyResult<CheckpointWrite> {
+    let start = std::time::Instant::now();
+    if !data.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "checkpoint data must be a C-contiguous byte buffer",
+        ));
+    }
+    let entries: Vec<checkpoint::Entry> = entries
+        .into_iter()
+        .map(|(name, dtype, shape, begin, end)| checkpoint::Entry {
+            name,
+            dtype,
+            shape,
+            begin,
+            end,
+        })
+        .collect();
+    let header = checkpoint::build_header(&entries, &metadata, data.len_bytes() as u64)
+        .map_err(|e| PyValueError::new_err(format!("checkpoint {path}: {e}")))?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let target = std::path::PathBuf::from(&path);
+    let thread = std::thread::spawn(move || {
+        // SAFETY: the PyBuffer keeps the exporter's memory alive and fixed until it is dropped
+        // (in `wait`, or here if the handle is gone); the caller promised not to write to it.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(data.buf_ptr() as *const u8, data.len_bytes()) };
+        let result = checkpoint::write(&target, &header, bytes);
+        let outcome = (result, start.elapsed().as_secs_f64());
+        flag.store(true, std::sync::atomic::Ordering::Release);
+        (outcome, data)
+    });
+    Ok(CheckpointWrite {
+        path,
+        thread: Some(thread),
+        outcome: None,
+        done,
+    })
+}
+
+/// Copy each C-contiguous byte buffer of `sources` into `dst` at its offset, GIL released: the
+/// snapshot of a checkpoint (plain memcpy; torch's copy_ runs an OpenMP region per tensor, which on
+/// a loaded 2-core machine costs more than the copy). Refuses spans outside `dst` or overlapping.
+#[pyfunction]
+fn copy_into(
+    py: Python<'_>,
+    dst: PyBuffer<u8>,
+    sources: Vec<(PyBuffer<u8>, usize)>,
+) -> PyResult<()> {
+    if dst.readonly() || !dst.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "copy_into: dst must be a writable C-contiguous buffer",
+        ));
+    }
+    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(sources.len());
+    for (src, at) in &sources {
+        if !src.is_c_contiguous() || at + src.len_bytes() > dst.len_bytes() {
+            return Err(PyValueError::new_err(format!(
+                "copy_into: a source of {} bytes at {at} does not fit {} bytes (or is strided)",
+                src.len_bytes(),
+                dst.len_bytes()
+            )));
+        }
+        spans.push((*at, at + src.len_bytes()));
+    }
+    spans.sort_unstable();
+    if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+        return Err(PyValueError::new_err("copy_into: sources overlap in dst"));
+    }
+    let base = dst.buf_ptr() as usize;
+    let jobs: Vec<(usize, usize, usize)> = sources
+        .iter()
+        .map(|(s, at)| (s.buf_ptr() as usize, *at, s.len_bytes()))
+        .collect();
+    py.allow_threads(|| {
+        for (src, at, n) in jobs {
+            // SAFETY: spans checked inside dst and disjoint; the PyBuffers keep memory alive.
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, (base + at) as *mut u8, n) };
+        }
+    });
+    Ok(())
+}
+
+/// Verify a checkpoint file's bytes (a bytes-like object or mmap): layout and xxh3-128 hash.
+/// Returns (header JSON, offset of the data section); ValueError naming `name` if it is damaged.
+#[pyfunction]
+fn verify_checkpoint(py: Python<'_>, data: PyBuffer<u8>, name: &str) -> PyResult<(String, usize)> {
+    if !data.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "checkpoint bytes must be a C-contiguous buffer",
+        ));
+    }
+    // SAFETY: the buffer stays alive for this call; we only read it.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(data.buf_ptr() as *const u8, data.len_bytes()) };
+    py.allow_threads(|| checkpoint::verify(bytes, name))
+        .map_err(PyValueError::new_err)
+}
+
+/// The step breakdown of a Chrome trace file (`trace.json.gz`), streamed and analysed in Rust
+/// with the GIL released: the JSON of `nanigpt.measure.trace_analysis.TraceBreakdown`'s fields.
+/// ValueError naming the file when it is missing or not a readable trace.
+#[pyfunction]
+#[pyo3(signature = (path, drop_outliers=true))]
+fn trace_breakdown(py: Python<'_>, path: &str, drop_outliers: bool) -> PyResult<String> {
+    py.allow_threads(|| {
+        let events = trace::read_path(path)?;
+        Ok::<String, String>(trace::analyze(&events, drop_outliers).to_string())
+    })
+    .map_err(PyValueError::new_err)
+}
+
 #[pymodule]
 fn nanigpt_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
@@ -231,5 +403,10 @@ fn nanigpt_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GPT2_PATTERN", pretokenize::GPT2_PATTERN)?;
     m.add_class::<Bpe>()?;
     m.add_class::<BatchLoader>()?;
+    m.add_class::<CheckpointWrite>()?;
+    m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_into, m)?)?;
+    m.add_function(wrap_pyfunction!(trace_breakdown, m)?)?;
     Ok(())
 }

@@ -56,3 +56,20 @@ rule bench_kernels:
         f"{LOGS}/bench_kernels.log",
     shell:
         "python -m nanigpt.kernels.bench --out {output.json} > {log} 2>&1"
+
+
+rule bench_checkpoint:
+    # Checkpoint stall (issue 20): torch.save + sha256 vs safetensors vs DCP async_save vs ours,
+    # at small state-dict sizes here (seconds); the README quotes the 500 MB - 2 GB runs by hand.
+    output:
+        table="results/rust/checkpoint.parquet",
+        figure="results/rust/checkpoint.svg",
+    params:
+        sizes=" ".join(str(s) for s in config.get("bench", {}).get("checkpoint_mb", [10, 50])),
+        repeats=config.get("bench", {}).get("checkpoint_repeats", 3),
+    threads: 2  # the writer thread runs beside the loop thread
+    log:
+        f"{LOGS}/bench_checkpoint.log",
+    shell:
+        "python -m nanigpt.bench.checkpoint --sizes-mb {params.sizes} --repeats {params.repeats}"
+        " --out {output.table} > {log} 2>&1"
