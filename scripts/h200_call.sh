@@ -53,11 +53,19 @@ for what in "$@"; do
     throughput)
       stage throughput python3 -m nanigpt.bench.throughput --preset gpu --nanogpt-dir .nanogpt \
         --out "$OUT/throughput.json" --steps 10 --windows 3 --warmup 5 --profile-steps 3
-      tail -8 "$OUT/throughput.log" ;;
+      tail -8 "$OUT/throughput.log"
+      if [[ -e "$OUT/throughput_failures.json" ]]; then  # the Triton ops as custom_ops instead
+        NANIGPT_TRITON_OP=0 stage throughput_custom_op python3 -m nanigpt.bench.throughput \
+          --preset gpu --impls ours_triton --out "$OUT/throughput_custom_op.json" --steps 10 \
+          --windows 3 --warmup 5 --profile-steps 3
+      fi ;;
     kernels)
       stage kernels python3 -m nanigpt.kernels.bench --preset gpu --out "$OUT/kernels_bench.json" ;;
     checkpoint)
-      stage checkpoint python3 -m nanigpt.bench.checkpoint --device cuda --out "$OUT/checkpoint.parquet" ;;
+      stage checkpoint python3 -m nanigpt.bench.checkpoint --device cuda --model gpt2_124M gpt2_350M \
+        --methods torch_sha256 safetensors rust --repeats 3 --dir /tmp/ckpt --out "$OUT/checkpoint_h200.parquet" ;;
+    trainer)  # the trainer's own loop at 124M (lagged metrics), kernels torch and triton, profiled
+      stage trainer python3 scripts/gpu_session.py throughput --out "$OUT" --steps 40 ;;
     sweep)
       stage sweep python3 scripts/gpu_session.py sweep --plan .gpu/plan.json --out "$OUT" \
         --gpus 1 --per-gpu 4 --deadline-s 420
