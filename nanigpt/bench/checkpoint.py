@@ -33,11 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import torch
 
 from nanigpt import checkpoint, checkpoint_rust
-from nanigpt.io import atomic_path
+from nanigpt.io import atomic_path, write_json_atomic
 from nanigpt.measure.provenance import device_name
 
 log = logging.getLogger("nanigpt.bench.checkpoint")
@@ -232,8 +231,11 @@ def _row(label, size, method, repeat, blocked, durable, ok, reason, device) -> d
     }
 
 
-def summarize(df: pl.DataFrame) -> pl.DataFrame:
-    """Median and spread (min, max) per state and method, and the blocked ratio to torch_sha256."""
+def summarize(df):
+    """Median and spread (min, max) per state and method, and the blocked ratio to torch_sha256
+    (a polars DataFrame in and out)."""
+    import polars as pl
+
     timed = df.filter(pl.col("blocked_s").is_not_null())
     out = timed.group_by("state", "state_bytes", "method").agg(
         pl.col("blocked_s").median().alias("blocked_median_s"),
@@ -256,8 +258,9 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def chart(summary: pl.DataFrame, out: Path) -> None:
+def chart(summary, out: Path) -> None:
     import altair as alt
+    import polars as pl
 
     data = summary.with_columns((pl.col("state_bytes") / 1e6).alias("MB")).unpivot(
         index=["MB", "method"],
@@ -308,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = bench(states, args.methods, args.repeats, folder, args.device)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    write_json_atomic(args.out.with_suffix(".json"), rows)  # needs nothing but the stdlib
+    try:
+        import polars as pl
+    except ImportError:  # the lent GPU machines have no polars: the table is built back home
+        print(f"no polars here: rows in {args.out.with_suffix('.json')}", file=sys.stderr)
+        return 0
     df = pl.DataFrame(rows)
     summary = summarize(df)
     print(summary)
