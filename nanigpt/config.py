@@ -264,12 +264,20 @@ def tokens_per_batch(config: dict) -> int:
     return t["seq_len"] * t["batch_size"] * t.get("grad_accum", 1)
 
 
-@functools.lru_cache(maxsize=4096)
-def _train_flops_per_token(model_json: str) -> int:
+def _count_train_flops_per_token(model_json: str) -> int:
     from nanigpt.model.flops import count  # imports torch: only configs with `budgets` pay for it
 
     model = json.loads(model_json)
-    return count(model, seq_len=model["seq_len"]).train_flops_per_token
+    return int(count(model, seq_len=model["seq_len"]).train_flops_per_token)
+
+
+@functools.lru_cache(maxsize=4096)
+def _train_flops_per_token(model_json: str) -> int:
+    from nanigpt.plancache import cached  # keeps torch out of planning once counted
+
+    return cached(
+        "train_flops_per_token", model_json, lambda: _count_train_flops_per_token(model_json)
+    )
 
 
 def train_flops_per_token(model: dict) -> int:

@@ -2,6 +2,7 @@
 import json
 
 from nanigpt.config import dataset_module, resolve_runs, run_settings_json, sweep_run_ids, tokens_dir
+from nanigpt.runs import study_version
 
 RUNS = resolve_runs(config)
 LOGS = "results/logs"

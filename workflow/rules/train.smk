@@ -20,6 +20,7 @@ rule train_run:
     params:
         run=lambda w: run_settings_json(run_of(w)),
         world=lambda w: world_size(run_of(w)),
+        version=lambda w: study_version(config, run_of(w)),  # the sweeps' `version:` keys
     threads: config["training"]["threads"]
     resources:
         **train_resources(),
