@@ -2,6 +2,14 @@
 # aggregate -> scaling fits -> figures. Every target is a file rebuilt from declared inputs.
 # Logic lives in nanigpt/ (each rule calls a `python -m nanigpt....` CLI); this file loads and
 # validates the config, then includes one rule file per stage.
+#
+# `snakemake --lint` warnings kept on purpose:
+# - "Specify a conda environment or container for each rule": every rule runs in the one uv
+#   environment locked by uv.lock (`uv run snakemake ...`); per-rule conda envs would duplicate
+#   that lock and drift from it.
+# - "Mixed rules and functions in same snakefile" (tokenize, profile, isoflop, moe .smk): the
+#   helper functions are the input lookups of their own stage's rules, kept beside them; the logic
+#   they call lives in nanigpt/.
 import sys
 from pathlib import Path
 

@@ -81,3 +81,20 @@ def cached(kind: str, key: str, compute: Callable[[], Any]) -> Any:
     _memo.update(code)
     _write(cache)
     return value
+
+
+def _no_gpu_device_files() -> bool:
+    """True when this machine shows no NVIDIA (or WSL GPU) device files: torch then sees no CUDA."""
+    import glob
+
+    return not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/dxg")
+
+
+def hardware_slug(device: str) -> str:
+    """`nanigpt.measure.ceilings.device_slug` without importing torch where the answer is "cpu"
+    (`training.device: cpu`, or `auto` on a machine with no GPU device files)."""
+    if device == "cpu" or (device == "auto" and _no_gpu_device_files()):
+        return "cpu"
+    from nanigpt.measure.ceilings import device_slug  # imports torch
+
+    return device_slug(device)

@@ -35,6 +35,7 @@ from nanigpt.config import (
     load_config,
     resolve_runs,
     run_settings_json,
+    tokens_label,
 )
 
 RESULT_COLUMNS = {
@@ -74,6 +75,38 @@ def study_version(config: dict, run: dict) -> str | _Unversioned:
         if config["sweeps"][sweep].get("version") is not None
     ]
     return ",".join(versions) or UNVERSIONED
+
+
+LABELS = ("sweep", "arch", "size", "tokens", "parallelism", "seed")
+
+
+def _joined(values) -> str:
+    return ",".join(str(v) for v in dict.fromkeys(values)) or "-"
+
+
+def run_labels(config: dict, run: dict) -> dict[str, str]:
+    """The `snakemake --report` labels of one run's figure (a row of the report's run table)."""
+    return {
+        "sweep": _joined(run["sweeps"]),
+        "arch": run["arch"],
+        "size": run["size"],
+        "tokens": tokens_label(run["tokens"]),
+        "parallelism": run["parallelism_name"],
+        "seed": str(run.get("seed", run["training"]["seed"])),
+    }
+
+
+def sweeps_labels(config: dict, sweeps: list[str]) -> dict[str, str]:
+    """The report labels of a figure drawn from the runs of `sweeps`: each label lists the values
+    those runs take."""
+    runs = [r for r in resolve_runs(config).values() if set(r["sweeps"]) & set(sweeps)]
+    labels = {"sweep": _joined(sweeps)}
+    labels["arch"] = _joined(r["arch"] for r in runs)
+    labels["size"] = _joined(r["size"] for r in runs)
+    labels["tokens"] = _joined(tokens_label(t) for t in sorted({r["tokens"] for r in runs}))
+    labels["parallelism"] = _joined(r["parallelism_name"] for r in runs)
+    labels["seed"] = _joined(str(r.get("seed", r["training"]["seed"])) for r in runs)
+    return labels
 
 
 def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ rule bench_tokenizer:
     threads: 2  # the benchmark times 1 thread and all threads; Snakemake caps it at --cores
     log:
         f"{LOGS}/bench_tokenizer.log",
+    benchmark:
+        f"{BENCHMARKS}/bench_tokenizer.tsv",
     shell:
         "python -m nanigpt.bench.tokenizer {params.inputs} --vocab-size {params.vocab}"
         " --python-mb {params.python_mb} --out {output.table} > {log} 2>&1"
@@ -29,10 +31,14 @@ rule plot_rust_bench:
             "results/rust/tokenizer.svg",
             category="Rust track",
             caption="../report/rust_bench.rst",
+            labels={"sweep": "bench", "arch": "-", "size": "-", "tokens": "-",
+                    "parallelism": "-", "seed": "-"},
         ),
     resources:
         **SMALL_JOB,
     log:
         f"{LOGS}/plot_rust_bench.log",
+    benchmark:
+        f"{BENCHMARKS}/plot_rust_bench.tsv",
     shell:
         "python -m nanigpt.plots.rust_bench --bench {input} --out {output} > {log} 2>&1"

@@ -14,6 +14,8 @@ rule synthetic_data:
         **SMALL_JOB,
     log:
         f"{LOGS}/synthetic_data/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/synthetic_data/{{dataset}}.tsv",
     shell:
         "python -m {params.module} --name {wildcards.dataset} --spec-json {params.spec:q}"
         " --out data/synthetic/{wildcards.dataset} > {log} 2>&1"

@@ -47,6 +47,8 @@ rule aggregate_sweep:
         **SMALL_JOB,
     log:
         f"{LOGS}/aggregate_sweep/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate_sweep/{{sweep}}.tsv",
     shell:
         "python -m nanigpt.scaling.aggregate --out {output} {input} > {log} 2>&1"
 
@@ -66,6 +68,8 @@ rule isoflop_fit:
         **SMALL_JOB,
     log:
         f"{LOGS}/isoflop_fit/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/isoflop_fit/{{sweep}}.tsv",
     shell:
         "python -m nanigpt.scaling.isoflop --runs {input} --out {output} --loss {params.loss}"
         " --n-column {params.n_column} --budgets {params.budgets} > {log} 2>&1"
@@ -78,6 +82,7 @@ rule plot_isoflop:
         report(
             "results/scaling/isoflop_{sweep}.svg",
             category="Scaling",
+            labels=lambda w: sweeps_labels(config, [w.sweep]),
             caption="../report/isoflop.rst",
         ),
     params:
@@ -88,6 +93,8 @@ rule plot_isoflop:
         **SMALL_JOB,
     log:
         f"{LOGS}/plot_isoflop/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/plot_isoflop/{{sweep}}.tsv",
     shell:
         "python -m nanigpt.plots.isoflop --isoflop {input} --title {params.title:q}"
         " --out {output} > {log} 2>&1"
@@ -101,6 +108,7 @@ rule plot_loss_curves:
         report(
             "results/scaling/loss_curves_{sweep}.svg",
             category="Scaling",
+            labels=lambda w: sweeps_labels(config, [w.sweep]),
             caption="../report/loss_curves.rst",
         ),
     params:
@@ -112,6 +120,8 @@ rule plot_loss_curves:
         **SMALL_JOB,
     log:
         f"{LOGS}/plot_loss_curves/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/plot_loss_curves/{{sweep}}.tsv",
     shell:
         "python -m nanigpt.plots.loss_curves --title {params.title:q} --out {output}"
         " {params.run_dirs} > {log} 2>&1"

@@ -98,6 +98,8 @@ rule encode_val_of_dataset:
         **SMALL_JOB,
     log:
         f"{LOGS}/encode_val_of_dataset/{{tokdir}}-{{other}}.log",
+    benchmark:
+        f"{BENCHMARKS}/encode_val_of_dataset/{{tokdir}}-{{other}}.tsv",
     shell:
         "python -m nanigpt.data.tokenize encode --tokenizer {input.tokenizer} --input {input.text}"
         " --impl {params.impl} --out {output} > {log} 2>&1"
@@ -116,6 +118,8 @@ rule moe_specialization:
         **SMALL_JOB,
     log:
         f"{LOGS}/moe_specialization/{{run_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_specialization/{{run_id}}.tsv",
     shell:
         "python -m nanigpt.measure.specialization --run-dir results/runs/{wildcards.run_id}"
         " --val {input.val} --out {output.json} --counts {output.counts}"
@@ -126,11 +130,18 @@ rule moe_heatmap:
     input:
         "results/moe/{run_id}/specialization.json",
     output:
-        "results/moe/{run_id}/heatmap.svg",
+        report(
+            "results/moe/{run_id}/heatmap.svg",
+            category="Runs",
+            subcategory="expert x source heatmap",
+            labels=labels_of_run,
+        ),
     resources:
         **SMALL_JOB,
     log:
         f"{LOGS}/moe_heatmap/{{run_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_heatmap/{{run_id}}.tsv",
     shell:
         "python -m nanigpt.plots.moe heatmap --spec {input} --out {output} > {log} 2>&1"
 
@@ -139,11 +150,17 @@ rule moe_mi_vs_step:
     input:
         spec_files(moe_mi_run_ids()),
     output:
-        report("results/moe/mi_vs_step.svg", category="MoE specialization"),
+        report(
+            "results/moe/mi_vs_step.svg",
+            category="MoE specialization",
+            labels=sweeps_labels(config, [MOE_CONTROL_SWEEP] if MOE_CONTROL_SWEEP else []),
+        ),
     resources:
         **SMALL_JOB,
     log:
         f"{LOGS}/moe_mi_vs_step.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_mi_vs_step.tsv",
     shell:
         "python -m nanigpt.plots.moe mi --spec {input} --out {output} > {log} 2>&1"
 
@@ -152,13 +169,19 @@ rule moe_load_vs_capacity:
     input:
         lambda w: spec_files(run_ids_of(MOE_LOAD[w.name], moe_only=True)),
     output:
-        report("results/moe/load_vs_capacity_{name}.svg", category="MoE specialization"),
+        report(
+            "results/moe/load_vs_capacity_{name}.svg",
+            category="MoE specialization",
+            labels=lambda w: sweeps_labels(config, MOE_LOAD[w.name]),
+        ),
     wildcard_constraints:
         name="|".join(MOE_LOAD) or "(?!)",
     resources:
         **SMALL_JOB,
     log:
         f"{LOGS}/moe_load_vs_capacity/{{name}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_load_vs_capacity/{{name}}.tsv",
     shell:
         "python -m nanigpt.plots.moe load --spec {input} --out {output} > {log} 2>&1"
 
@@ -167,13 +190,19 @@ rule moe_experts:
     input:
         lambda w: spec_files(run_ids_of(MOE_EXPERTS[w.name], moe_only=True)),
     output:
-        report("results/moe/experts_{name}.svg", category="MoE specialization"),
+        report(
+            "results/moe/experts_{name}.svg",
+            category="MoE specialization",
+            labels=lambda w: sweeps_labels(config, MOE_EXPERTS[w.name]),
+        ),
     wildcard_constraints:
         name="|".join(MOE_EXPERTS) or "(?!)",
     resources:
         **SMALL_JOB,
     log:
         f"{LOGS}/moe_experts/{{name}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_experts/{{name}}.tsv",
     shell:
         "python -m nanigpt.plots.moe experts --spec {input} --out {output} > {log} 2>&1"
 
@@ -185,7 +214,11 @@ rule moe_crossover:
             for rid in run_ids_of(MOE_CROSSOVER[w.name], moe_only=False)
         ],
     output:
-        svg=report("results/moe/crossover_{name}.svg", category="MoE specialization"),
+        svg=report(
+            "results/moe/crossover_{name}.svg",
+            category="MoE specialization",
+            labels=lambda w: sweeps_labels(config, MOE_CROSSOVER[w.name]),
+        ),
         fits="results/moe/crossover_fits_{name}.json",
     wildcard_constraints:
         name="|".join(MOE_CROSSOVER) or "(?!)",
@@ -196,6 +229,8 @@ rule moe_crossover:
         **SMALL_JOB,
     log:
         f"{LOGS}/moe_crossover/{{name}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_crossover/{{name}}.tsv",
     shell:
         "python -m nanigpt.plots.moe crossover --summaries {input} --out {output.svg}"
         " --fits-out {output.fits} --loss {params.loss} --bootstrap {params.bootstrap} > {log} 2>&1"

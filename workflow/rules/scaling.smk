@@ -10,6 +10,8 @@ rule aggregate_runs:
         **SMALL_JOB,
     log:
         f"{LOGS}/aggregate_runs.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate_runs.tsv",
     shell:
         "python -m nanigpt.scaling.aggregate --out {output} {input} > {log} 2>&1"
 
@@ -28,6 +30,8 @@ rule fit_scaling:
         **SMALL_JOB,
     log:
         f"{LOGS}/fit_scaling.log",
+    benchmark:
+        f"{BENCHMARKS}/fit_scaling.tsv",
     shell:
         "python -m nanigpt.scaling.fit --runs {input} --out {output} --loss {params.loss}"
         " --n-column {params.n_column} --bootstrap {params.bootstrap} --seed {params.seed}"

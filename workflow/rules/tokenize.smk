@@ -17,6 +17,8 @@ rule train_tokenizer:
         **SMALL_JOB,
     log:
         f"{LOGS}/train_tokenizer/{{tokdir}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_tokenizer/{{tokdir}}.tsv",
     shell:
         "python -m nanigpt.data.tokenize train --input {input} --vocab-size {params.vocab}"
         " --impl {params.impl} --out {output} > {log} 2>&1"
@@ -34,6 +36,8 @@ rule encode_tokens:
         **SMALL_JOB,
     log:
         f"{LOGS}/encode_tokens/{{tokdir}}-{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/encode_tokens/{{tokdir}}-{{split}}.tsv",
     shell:
         "python -m nanigpt.data.tokenize encode --tokenizer {input.tokenizer} --input {input.text}"
         " --impl {params.impl} --out {output} > {log} 2>&1"

@@ -26,6 +26,8 @@ rule train_run:
         **train_resources(),
     log:
         f"{LOGS}/train_run/{{run_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_run/{{run_id}}.tsv",
     shell:
         "python -m nanigpt.launch --nproc {params.world} -- nanigpt.train"
         " --run-config {params.run:q} --train {input.train}"
