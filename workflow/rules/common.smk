@@ -1,7 +1,13 @@
 # Shared lookups: the runs the config declares, and the paths of each stage's outputs.
 import json
 
-from nanigpt.config import dataset_module, resolve_runs, run_settings_json, sweep_run_ids, tokens_dir
+from nanigpt.config import (
+    dataset_module,
+    resolve_runs,
+    run_settings_json,
+    sweep_run_ids,
+    tokens_dir,
+)
 from nanigpt.runs import run_labels, study_version, sweeps_labels
 
 RUNS = resolve_runs(config)

@@ -14,12 +14,12 @@ rule plot_moe_vs_dense:
             caption="../report/moe_vs_dense.rst",
             labels=sweeps_labels(config, [config["scaling"]["sweep"]]),
         ),
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/plot_moe_vs_dense.log",
     benchmark:
-        f"{BENCHMARKS}/plot_moe_vs_dense.tsv",
+        f"{BENCHMARKS}/plot_moe_vs_dense.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.plots.moe_vs_dense --runs {input.runs} --fits {input.fits}"
         " --ground-truth {input.truth} --out {output} > {log} 2>&1"
@@ -35,12 +35,12 @@ rule plot_fit_residuals:
             category="Scaling",
             labels=sweeps_labels(config, [config["scaling"]["sweep"]]),
         ),
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/plot_fit_residuals.log",
     benchmark:
-        f"{BENCHMARKS}/plot_fit_residuals.tsv",
+        f"{BENCHMARKS}/plot_fit_residuals.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.plots.fit_residuals --runs {input.runs} --fits {input.fits}"
         " --out {output} > {log} 2>&1"

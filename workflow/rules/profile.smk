@@ -17,15 +17,15 @@ def profile_reports_of_sweep(sweep):
 rule hardware_ceilings:
     output:
         "results/hardware/{device}.json",
-    params:
-        device=config["training"]["device"],
-    threads: config["training"]["threads"]
-    resources:
-        **(SMALL_JOB | ({"gpu": 1} if TRAIN_ON_GPU else {})),
     log:
         f"{LOGS}/hardware_ceilings/{{device}}.log",
     benchmark:
-        f"{BENCHMARKS}/hardware_ceilings/{{device}}.tsv",
+        f"{BENCHMARKS}/hardware_ceilings/{{device}}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        **(SMALL_JOB | ({"gpu": 1} if TRAIN_ON_GPU else {})),
+    params:
+        device=config["training"]["device"],
     shell:
         "python -m nanigpt.measure.ceilings --device {params.device} --threads {threads}"
         " --out {output} > {log} 2>&1"
@@ -52,12 +52,12 @@ rule profile_run:
             )
             for name in PROFILE_FILES
         ],
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/profile_run/{{run_id}}.log",
     benchmark:
-        f"{BENCHMARKS}/profile_run/{{run_id}}.tsv",
+        f"{BENCHMARKS}/profile_run/{{run_id}}.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.measure.report --run-dir results/runs/{wildcards.run_id}"
         " --hardware {input.hardware} --out-dir results/profile/{wildcards.run_id} > {log} 2>&1"
@@ -73,12 +73,12 @@ rule profile_summary:
             category="Where time goes",
             labels=sweeps_labels(config, [config["scaling"]["sweep"]]),
         ),
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/profile_summary.log",
     benchmark:
-        f"{BENCHMARKS}/profile_summary.tsv",
+        f"{BENCHMARKS}/profile_summary.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.measure.report aggregate --reports {input}"
         " --out {output.summary} --chart {output.chart} > {log} 2>&1"
