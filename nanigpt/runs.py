@@ -267,8 +267,13 @@ def write_rows(rows: list[dict[str, Any]], fmt: str, out: str | None) -> None:
         sys.stdout.write(text)
 
 
-def _load(configfile: str | None) -> dict:
-    return load_config(configfile if configfile else DEFAULT_CONFIG_PATH)
+def _load(configfile: str | None, workdir: str) -> dict:
+    """The given config, else the working directory's embedded default (the one the Snakefile
+    beside it uses), else the package's."""
+    if configfile:
+        return load_config(configfile)
+    local = Path(workdir) / "workflow" / "config" / "default.yaml"
+    return load_config(local if local.exists() else DEFAULT_CONFIG_PATH)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{output}\t{', '.join(modules)}")
             print(f"{len(found)} stale output(s)", file=sys.stderr)
             return 0
-        rows = run_rows(_load(args.configfile), Path(args.workdir), args.sweep)
+        rows = run_rows(_load(args.configfile, args.workdir), Path(args.workdir), args.sweep)
         if args.only_changed:
             rows = only_changed(rows)
         write_rows(rows, args.format, args.out)

@@ -10,8 +10,10 @@ ones a user gets, at the cost of the smoke graph.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from nanigpt.config import resolve_runs, sweep_run_ids, validate_config
 from tests.workflow_util import REPO, TARGET, load_smoke, snakemake_env, write_config
 
 pytestmark = pytest.mark.slow
@@ -81,3 +84,34 @@ def test_readme_command_resumes_every_killed_run(tmp_path):
         summary = json.loads((runs / run_id / "summary.json").read_text())
         assert summary["resumed_from_step"] and summary["resumed_from_step"] > 0, run_id
         assert not (runs / run_id / "checkpoint.pt").exists()
+
+    # On the built graph: the run table lists every declared run, with the benchmark of each job
+    # run; nothing is stale; bumping the sweep's `version:` reruns exactly its runs.
+    show = subprocess.run(
+        [sys.executable, "-m", "nanigpt.runs", "show", "--format", "csv"],
+        cwd=tree, env=snakemake_env(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = {r["run_id"]: r for r in csv.DictReader(show.stdout.splitlines())}
+    config = validate_config(raw)
+    assert set(rows) == set(resolve_runs(config))
+    headline = set(sweep_run_ids(config, "scaling"))
+    assert {rows[r]["state"] for r in headline} == {"done"}
+    assert all(float(rows[r]["job_s"]) > 0 for r in headline - unfinished)
+    stale = subprocess.run(
+        [sys.executable, "-m", "nanigpt.runs", "stale"],
+        cwd=tree, env=snakemake_env(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert stale.stdout == ""
+    assert planned_train_runs(tree) == set()
+    raw["sweeps"]["scaling"]["version"] = 2
+    write_config(tree / "workflow" / "config" / "default.yaml", raw)
+    assert planned_train_runs(tree) == headline
+
+
+def planned_train_runs(tree: Path) -> set[str]:
+    """The run ids whose training a dry run of the README's target would (re)run."""
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", TARGET], cwd=tree, env=snakemake_env(),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return set(re.findall(r"output: results/runs/(\w+)/config.json", result.stdout))
