@@ -12,6 +12,7 @@ planners may lose each other's new entries, never corrupt the file.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -74,10 +75,11 @@ def cached(kind: str, key: str, compute: Callable[[], Any]) -> Any:
     cache = _read()
     entry = cache.get(kind, {}).get(key)
     if entry is not None and _fresh(entry):
-        return entry["value"]
+        return copy.deepcopy(entry["value"])  # callers may change what they get
     value = compute()
     code = {m["file"]: m["sha256"] for m in fingerprint.loaded_code().values()}
-    cache.setdefault(kind, {})[key] = {"value": value, "code": code, "torch": _torch_version()}
+    stored = {"value": copy.deepcopy(value), "code": code, "torch": _torch_version()}
+    cache.setdefault(kind, {})[key] = stored
     _memo.update(code)
     _write(cache)
     return value
