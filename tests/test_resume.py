@@ -3,9 +3,10 @@
 The README's command is `uv run snakemake results/scaling/moe_vs_dense.svg --cores all`, with no
 profile, config or unlock flag. The test runs exactly those arguments (the interpreter running the
 tests is the project's uv environment, standing in for `uv run`) in a copy of the workflow tree
-(Snakefile, profiles/, workflow/) whose embedded default config is the smoke config with longer
-runs at its largest token count, so that the default profile, the default config lookup and the stale-lock handling are the
-ones a user gets, at the cost of the smoke graph.
+(Snakefile, profiles/, workflow/) whose embedded default config is the smoke config with the
+headline sweep cut to 1024 and 10k tokens (long enough to be killed mid-training), so that the
+default profile, the default config lookup and the stale-lock handling are the ones a user gets,
+at the cost of a small graph.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.workflow_util import REPO, TARGET, load_smoke, snakemake_env, write_c
 pytestmark = pytest.mark.slow
 
 README_COMMAND = ["snakemake", TARGET, "--cores", "all"]
-LONG_TOKENS = 20_000  # 313 steps of 64 tokens: checkpoints every 32 steps
+LONG_TOKENS = 10_000  # 157 steps of 64 tokens: checkpoints every 16 steps
 
 
 def workflow_tree(dest: Path, config: dict) -> Path:
@@ -45,7 +46,7 @@ def workflow_tree(dest: Path, config: dict) -> Path:
 def test_readme_command_resumes_every_killed_run(tmp_path):
     assert "--cores all" in (REPO / "README.md").read_text(), "README's command changed"
     raw = load_smoke()
-    raw["sweeps"]["scaling"]["tokens"] = [1024, 2048, LONG_TOKENS]
+    raw["sweeps"]["scaling"]["tokens"] = [1024, LONG_TOKENS]  # 12 runs: 6 per fit, 2 budgets
     tree = workflow_tree(tmp_path / "tree", raw)
     cmd = [sys.executable, "-m", *README_COMMAND]
     proc = subprocess.Popen(
@@ -55,7 +56,7 @@ def test_readme_command_resumes_every_killed_run(tmp_path):
     runs = tree / "results" / "runs"
     try:
         deadline = time.monotonic() + 300
-        while not list(runs.glob("*_t20k_single/checkpoint.pt")):  # killed after a checkpoint
+        while not list(runs.glob("*_t10k_single/checkpoint.pt")):  # killed after a checkpoint
             assert proc.poll() is None, "snakemake ended before a long run checkpointed"
             assert time.monotonic() < deadline, "no long run ever checkpointed"
             time.sleep(0.1)
