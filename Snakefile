@@ -2,13 +2,52 @@
 # aggregate -> scaling fits -> figures. Every target is a file rebuilt from declared inputs.
 # Logic lives in nanigpt/ (each rule calls a `python -m nanigpt....` CLI); this file loads and
 # validates the config, then includes one rule file per stage.
-from nanigpt.config import ConfigError, DEFAULT_CONFIG_PATH, load_config, validate_config
+#
+# `snakemake --lint` warnings kept on purpose:
+# - "Specify a conda environment or container for each rule": every rule runs in the one uv
+#   environment locked by uv.lock (`uv run snakemake ...`); per-rule conda envs would duplicate
+#   that lock and drift from it.
+# - "Mixed rules and functions in same snakefile" (tokenize, profile, isoflop, moe .smk): the
+#   helper functions are the input lookups of their own stage's rules, kept beside them; the logic
+#   they call lives in nanigpt/.
+import sys
+from pathlib import Path
 
-# `--configfile X.yaml` replaces the embedded default as a whole; without it the default is used.
+from snakemake.utils import min_version
+
+from nanigpt import snakelock
+from nanigpt.config import ConfigError, load_config, validate_config
+
+min_version("9.0")
+
+# `--configfile X.yaml` replaces the embedded default as a whole; without it the default beside
+# this Snakefile is used.
 try:
-    config = validate_config(config, source="--configfile") if config else load_config(DEFAULT_CONFIG_PATH)
+    config = (
+        validate_config(config, source="--configfile")
+        if config
+        else load_config(Path(workflow.basedir) / "workflow" / "config" / "default.yaml")
+    )
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
+
+# Locks left by a Snakemake killed with SIGKILL are removed when their owner is provably dead
+# (nanigpt/snakelock.py); the rerun of a killed run then resumes from its checkpoint
+# (profiles/default sets rerun-incomplete).
+for owner in snakelock.clear_stale_locks():
+    print(f"removed the stale locks of a killed Snakemake ({owner})", file=sys.stderr)
+
+
+onstart:
+    snakelock.claim()
+
+
+onsuccess:
+    snakelock.release()
+
+
+onerror:
+    snakelock.release()
 
 
 include: "workflow/rules/common.smk"

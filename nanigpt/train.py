@@ -60,7 +60,7 @@ import torch
 import torch.distributed as dist
 
 from nanigpt import checkpoint
-from nanigpt.io import atomic_path, read_json, write_json_atomic
+from nanigpt.io import OutputWriteError, atomic_path, ensure_dir, read_json, write_json_atomic
 from nanigpt.measure.hardware import mfu, peak_bf16_flops
 from nanigpt.measure.provenance import collect_provenance
 from nanigpt.measure.timers import StepTimer
@@ -757,7 +757,7 @@ def train(
         "checkpoint_format": checkpoint_format,
     }
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out_dir)
         for stale in out_dir.glob(".*.tmp"):  # temp files of a killed attempt (nanigpt.io)
             stale.unlink(missing_ok=True)
         write_json_atomic(
@@ -1150,7 +1150,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunConfigError, FileNotFoundError) as e:
         print(f"nanigpt.train: error: {e}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, checkpoint.CheckpointError, ValueError) as e:
+    except (NonFiniteLossError, checkpoint.CheckpointError, ValueError, OutputWriteError) as e:
         print(f"nanigpt.train: error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +42,19 @@ def write_empty_trace(dest: Path, reason: str) -> None:
     payload = json.dumps({"traceEvents": [], "otherData": {"nanigpt": reason}}).encode()
     with atomic_path(dest) as tmp, gzip.open(tmp, "wb") as fout:
         fout.write(payload)
+
+
+def quiet_kineto_without_cuda() -> None:
+    """Keep kineto's GPU-probing errors out of the log on a machine without CUDA.
+
+    Exporting a trace, kineto (torch.profiler's backend) collects device properties and calls
+    cudaGetDeviceCount even when only CPU activities are recorded; with no NVIDIA driver that
+    fails with code 35 (cudaErrorInsufficientDriver) and kineto logs `ERROR ... gpuGetDeviceCount
+    failed with code 35`, although the CPU trace is complete. Kineto reads `KINETO_LOG_LEVEL`
+    when the profiler first starts (levels: 0 verbose .. 4 error, 5 USDT only); a user's own
+    setting is kept."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 
 class TraceWindow:
@@ -88,6 +102,7 @@ class TraceWindow:
 
     def __enter__(self) -> TraceWindow:
         if self.enabled:
+            quiet_kineto_without_cuda()
             activities = [ProfilerActivity.CPU]
             if self.device.type == "cuda":
                 activities.append(ProfilerActivity.CUDA)

@@ -1,10 +1,18 @@
 # Shared lookups: the runs the config declares, and the paths of each stage's outputs.
 import json
 
-from nanigpt.config import dataset_module, resolve_runs, run_settings_json, sweep_run_ids, tokens_dir
+from nanigpt.config import (
+    dataset_module,
+    resolve_runs,
+    run_settings_json,
+    sweep_run_ids,
+    tokens_dir,
+)
+from nanigpt.runs import run_labels, study_version, sweeps_labels
 
 RUNS = resolve_runs(config)
 LOGS = "results/logs"
+BENCHMARKS = "results/benchmarks"  # one TSV per job: wall s, peak RSS (MB), I/O (nanigpt.runs show)
 
 
 wildcard_constraints:
@@ -12,6 +20,11 @@ wildcard_constraints:
     tokdir="[a-z][a-z0-9]*-v[0-9]+",
     split="train|val",
     run_id="[A-Za-z0-9_]+",
+
+
+def labels_of_run(wildcards):
+    """`snakemake --report` labels of a run's figure (sweep, arch, size, tokens, ...)."""
+    return run_labels(config, run_of(wildcards))
 
 
 def run_of(wildcards):

@@ -7,13 +7,15 @@ rule synthetic_data:
         train="data/synthetic/{dataset}/train.parquet",
         val="data/synthetic/{dataset}/val.parquet",
         truth="data/synthetic/{dataset}/ground_truth.json",
+    log:
+        f"{LOGS}/synthetic_data/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/synthetic_data/{{dataset}}.tsv"
+    resources:
+        **SMALL_JOB,
     params:
         spec=lambda w: json.dumps(config["datasets"][w.dataset], sort_keys=True),
         module=lambda w: dataset_module(config["datasets"][w.dataset]),
-    resources:
-        **SMALL_JOB,
-    log:
-        f"{LOGS}/synthetic_data/{{dataset}}.log",
     shell:
         "python -m {params.module} --name {wildcards.dataset} --spec-json {params.spec:q}"
         " --out data/synthetic/{wildcards.dataset} > {log} 2>&1"

@@ -9,9 +9,9 @@ ISOFLOP = config.get("isoflop") or {}
 SWEEP_NAME = "[a-z][a-z0-9_]*"  # the schema's pattern of sweep names
 ISOFLOP_SWEEPS = list(ISOFLOP.get("sweeps") or [])
 LOSS_CURVE_SWEEPS = list(dict.fromkeys([config["scaling"]["sweep"], *ISOFLOP_SWEEPS]))
-ISOFLOP_TARGETS = [
-    f"results/scaling/isoflop_{sweep}.svg" for sweep in ISOFLOP_SWEEPS
-] + [f"results/scaling/loss_curves_{sweep}.svg" for sweep in LOSS_CURVE_SWEEPS]
+ISOFLOP_TARGETS = [f"results/scaling/isoflop_{sweep}.svg" for sweep in ISOFLOP_SWEEPS] + [
+    f"results/scaling/loss_curves_{sweep}.svg" for sweep in LOSS_CURVE_SWEEPS
+]
 
 
 def known_sweep(wildcards):
@@ -41,12 +41,14 @@ rule aggregate_sweep:
         lambda w: summaries_of_sweep(known_sweep(w)),
     output:
         "results/scaling/runs_{sweep}.parquet",
+    log:
+        f"{LOGS}/aggregate_sweep/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate_sweep/{{sweep}}.tsv"
     wildcard_constraints:
         sweep=SWEEP_NAME,
     resources:
         **SMALL_JOB,
-    log:
-        f"{LOGS}/aggregate_sweep/{{sweep}}.log",
     shell:
         "python -m nanigpt.scaling.aggregate --out {output} {input} > {log} 2>&1"
 
@@ -56,16 +58,18 @@ rule isoflop_fit:
         "results/scaling/runs_{sweep}.parquet",
     output:
         "results/scaling/isoflop_{sweep}.json",
-    params:
-        budgets=isoflop_budgets,
-        loss=ISOFLOP.get("loss", "final_val_bpb"),
-        n_column=ISOFLOP.get("n_column", "params_non_embedding_active"),
+    log:
+        f"{LOGS}/isoflop_fit/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/isoflop_fit/{{sweep}}.tsv"
     wildcard_constraints:
         sweep=SWEEP_NAME,
     resources:
         **SMALL_JOB,
-    log:
-        f"{LOGS}/isoflop_fit/{{sweep}}.log",
+    params:
+        budgets=isoflop_budgets,
+        loss=ISOFLOP.get("loss", "final_val_bpb"),
+        n_column=ISOFLOP.get("n_column", "params_non_embedding_active"),
     shell:
         "python -m nanigpt.scaling.isoflop --runs {input} --out {output} --loss {params.loss}"
         " --n-column {params.n_column} --budgets {params.budgets} > {log} 2>&1"
@@ -78,16 +82,19 @@ rule plot_isoflop:
         report(
             "results/scaling/isoflop_{sweep}.svg",
             category="Scaling",
+            labels=lambda w: sweeps_labels(config, [w.sweep]),
             caption="../report/isoflop.rst",
         ),
-    params:
-        title=lambda w: f"IsoFLOP profiles of sweep {w.sweep} (Chinchilla approach 2)",
+    log:
+        f"{LOGS}/plot_isoflop/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/plot_isoflop/{{sweep}}.tsv"
     wildcard_constraints:
         sweep=SWEEP_NAME,
     resources:
         **SMALL_JOB,
-    log:
-        f"{LOGS}/plot_isoflop/{{sweep}}.log",
+    params:
+        title=lambda w: f"IsoFLOP profiles of sweep {w.sweep} (Chinchilla approach 2)",
     shell:
         "python -m nanigpt.plots.isoflop --isoflop {input} --title {params.title:q}"
         " --out {output} > {log} 2>&1"
@@ -101,17 +108,20 @@ rule plot_loss_curves:
         report(
             "results/scaling/loss_curves_{sweep}.svg",
             category="Scaling",
+            labels=lambda w: sweeps_labels(config, [w.sweep]),
             caption="../report/loss_curves.rst",
         ),
-    params:
-        run_dirs=run_dirs_of_sweep,
-        title=lambda w: f"Loss curves of sweep {w.sweep}: every run",
+    log:
+        f"{LOGS}/plot_loss_curves/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/plot_loss_curves/{{sweep}}.tsv"
     wildcard_constraints:
         sweep=SWEEP_NAME,
     resources:
         **SMALL_JOB,
-    log:
-        f"{LOGS}/plot_loss_curves/{{sweep}}.log",
+    params:
+        run_dirs=run_dirs_of_sweep,
+        title=lambda w: f"Loss curves of sweep {w.sweep}: every run",
     shell:
         "python -m nanigpt.plots.loss_curves --title {params.title:q} --out {output}"
         " {params.run_dirs} > {log} 2>&1"

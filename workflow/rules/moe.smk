@@ -82,9 +82,7 @@ def run_ids_of(sweeps, moe_only):
 
 
 MOE_TARGETS = (
-    [
-        f"results/moe/{rid}/heatmap.svg" for rid in moe_analysed_runs(config)
-    ]
+    [f"results/moe/{rid}/heatmap.svg" for rid in moe_analysed_runs(config)]
     + (["results/moe/mi_vs_step.svg"] if MOE_SWEEPS else [])
     + [f"results/moe/load_vs_capacity_{name}.svg" for name in MOE_LOAD]
     + [f"results/moe/crossover_{name}.svg" for name in MOE_CROSSOVER]
@@ -100,14 +98,16 @@ rule encode_val_of_dataset:
         text="data/synthetic/{other}/val.parquet",
     output:
         "data/tokens/{tokdir}/val_of_{other}.bin",
-    wildcard_constraints:
-        other="[a-z][a-z0-9]*",
-    params:
-        impl=config["tokenizer"]["impl"],
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/encode_val_of_dataset/{{tokdir}}-{{other}}.log",
+    benchmark:
+        f"{BENCHMARKS}/encode_val_of_dataset/{{tokdir}}-{{other}}.tsv"
+    wildcard_constraints:
+        other="[a-z][a-z0-9]*",
+    resources:
+        **SMALL_JOB,
+    params:
+        impl=config["tokenizer"]["impl"],
     shell:
         "python -m nanigpt.data.tokenize encode --tokenizer {input.tokenizer} --input {input.text}"
         " --impl {params.impl} --out {output} > {log} 2>&1"
@@ -120,12 +120,14 @@ rule moe_specialization:
     output:
         json="results/moe/{run_id}/specialization.json",
         counts="results/moe/{run_id}/counts.parquet",
-    params:
-        max_tokens=MOE_ANALYSIS.get("max_tokens", 65536),
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/moe_specialization/{{run_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_specialization/{{run_id}}.tsv"
+    resources:
+        **SMALL_JOB,
+    params:
+        max_tokens=MOE_ANALYSIS.get("max_tokens", 65536),
     shell:
         "python -m nanigpt.measure.specialization --run-dir results/runs/{wildcards.run_id}"
         " --val {input.val} --out {output.json} --counts {output.counts}"
@@ -136,11 +138,18 @@ rule moe_heatmap:
     input:
         "results/moe/{run_id}/specialization.json",
     output:
-        "results/moe/{run_id}/heatmap.svg",
-    resources:
-        **SMALL_JOB,
+        report(
+            "results/moe/{run_id}/heatmap.svg",
+            category="Runs",
+            subcategory="expert x source heatmap",
+            labels=labels_of_run,
+        ),
     log:
         f"{LOGS}/moe_heatmap/{{run_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_heatmap/{{run_id}}.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.plots.moe heatmap --spec {input} --out {output} > {log} 2>&1"
 
@@ -149,11 +158,17 @@ rule moe_mi_vs_step:
     input:
         spec_files(moe_mi_run_ids()),
     output:
-        report("results/moe/mi_vs_step.svg", category="MoE specialization"),
-    resources:
-        **SMALL_JOB,
+        report(
+            "results/moe/mi_vs_step.svg",
+            category="MoE specialization",
+            labels=sweeps_labels(config, [MOE_CONTROL_SWEEP] if MOE_CONTROL_SWEEP else []),
+        ),
     log:
         f"{LOGS}/moe_mi_vs_step.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_mi_vs_step.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.plots.moe mi --spec {input} --out {output} > {log} 2>&1"
 
@@ -162,13 +177,19 @@ rule moe_load_vs_capacity:
     input:
         lambda w: spec_files(run_ids_of(MOE_LOAD[w.name], moe_only=True)),
     output:
-        report("results/moe/load_vs_capacity_{name}.svg", category="MoE specialization"),
+        report(
+            "results/moe/load_vs_capacity_{name}.svg",
+            category="MoE specialization",
+            labels=lambda w: sweeps_labels(config, MOE_LOAD[w.name]),
+        ),
+    log:
+        f"{LOGS}/moe_load_vs_capacity/{{name}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_load_vs_capacity/{{name}}.tsv"
     wildcard_constraints:
         name="|".join(MOE_LOAD) or "(?!)",
     resources:
         **SMALL_JOB,
-    log:
-        f"{LOGS}/moe_load_vs_capacity/{{name}}.log",
     shell:
         "python -m nanigpt.plots.moe load --spec {input} --out {output} > {log} 2>&1"
 
@@ -177,13 +198,19 @@ rule moe_experts:
     input:
         lambda w: spec_files(run_ids_of(MOE_EXPERTS[w.name], moe_only=True)),
     output:
-        report("results/moe/experts_{name}.svg", category="MoE specialization"),
+        report(
+            "results/moe/experts_{name}.svg",
+            category="MoE specialization",
+            labels=lambda w: sweeps_labels(config, MOE_EXPERTS[w.name]),
+        ),
+    log:
+        f"{LOGS}/moe_experts/{{name}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_experts/{{name}}.tsv"
     wildcard_constraints:
         name="|".join(MOE_EXPERTS) or "(?!)",
     resources:
         **SMALL_JOB,
-    log:
-        f"{LOGS}/moe_experts/{{name}}.log",
     shell:
         "python -m nanigpt.plots.moe experts --spec {input} --out {output} > {log} 2>&1"
 
@@ -195,17 +222,23 @@ rule moe_crossover:
             for rid in run_ids_of(MOE_CROSSOVER[w.name], moe_only=False)
         ],
     output:
-        svg=report("results/moe/crossover_{name}.svg", category="MoE specialization"),
+        svg=report(
+            "results/moe/crossover_{name}.svg",
+            category="MoE specialization",
+            labels=lambda w: sweeps_labels(config, MOE_CROSSOVER[w.name]),
+        ),
         fits="results/moe/crossover_fits_{name}.json",
+    log:
+        f"{LOGS}/moe_crossover/{{name}}.log",
+    benchmark:
+        f"{BENCHMARKS}/moe_crossover/{{name}}.tsv"
     wildcard_constraints:
         name="|".join(MOE_CROSSOVER) or "(?!)",
+    resources:
+        **SMALL_JOB,
     params:
         loss=config["scaling"]["loss"],
         bootstrap=MOE_ANALYSIS.get("bootstrap", 20),
-    resources:
-        **SMALL_JOB,
-    log:
-        f"{LOGS}/moe_crossover/{{name}}.log",
     shell:
         "python -m nanigpt.plots.moe crossover --summaries {input} --out {output.svg}"
         " --fits-out {output.fits} --loss {params.loss} --bootstrap {params.bootstrap} > {log} 2>&1"

@@ -12,11 +12,14 @@ rule plot_moe_vs_dense:
             "results/scaling/moe_vs_dense.svg",
             category="Scaling",
             caption="../report/moe_vs_dense.rst",
+            labels=sweeps_labels(config, [config["scaling"]["sweep"]]),
         ),
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/plot_moe_vs_dense.log",
+    benchmark:
+        f"{BENCHMARKS}/plot_moe_vs_dense.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.plots.moe_vs_dense --runs {input.runs} --fits {input.fits}"
         " --ground-truth {input.truth} --out {output} > {log} 2>&1"
@@ -27,11 +30,17 @@ rule plot_fit_residuals:
         runs="results/scaling/runs.parquet",
         fits="results/scaling/fits.json",
     output:
-        report("results/scaling/fit_residuals.svg", category="Scaling"),
-    resources:
-        **SMALL_JOB,
+        report(
+            "results/scaling/fit_residuals.svg",
+            category="Scaling",
+            labels=sweeps_labels(config, [config["scaling"]["sweep"]]),
+        ),
     log:
         f"{LOGS}/plot_fit_residuals.log",
+    benchmark:
+        f"{BENCHMARKS}/plot_fit_residuals.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.plots.fit_residuals --runs {input.runs} --fits {input.fits}"
         " --out {output} > {log} 2>&1"

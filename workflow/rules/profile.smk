@@ -1,8 +1,8 @@
 # Stage 4b: where does the time of a step go? The device's measured ceilings, then one profile
 # report per run (phase and kernel breakdown, MFU, roofline, memory), then the headline sweep's.
-from nanigpt.measure.ceilings import device_slug
+from nanigpt.plancache import hardware_slug  # no torch import on a CPU machine
 
-HARDWARE_DEVICE = device_slug(config["training"]["device"])
+HARDWARE_DEVICE = hardware_slug(config["training"]["device"])
 HARDWARE_JSON = f"results/hardware/{HARDWARE_DEVICE}.json"
 PROFILE_FILES = (
     "breakdown.parquet", "trace_breakdown.parquet", "trace_breakdown.json", "memory.json",
@@ -17,13 +17,15 @@ def profile_reports_of_sweep(sweep):
 rule hardware_ceilings:
     output:
         "results/hardware/{device}.json",
-    params:
-        device=config["training"]["device"],
+    log:
+        f"{LOGS}/hardware_ceilings/{{device}}.log",
+    benchmark:
+        f"{BENCHMARKS}/hardware_ceilings/{{device}}.tsv"
     threads: config["training"]["threads"]
     resources:
         **(SMALL_JOB | ({"gpu": 1} if TRAIN_ON_GPU else {})),
-    log:
-        f"{LOGS}/hardware_ceilings/{{device}}.log",
+    params:
+        device=config["training"]["device"],
     shell:
         "python -m nanigpt.measure.ceilings --device {params.device} --threads {threads}"
         " --out {output} > {log} 2>&1"
@@ -37,11 +39,25 @@ rule profile_run:
         summary="results/runs/{run_id}/summary.json",
         hardware=HARDWARE_JSON,
     output:
-        [f"results/profile/{{run_id}}/{name}" for name in PROFILE_FILES],
-    resources:
-        **SMALL_JOB,
+        [  # the run's SVGs are rows of the report's run browser (category Runs)
+            (
+                report(
+                    f"results/profile/{{run_id}}/{name}",
+                    category="Runs",
+                    subcategory=f"profile: {name}",
+                    labels=labels_of_run,
+                )
+                if name.endswith(".svg")
+                else f"results/profile/{{run_id}}/{name}"
+            )
+            for name in PROFILE_FILES
+        ],
     log:
         f"{LOGS}/profile_run/{{run_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/profile_run/{{run_id}}.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.measure.report --run-dir results/runs/{wildcards.run_id}"
         " --hardware {input.hardware} --out-dir results/profile/{wildcards.run_id} > {log} 2>&1"
@@ -52,11 +68,17 @@ rule profile_summary:
         profile_reports_of_sweep(config["scaling"]["sweep"]),
     output:
         summary="results/profile/summary.parquet",
-        chart=report("results/profile/breakdown.svg", category="Where time goes"),
-    resources:
-        **SMALL_JOB,
+        chart=report(
+            "results/profile/breakdown.svg",
+            category="Where time goes",
+            labels=sweeps_labels(config, [config["scaling"]["sweep"]]),
+        ),
     log:
         f"{LOGS}/profile_summary.log",
+    benchmark:
+        f"{BENCHMARKS}/profile_summary.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.measure.report aggregate --reports {input}"
         " --out {output.summary} --chart {output.chart} > {log} 2>&1"

@@ -6,10 +6,12 @@ rule aggregate_runs:
         summaries_of_sweep(config["scaling"]["sweep"]),
     output:
         "results/scaling/runs.parquet",
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/aggregate_runs.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate_runs.tsv"
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.scaling.aggregate --out {output} {input} > {log} 2>&1"
 
@@ -19,15 +21,17 @@ rule fit_scaling:
         "results/scaling/runs.parquet",
     output:
         "results/scaling/fits.json",
+    log:
+        f"{LOGS}/fit_scaling.log",
+    benchmark:
+        f"{BENCHMARKS}/fit_scaling.tsv"
+    resources:
+        **SMALL_JOB,
     params:
         loss=config["scaling"]["loss"],
         n_column=config["scaling"]["n_column"],
         bootstrap=config["scaling"]["bootstrap"],
         seed=config["scaling"]["seed"],
-    resources:
-        **SMALL_JOB,
-    log:
-        f"{LOGS}/fit_scaling.log",
     shell:
         "python -m nanigpt.scaling.fit --runs {input} --out {output} --loss {params.loss}"
         " --n-column {params.n_column} --bootstrap {params.bootstrap} --seed {params.seed}"

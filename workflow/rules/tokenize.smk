@@ -10,13 +10,15 @@ rule train_tokenizer:
         lambda w: f"data/synthetic/{dataset_of_tokdir(w)}/train.parquet",
     output:
         "data/tokenizer/{tokdir}/tokenizer.json",
+    log:
+        f"{LOGS}/train_tokenizer/{{tokdir}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_tokenizer/{{tokdir}}.tsv"
+    resources:
+        **SMALL_JOB,
     params:
         vocab=lambda w: int(w.tokdir.rsplit("-v", 1)[1]),
         impl=config["tokenizer"]["impl"],
-    resources:
-        **SMALL_JOB,
-    log:
-        f"{LOGS}/train_tokenizer/{{tokdir}}.log",
     shell:
         "python -m nanigpt.data.tokenize train --input {input} --vocab-size {params.vocab}"
         " --impl {params.impl} --out {output} > {log} 2>&1"
@@ -28,12 +30,14 @@ rule encode_tokens:
         text=lambda w: f"data/synthetic/{dataset_of_tokdir(w)}/{w.split}.parquet",
     output:
         "data/tokens/{tokdir}/{split}.bin",
-    params:
-        impl=config["tokenizer"]["impl"],
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/encode_tokens/{{tokdir}}-{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/encode_tokens/{{tokdir}}-{{split}}.tsv"
+    resources:
+        **SMALL_JOB,
+    params:
+        impl=config["tokenizer"]["impl"],
     shell:
         "python -m nanigpt.data.tokenize encode --tokenizer {input.tokenizer} --input {input.text}"
         " --impl {params.impl} --out {output} > {log} 2>&1"

@@ -17,14 +17,17 @@ rule train_run:
         trace="results/runs/{run_id}/trace.json.gz",
         model="results/runs/{run_id}/model.pt",
         summary="results/runs/{run_id}/summary.json",
-    params:
-        run=lambda w: run_settings_json(run_of(w)),
-        world=lambda w: world_size(run_of(w)),
+    log:
+        f"{LOGS}/train_run/{{run_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_run/{{run_id}}.tsv"
     threads: config["training"]["threads"]
     resources:
         **train_resources(),
-    log:
-        f"{LOGS}/train_run/{{run_id}}.log",
+    params:
+        run=lambda w: run_settings_json(run_of(w)),
+        world=lambda w: world_size(run_of(w)),
+        version=lambda w: study_version(config, run_of(w)),  # the sweeps' `version:` keys
     shell:
         "python -m nanigpt.launch --nproc {params.world} -- nanigpt.train"
         " --run-config {params.run:q} --train {input.train}"
