@@ -65,10 +65,10 @@ rule bench_kernels:
             category="Kernels",
             caption="../report/kernels_bench.rst",
         ),
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/bench_kernels.log",
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.kernels.bench --out {output.json} > {log} 2>&1"
 
@@ -79,12 +79,12 @@ rule bench_checkpoint:
     output:
         table="results/rust/checkpoint.parquet",
         figure="results/rust/checkpoint.svg",
+    log:
+        f"{LOGS}/bench_checkpoint.log",
+    threads: 2  # the writer thread runs beside the loop thread
     params:
         sizes=" ".join(str(s) for s in config.get("bench", {}).get("checkpoint_mb", [10, 50])),
         repeats=config.get("bench", {}).get("checkpoint_repeats", 3),
-    threads: 2  # the writer thread runs beside the loop thread
-    log:
-        f"{LOGS}/bench_checkpoint.log",
     shell:
         "python -m nanigpt.bench.checkpoint --sizes-mb {params.sizes} --repeats {params.repeats}"
         " --out {output.table} > {log} 2>&1"

@@ -251,8 +251,10 @@ rule moe_gain_vs_data:
             for rid in run_ids_of(MOE_KNOWLEDGE[w.name], moe_only=False)
         ],
         truths=lambda w: sorted(
-            {f"data/synthetic/{config['sweeps'][s]['dataset']}/ground_truth.json"
-             for s in MOE_KNOWLEDGE[w.name]}
+            {
+                f"data/synthetic/{config['sweeps'][s]['dataset']}/ground_truth.json"
+                for s in MOE_KNOWLEDGE[w.name]
+            }
         ),
     output:
         svg=report(
@@ -261,14 +263,14 @@ rule moe_gain_vs_data:
             category="MoE specialization",
         ),
         json="results/moe/gain_vs_{name}.json",
-    wildcard_constraints:
-        name="|".join(MOE_KNOWLEDGE) or "(?!)",
-    params:
-        loss=config["scaling"]["loss"],
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/moe_gain_vs_data/{{name}}.log",
+    wildcard_constraints:
+        name="|".join(MOE_KNOWLEDGE) or "(?!)",
+    resources:
+        **SMALL_JOB,
+    params:
+        loss=config["scaling"]["loss"],
     shell:
         "python -m nanigpt.plots.moe_gain --summaries {input.summaries}"
         " --ground-truth {input.truths} --out {output.svg} --json-out {output.json}"
