@@ -14,6 +14,7 @@ import copy
 import difflib
 import functools
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -410,28 +411,49 @@ def resolve_runs(config: dict) -> dict[str, dict]:
         dataset = sweep["dataset"]
         for arch in sweep["archs"]:
             for size in sweep["sizes"]:
-                for tokens, budget in sweep_tokens(config, sweep_name, arch, size):
-                    for par in sweep["parallelism"]:
-                        run_id = run_id_for(dataset, arch, size, tokens, par)
-                        run = {
-                            "run_id": run_id,
-                            "dataset": dataset,
-                            "arch": arch,
-                            "arch_kind": config["archs"][arch]["kind"],
-                            "size": size,
-                            "tokens": tokens,
-                            "parallelism_name": par,
-                            "parallelism": dict(config["parallelism"][par]),
-                            "model": _model_settings(config, dataset, size, arch),
-                            "training": dict(config["training"]),
-                            "profile": dict(config["profile"]),
-                        }
-                        runs.setdefault(run_id, run)
-                        runs[run_id].setdefault("sweeps", [])
-                        runs[run_id]["sweeps"].append(sweep_name)
-                        if budget is not None:  # bookkeeping, like `sweeps`: not a setting
-                            runs[run_id].setdefault("budgets", {})[sweep_name] = budget
+                pairs = sweep_tokens(config, sweep_name, arch, size)
+                for (tokens, budget), par, seed in itertools.product(
+                    pairs, sweep["parallelism"], sweep.get("seeds", [config["training"]["seed"]])
+                ):
+                    run_id = run_id_for(dataset, arch, size, tokens, par)
+                    if seed != config["training"]["seed"]:
+                        run_id += f"_seed{seed}"
+                    run = {
+                        "run_id": run_id,
+                        "dataset": dataset,
+                        "arch": arch,
+                        "arch_kind": config["archs"][arch]["kind"],
+                        "size": size,
+                        "tokens": tokens,
+                        "parallelism_name": par,
+                        "parallelism": dict(config["parallelism"][par]),
+                        "model": _model_settings(config, dataset, size, arch),
+                        "training": {**config["training"], "seed": seed},
+                        "profile": dict(config["profile"]),
+                        "seed": seed,
+                    }
+                    if "cooldown" in sweep:
+                        _as_wsd_branch(config, run, sweep, min(t for t, _ in pairs))
+                        run_id = run["run_id"]
+                    runs.setdefault(run_id, run)
+                    runs[run_id].setdefault("sweeps", [])
+                    runs[run_id]["sweeps"].append(sweep_name)
+                    if budget is not None:  # bookkeeping, like `sweeps`: not a setting
+                        runs[run_id].setdefault("budgets", {})[sweep_name] = budget
     return runs
+
+
+def _as_wsd_branch(config: dict, run: dict, sweep: dict, smallest_tokens: int) -> None:
+    """Make `run` a WSD cooldown branch (`nanigpt.wsd`): id suffix `_wsd`, a linear cooldown over
+    the sweep's `cooldown` fraction, and a warmup of `warmup_frac` of the smallest budget's steps,
+    the same for every budget (the branches share one stable run)."""
+    run["run_id"] += "_wsd"
+    smallest_steps = math.ceil(smallest_tokens / tokens_per_batch(config))
+    run["training"].update(
+        schedule="wsd",
+        decay_frac=sweep["cooldown"],
+        warmup_steps=round(config["training"]["warmup_frac"] * smallest_steps),
+    )
 
 
 def sweep_run_ids(config: dict, sweep_name: str) -> list[str]:

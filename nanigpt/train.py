@@ -64,12 +64,12 @@ from nanigpt.measure.hardware import mfu, peak_bf16_flops
 from nanigpt.measure.provenance import collect_provenance
 from nanigpt.measure.timers import StepTimer
 from nanigpt.measure.trace import TraceWindow
+from nanigpt.schedule import DEFAULT_WSD_DECAY_FRAC, SCHEDULES, lr_at
 
 log = logging.getLogger("nanigpt.train")
 
 PHASES = ("data", "forward", "backward", "comm", "optimizer")
 DEFAULT_PROFILE = {"enabled": True, "wait": 1, "warmup": 1, "active": 2}
-DEFAULT_WSD_DECAY_FRAC = 0.2  # WSD: last 20% of steps decay (Hagele et al. 2024 use 10-20%)
 ADAMW_BETAS = (0.9, 0.95)  # as nanoGPT / GPT-3
 DEFAULT_CHECKPOINTS_PER_RUN = 10  # training.checkpoint_every unset: every 10% of the steps
 # Strategies whose full training state sits on rank 0 (replicated weights and optimizer state).
@@ -142,7 +142,11 @@ TRAINING_KEYS = {
 }
 PROFILE_KEYS = {"enabled": "bool", "wait": "int", "warmup": "int", "active": "int"}
 PARALLELISM_KEYS = {"dp": "int", "fsdp": "int", "tp": "int", "ep": "int"}
-OPTIONAL_TRAINING_KEYS = {"checkpoint_every": "int?", "snapshot_every": "int?"}
+OPTIONAL_TRAINING_KEYS = {
+    "checkpoint_every": "int?",
+    "snapshot_every": "int?",
+    "warmup_steps": "int?",
+}
 
 
 def _check_keys(obj: dict, spec: dict[str, str], where: str) -> None:
@@ -195,9 +199,7 @@ def validate_run(run: Any) -> dict[str, Any]:
     _require(t["lr"] > 0, "training.lr", t["lr"], "> 0")
     _require(0 <= t["min_lr_frac"] <= 1, "training.min_lr_frac", t["min_lr_frac"], "in [0, 1]")
     _require(0 <= t["warmup_frac"] < 1, "training.warmup_frac", t["warmup_frac"], "in [0, 1)")
-    _require(
-        t["schedule"] in ("cosine", "wsd"), "training.schedule", t["schedule"], "cosine or wsd"
-    )
+    _require(t["schedule"] in SCHEDULES, "training.schedule", t["schedule"], " or ".join(SCHEDULES))
     _require(t["weight_decay"] >= 0, "training.weight_decay", t["weight_decay"], ">= 0")
     _require(
         t["device"] in ("auto", "cpu", "cuda"), "training.device", t["device"], "auto, cpu or cuda"
@@ -233,44 +235,6 @@ def parse_run_config(text: str) -> dict[str, Any]:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise RunConfigError(f"--run-config is not valid JSON ({e}); pass JSON or @path") from e
-
-
-# ---------------------------------------------------------------------------------------------
-# Learning-rate schedules
-
-
-def lr_at(
-    step: int,
-    total_steps: int,
-    *,
-    lr: float,
-    min_lr_frac: float,
-    warmup_steps: int,
-    schedule: str,
-    decay_frac: float = DEFAULT_WSD_DECAY_FRAC,
-) -> float:
-    """Learning rate of 0-based `step` of `total_steps`.
-
-    Linear warmup over `warmup_steps` (step 0 gets lr/warmup_steps), then
-    - cosine: half a cosine from lr to lr*min_lr_frac, reached at the last step;
-    - wsd (warmup-stable-decay, Hu et al. 2024 MiniCPM; Hagele et al. 2024): constant lr, then a
-      linear decay to lr*min_lr_frac over the last `decay_frac` of the steps.
-    """
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    min_lr = lr * min_lr_frac
-    if schedule == "cosine":
-        decay_steps = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps + 1) / decay_steps)
-        return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-    if schedule == "wsd":
-        decay_steps = max(1, min(total_steps - warmup_steps, round(decay_frac * total_steps)))
-        decay_start = total_steps - decay_steps
-        if step < decay_start:
-            return lr
-        progress = min(1.0, (step - decay_start + 1) / decay_steps)
-        return lr + (min_lr - lr) * progress
-    raise ValueError(f"unknown schedule {schedule!r}: expected cosine or wsd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,14 +579,34 @@ def _start_processes(run: dict[str, Any]) -> tuple[Any, int, int, torch.device]:
     return setting, rank, world, device
 
 
+def _branch_state(path: Path, fingerprint: str) -> dict[str, Any]:
+    """The stable run's checkpoint a cooldown branch starts from (checked: its fingerprint)."""
+    state = checkpoint.load(path)  # CheckpointError on a missing, foreign or corrupt file
+    if state["fingerprint"] != fingerprint:
+        raise checkpoint.CheckpointError(
+            f"{path}: written by other stable-run settings or inputs (fingerprint "
+            f"{state['fingerprint'][:12]} != {fingerprint[:12]}); rerun the stable run"
+        )
+    return state
+
+
 def train(
     run: dict[str, Any],
     train_path: str | Path,
     val_path: str | Path,
     ground_truth_path: str | Path,
     out_dir: str | Path,
+    *,
+    branch_from: tuple[Path, str] | None = None,
+    keep_checkpoints: dict[int, Path] | None = None,
 ) -> dict[str, Any]:
-    """Train one run; write its outputs (module docstring) from rank 0; return the summary."""
+    """Train one run; write its outputs (module docstring) from rank 0; return the summary.
+
+    WSD cooldown branches (`nanigpt.wsd`): `branch_from` = (checkpoint, fingerprint) starts the run
+    from another run's checkpoint, which must carry that fingerprint (the stable run's), when the
+    run has no checkpoint of its own; `keep_checkpoints` = {step: path} also saves the training
+    state after those steps (the last included) to files that outlive the run.
+    """
     wall_start = time.perf_counter()
     run = validate_run(run)
     paths = {
@@ -659,7 +643,9 @@ def train(
     seq_len, batch_size, grad_accum = t["seq_len"], t["batch_size"], t["grad_accum"]
     tokens_per_step = seq_len * batch_size * grad_accum  # the global batch
     steps = math.ceil(run["tokens"] / tokens_per_step)
-    warmup_steps = round(t["warmup_frac"] * steps)
+    warmup_steps = t.get("warmup_steps")  # set for WSD runs: the same for every branch
+    if warmup_steps is None:
+        warmup_steps = round(t["warmup_frac"] * steps)
     decay_frac = t.get("decay_frac", DEFAULT_WSD_DECAY_FRAC)
     eval_every = t["eval_every"] or 0
     checkpoint_every = t.get("checkpoint_every")
@@ -699,6 +685,8 @@ def train(
                 )
                 log.warning(message)
             state = None
+    if state is None and branch_from is not None:
+        state = _branch_state(*branch_from)
     start_step = state["step"] if state is not None else 0
     if world > 1:  # every rank read the same file; make sure they agree before training
         agree = torch.tensor([start_step, -start_step], dtype=torch.int64, device=device)
@@ -819,7 +807,7 @@ def train(
     ledger.step = start_step
     records: list[dict[str, Any]] = []  # comm.json's per-collective list (first steps)
 
-    def save_checkpoint(steps_done: int) -> None:
+    def save_checkpoint(steps_done: int, path: Path = checkpoint_path) -> None:
         trace_bytes = None
         if getattr(trace, "written", False) and trace_path.exists():
             trace_bytes = torch.frombuffer(bytearray(trace_path.read_bytes()), dtype=torch.uint8)
@@ -845,7 +833,7 @@ def train(
             "trace": trace_bytes,
             "parallelism": setting.as_dict(),
         }
-        size = checkpoint.save(checkpoint_path, payload)
+        size = checkpoint.save(path, payload)
         message = f"{run['run_id']}: checkpoint at step {steps_done} ({size / 1e6:.1f} MB)"
         log.info(message)
 
@@ -937,6 +925,8 @@ def train(
                     save_weights(
                         out_dir / "snapshots" / f"step_{step + 1:06d}.pt", model, par, is_main
                     )
+                if keep_checkpoints and step + 1 in keep_checkpoints and is_main:
+                    save_checkpoint(step + 1, keep_checkpoints[step + 1])
                 if (
                     can_checkpoint
                     and checkpoint_every
