@@ -39,6 +39,8 @@ MOE_DEFAULTS = {
     "granularity": 1,
 }
 MOE_KEYS = set(MOE_DEFAULTS)
+# Training settings a size may override (chosen per size by an lr probe sweep).
+SIZE_TRAINING = ("lr", "warmup_frac")
 
 
 class ConfigError(ValueError):
@@ -412,12 +414,21 @@ def resolve_runs(config: dict) -> dict[str, dict]:
         for arch in sweep["archs"]:
             for size in sweep["sizes"]:
                 pairs = sweep_tokens(config, sweep_name, arch, size)
-                for (tokens, budget), par, seed in itertools.product(
-                    pairs, sweep["parallelism"], sweep.get("seeds", [config["training"]["seed"]])
+                size_training = {
+                    k: v for k, v in config["sizes"][size].items() if k in SIZE_TRAINING
+                }
+                for (tokens, budget), par, seed, lr in itertools.product(
+                    pairs,
+                    sweep["parallelism"],
+                    sweep.get("seeds", [config["training"]["seed"]]),
+                    sweep.get("lrs", [None]),
                 ):
                     run_id = run_id_for(dataset, arch, size, tokens, par)
                     if seed != config["training"]["seed"]:
                         run_id += f"_seed{seed}"
+                    if lr is not None:  # an lr probe (`lrs`): the value in the id, 0.01 -> lr0p01
+                        run_id += f"_lr{lr:g}".replace(".", "p").replace("-", "m")
+                        size_training["lr"] = lr
                     run = {
                         "run_id": run_id,
                         "dataset": dataset,
@@ -428,14 +439,20 @@ def resolve_runs(config: dict) -> dict[str, dict]:
                         "parallelism_name": par,
                         "parallelism": dict(config["parallelism"][par]),
                         "model": _model_settings(config, dataset, size, arch),
-                        "training": {**config["training"], "seed": seed},
+                        "training": {**config["training"], **size_training, "seed": seed},
                         "profile": dict(config["profile"]),
                         "seed": seed,
                     }
                     if "cooldown" in sweep:
                         _as_wsd_branch(config, run, sweep, min(t for t, _ in pairs))
                         run_id = run["run_id"]
-                    runs.setdefault(run_id, run)
+                    known = runs.setdefault(run_id, run)
+                    if known is not run and run_settings_json(known) != run_settings_json(run):
+                        raise ConfigError(
+                            f"sweeps.{sweep_name}: run '{run_id}' is also declared by sweep "
+                            f"'{known['sweeps'][0]}' with other settings (a WSD warmup follows "
+                            f"its sweep's smallest budget); give one of them its own size name"
+                        )
                     runs[run_id].setdefault("sweeps", [])
                     runs[run_id]["sweeps"].append(sweep_name)
                     if budget is not None:  # bookkeeping, like `sweeps`: not a setting
@@ -452,7 +469,7 @@ def _as_wsd_branch(config: dict, run: dict, sweep: dict, smallest_tokens: int) -
     run["training"].update(
         schedule="wsd",
         decay_frac=sweep["cooldown"],
-        warmup_steps=round(config["training"]["warmup_frac"] * smallest_steps),
+        warmup_steps=round(run["training"]["warmup_frac"] * smallest_steps),
     )
 
 

@@ -966,6 +966,7 @@ def train(
         "arch": run["arch"],
         "arch_kind": run["arch_kind"],
         "size": run["size"],
+        "seed": t["seed"],
         "parallelism_name": run["parallelism_name"],
         "tokens_target": run["tokens"],
         "tokens_trained": tokens_trained,
@@ -976,6 +977,10 @@ def train(
         "params_non_embedding_total": params.non_embedding_total,
         "params_non_embedding_active": params.non_embedding_active,
         "flops_per_token": flops_per_token,
+        # DeepSeek LLM's M (arXiv 2401.02954): training FLOPs/token without the vocabulary's.
+        "flops_per_token_non_embedding": flops_per_token
+        - accounting.train_by_component["lm_head"]
+        - accounting.train_by_component["embedding"],
         "flops_total": flops_per_token * tokens_trained,
         # Kaplan et al. 2020's C = 6ND with N the non-embedding (active) parameters.
         "flops_6nd": 6.0 * params.non_embedding_active * tokens_trained,

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,9 @@ def is_wsd_run(run: dict[str, Any]) -> bool:
 def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The WSD jobs of a config's runs (`nanigpt.config.resolve_runs`): `{job_id: job}`.
 
-    A job holds every stable run that shares (dataset, arch, parallelism, training settings, seed);
-    a stable run every WSD budget run of one size with those settings (from any sweep), and it runs
-    to the latest branch point among them. `run_job` of a job is `{"job_id", "dataset",
+    A job holds every stable run of one (sweep, dataset, arch, parallelism, seed), the sweep being
+    the first that lists the stable run's first budget; a stable run holds every WSD budget run
+    with its settings (from any sweep), and runs to the latest branch point among them. `run_job` of a job is `{"job_id", "dataset",
     "stables": [{"run": stable run settings, "branches": [budget run settings]}]}`; `job_of`
     maps each budget run id to its job id.
     """
@@ -94,7 +95,8 @@ def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not is_wsd_run(run):
             continue
         key = _stable_key(run)
-        entry = stables.setdefault(_digest(key, 16), {"key": key, "branches": []})
+        sweep = (run.get("sweeps") or ["wsd"])[0]
+        entry = stables.setdefault(_digest(key, 16), {"key": key, "branches": [], "sweep": sweep})
         entry["branches"].append({k: v for k, v in run.items() if k not in ("sweeps", "budgets")})
     jobs: dict[str, dict[str, Any]] = {}
     for digest, entry in stables.items():
@@ -109,10 +111,8 @@ def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             f"{key['dataset']}_{key['arch']}_{key['size']}_{key['parallelism_name']}_seed{seed}"
             f"_stable_{digest[:6]}"
         )
-        job_key = {k: v for k, v in key.items() if k not in ("size", "model")}
         job_id = (
-            f"{key['dataset']}_{key['arch']}_{key['parallelism_name']}_seed{seed}_"
-            f"{_digest(job_key, 8)}"
+            f"{entry['sweep']}_{key['dataset']}_{key['arch']}_{key['parallelism_name']}_seed{seed}"
         )
         job = jobs.setdefault(job_id, {"job_id": job_id, "dataset": key["dataset"], "stables": []})
         job["stables"].append({"run": stable, "branches": branches})
@@ -161,18 +161,32 @@ def run_job(
             log.info(
                 f"{stable['run_id']}: stable phase to step {max(kept)} (branches {sorted(kept)})"
             )
+            cpu = time.process_time()
             train(stable, *inputs.values(), stable_dir, keep_checkpoints=kept)
-            write_json_atomic(marker, {"fingerprint": stable_fp, "branch_steps": sorted(kept)})
+            write_json_atomic(
+                marker,
+                {
+                    "fingerprint": stable_fp,
+                    "branch_steps": sorted(kept),
+                    "cpu_s": time.process_time() - cpu,
+                },
+            )
         for branch in branches:
             branch_dir = out / "runs" / branch["run_id"]
             branch_fp = checkpoint.run_fingerprint(branch, inputs)
             branch_marker = branch_dir / "branch.json"
             if not _finished(branch_marker, branch_fp, *(branch_dir / f for f in RUN_FILES)):
                 step = branch_step_of(branch)
+                cpu = time.process_time()
                 train(branch, *inputs.values(), branch_dir, branch_from=(kept[step], stable_fp))
                 write_json_atomic(
                     branch_marker,
-                    {"fingerprint": branch_fp, "stable": stable["run_id"], "branch_step": step},
+                    {
+                        "fingerprint": branch_fp,
+                        "stable": stable["run_id"],
+                        "branch_step": step,
+                        "cpu_s": time.process_time() - cpu,
+                    },
                 )
             done[branch["run_id"]] = branch_fp
     result = {"job_id": job["job_id"], "runs": done}

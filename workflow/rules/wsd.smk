@@ -63,3 +63,18 @@ rule publish_wsd_run:
 
 
 ruleorder: publish_wsd_run > train_run
+
+
+# Does a cooldown branch match a cosine run of equal length (Hägele et al. 2024)? Seed by seed,
+# over the sweeps `wsd_check.sweeps` (one cosine, one WSD, same sizes, tokens and seeds).
+rule wsd_vs_cosine:
+    input:
+        lambda w: [s for sweep in config["wsd_check"]["sweeps"] for s in summaries_of_sweep(sweep)],
+    output:
+        "results/scaling/wsd_vs_cosine.json",
+    resources:
+        **SMALL_JOB,
+    log:
+        f"{LOGS}/wsd_vs_cosine.log",
+    shell:
+        "python -m nanigpt.scaling.wsd_check --out {output} {input} > {log} 2>&1"
