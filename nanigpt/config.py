@@ -39,8 +39,9 @@ MOE_DEFAULTS = {
     "granularity": 1,
 }
 MOE_KEYS = set(MOE_DEFAULTS)
-# Training settings a size may override (chosen per size by an lr probe sweep).
-SIZE_TRAINING = ("lr", "warmup_frac")
+# Training settings a size may override: lr and warmup chosen per size by an lr probe sweep, and a
+# smaller batch (more optimizer steps per token) where a small model's step is overhead-bound.
+SIZE_TRAINING = ("lr", "warmup_frac", "batch_size")
 
 
 class ConfigError(ValueError):
@@ -465,7 +466,8 @@ def _as_wsd_branch(config: dict, run: dict, sweep: dict, smallest_tokens: int) -
     the sweep's `cooldown` fraction, and a warmup of `warmup_frac` of the smallest budget's steps,
     the same for every budget (the branches share one stable run)."""
     run["run_id"] += "_wsd"
-    smallest_steps = math.ceil(smallest_tokens / tokens_per_batch(config))
+    t = run["training"]
+    smallest_steps = math.ceil(smallest_tokens / (t["seq_len"] * t["batch_size"] * t["grad_accum"]))
     run["training"].update(
         schedule="wsd",
         decay_frac=sweep["cooldown"],

@@ -85,8 +85,8 @@ def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The WSD jobs of a config's runs (`nanigpt.config.resolve_runs`): `{job_id: job}`.
 
     A job holds every stable run of one (sweep, dataset, arch, parallelism, seed), the sweep being
-    the first that lists the stable run's first budget; a stable run holds every WSD budget run
-    with its settings (from any sweep), and runs to the latest branch point among them. `run_job` of a job is `{"job_id", "dataset",
+    the first that lists a budget run; a stable run holds every WSD budget run of that sweep with
+    its settings, and runs to the latest branch point among them. `run_job` of a job is `{"job_id", "dataset",
     "stables": [{"run": stable run settings, "branches": [budget run settings]}]}`; `job_of`
     maps each budget run id to its job id.
     """
@@ -95,8 +95,10 @@ def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not is_wsd_run(run):
             continue
         key = _stable_key(run)
-        sweep = (run.get("sweeps") or ["wsd"])[0]
-        entry = stables.setdefault(_digest(key, 16), {"key": key, "branches": [], "sweep": sweep})
+        sweep = (run.get("sweeps") or ["wsd"])[0]  # a probe's branches train in the probe's job
+        entry = stables.setdefault(
+            _digest([key, sweep], 16), {"key": key, "branches": [], "sweep": sweep}
+        )
         entry["branches"].append({k: v for k, v in run.items() if k not in ("sweeps", "budgets")})
     jobs: dict[str, dict[str, Any]] = {}
     for digest, entry in stables.items():

@@ -157,3 +157,34 @@ def test_config_cooldown_sweep_plans_one_stable_run_per_size_and_seed():
     for job in jobs.values():
         assert [len(s["branches"]) for s in job["stables"]] == [2, 2]
     assert set(wsd.job_of(jobs)) == set(runs)
+
+
+@pytest.mark.slow
+def test_snakemake_wsd_headline_and_a_killed_cooldown_rerunning_alone(tmp_path):
+    """The smoke headline as a WSD sweep through Snakemake: each budget is a target in
+    results/runs/, and after a cooldown is lost (its folder, its published run and the job's
+    done.json gone, as when the job is killed during it) the rerun trains that cooldown only."""
+    from tests.workflow_util import TARGET, load_smoke, snakemake, write_config
+
+    raw = load_smoke()
+    raw["sweeps"]["scaling"].update(archs=["dense"], cooldown=0.5, seeds=[0, 1])
+    config = write_config(tmp_path / "wsd.yaml", raw)
+    snakemake(tmp_path, "--cores", "2", TARGET, config=config)
+    runs = pq.read_table(tmp_path / "results/scaling/runs.parquet").to_pylist()
+    assert len(runs) == 3 * 3 * 2 and all(r["run_id"].endswith("_wsd") for r in runs)
+    assert {r["seed"] for r in runs} == {0, 1}
+    job = tmp_path / "results/wsd/scaling_tiny_dense_single_seed1"
+    lost = "tiny_dense_b_t2048_single_seed1_wsd"
+    import shutil
+
+    # A job killed during this cooldown: its folder unfinished, no done.json, nothing published.
+    shutil.rmtree(job / "runs" / lost)
+    shutil.rmtree(tmp_path / "results/runs" / lost)
+    (job / "done.json").unlink()
+    log = tmp_path / "results/logs/train_wsd_job/scaling_tiny_dense_single_seed1.log"
+    log.unlink()
+    # (the figures downstream exist, so ask for the lost run: a killed first build has neither)
+    snakemake(tmp_path, "--cores", "1", f"results/runs/{lost}/summary.json", config=config)
+    trained = [line for line in log.read_text().splitlines() if " steps x " in line]
+    assert len(trained) == 1 and lost in trained[0], trained
+    assert (tmp_path / "results/runs" / lost / "summary.json").is_file()

@@ -78,3 +78,4 @@ rule wsd_vs_cosine:
         f"{LOGS}/wsd_vs_cosine.log",
     shell:
         "python -m nanigpt.scaling.wsd_check --out {output} {input} > {log} 2>&1"
+
