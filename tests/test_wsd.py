@@ -188,3 +188,28 @@ def test_snakemake_wsd_headline_and_a_killed_cooldown_rerunning_alone(tmp_path):
     trained = [line for line in log.read_text().splitlines() if " steps x " in line]
     assert len(trained) == 1 and lost in trained[0], trained
     assert (tmp_path / "results/runs" / lost / "summary.json").is_file()
+
+
+def test_lr_probe_ids_size_overrides_and_conflicting_run_ids():
+    from nanigpt.config import ConfigError
+
+    config = copy.deepcopy(load_config())
+    config["sizes"]["s1"].update(lr=0.02, batch_size=8)
+    config["sweeps"] = {
+        "probe": {
+            "dataset": "mix", "archs": ["dense"], "sizes": ["s1"], "tokens": [16384],
+            "parallelism": ["single"], "lrs": [0.01, 0.03], "cooldown": 0.2,
+        },
+        "plain": {
+            "dataset": "mix", "archs": ["dense"], "sizes": ["s1"], "tokens": [16384],
+            "parallelism": ["single"],
+        },
+    }  # fmt: skip
+    runs = resolve_runs(config)
+    probe = runs["mix_dense_s1_t16384_single_lr0p01_wsd"]
+    assert probe["training"]["lr"] == 0.01 and probe["training"]["batch_size"] == 8
+    assert runs["mix_dense_s1_t16384_single"]["training"]["lr"] == 0.02  # the size's lr
+    assert probe["training"]["warmup_steps"] == round(0.05 * 16384 / (64 * 8))
+    config["sweeps"]["other"] = {**config["sweeps"]["probe"], "tokens": [8192, 16384]}
+    with pytest.raises(ConfigError, match="also declared by sweep 'probe'"):
+        resolve_runs(config)  # the same run id, a shorter warmup (its smallest budget is smaller)
