@@ -70,10 +70,13 @@ def _frontier_rows(fits: dict[str, Any], floor: float | None = None) -> list[dic
 def _law_text(entry: dict[str, Any]) -> str:
     """E, alpha, beta with their 95% intervals: 'E=0.61 [0.5, 0.7], α=0.52 [0.4, 0.6], ...'."""
 
+    def num(x: float, digits: int) -> str:  # E on its lower bound (e^-20) reads as 0
+        return "0" if abs(x) < 1e-6 else f"{x:.{digits}g}"
+
     def one(name: str, label: str) -> str:
         lo, hi = entry.get(f"{name}_ci") or (None, None)
-        ci = f" [{lo:.2g}, {hi:.2g}]" if lo is not None and hi is not None else ""
-        return f"{label}={entry[name]:.3g}{ci}"
+        ci = f" [{num(lo, 2)}, {num(hi, 2)}]" if lo is not None and hi is not None else ""
+        return f"{label}={num(entry[name], 3)}{ci}"
 
     return ", ".join(one(n, lab) for n, lab in (("E", "E"), ("alpha", "α"), ("beta", "β")))
 
