@@ -14,6 +14,7 @@ import copy
 import difflib
 import functools
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -45,6 +46,9 @@ MOE_DEFAULTS = {
     "dense_layers": 0,
 }
 MOE_KEYS = set(MOE_DEFAULTS)
+# Training settings a size may override: lr and warmup chosen per size by an lr probe sweep, and a
+# smaller batch (more optimizer steps per token) where a small model's step is overhead-bound.
+SIZE_TRAINING = ("lr", "warmup_frac", "batch_size")
 
 
 class ConfigError(ValueError):
@@ -451,31 +455,65 @@ def resolve_runs(config: dict) -> dict[str, dict]:
         dataset = sweep["dataset"]
         for arch in sweep["archs"]:
             for size in sweep["sizes"]:
-                for tokens, budget in sweep_tokens(config, sweep_name, arch, size):
-                    for par in sweep["parallelism"]:
-                        for seed in sweep_seeds(config, sweep_name):
-                            base_id = run_id_for(dataset, arch, size, tokens, par)
-                            run_id = seeded_run_id(config, base_id, seed)
-                            run = {
-                                "run_id": run_id,
-                                "dataset": dataset,
-                                "arch": arch,
-                                "arch_kind": config["archs"][arch]["kind"],
-                                "size": size,
-                                "tokens": tokens,
-                                "seed": seed,
-                                "parallelism_name": par,
-                                "parallelism": dict(config["parallelism"][par]),
-                                "model": _model_settings(config, dataset, size, arch),
-                                "training": {**config["training"], "seed": seed},
-                                "profile": dict(config["profile"]),
-                            }
-                            runs.setdefault(run_id, run)
-                            runs[run_id].setdefault("sweeps", [])
-                            runs[run_id]["sweeps"].append(sweep_name)
-                            if budget is not None:  # bookkeeping, like `sweeps`: not a setting
-                                runs[run_id].setdefault("budgets", {})[sweep_name] = budget
+                pairs = sweep_tokens(config, sweep_name, arch, size)
+                size_training = {
+                    k: v for k, v in config["sizes"][size].items() if k in SIZE_TRAINING
+                }
+                for (tokens, budget), par, seed, lr in itertools.product(
+                    pairs,
+                    sweep["parallelism"],
+                    sweep_seeds(config, sweep_name),
+                    sweep.get("lrs", [None]),
+                ):
+                    run_id = seeded_run_id(
+                        config, run_id_for(dataset, arch, size, tokens, par), seed
+                    )
+                    if lr is not None:  # an lr probe (`lrs`): the value in the id, 0.01 -> lr0p01
+                        run_id += f"_lr{lr:g}".replace(".", "p").replace("-", "m")
+                        size_training["lr"] = lr
+                    run = {
+                        "run_id": run_id,
+                        "dataset": dataset,
+                        "arch": arch,
+                        "arch_kind": config["archs"][arch]["kind"],
+                        "size": size,
+                        "tokens": tokens,
+                        "parallelism_name": par,
+                        "parallelism": dict(config["parallelism"][par]),
+                        "model": _model_settings(config, dataset, size, arch),
+                        "training": {**config["training"], **size_training, "seed": seed},
+                        "profile": dict(config["profile"]),
+                        "seed": seed,
+                    }
+                    if "cooldown" in sweep:
+                        _as_wsd_branch(config, run, sweep, min(t for t, _ in pairs))
+                        run_id = run["run_id"]
+                    known = runs.setdefault(run_id, run)
+                    if known is not run and run_settings_json(known) != run_settings_json(run):
+                        raise ConfigError(
+                            f"sweeps.{sweep_name}: run '{run_id}' is also declared by sweep "
+                            f"'{known['sweeps'][0]}' with other settings (a WSD warmup follows "
+                            f"its sweep's smallest budget); give one of them its own size name"
+                        )
+                    runs[run_id].setdefault("sweeps", [])
+                    runs[run_id]["sweeps"].append(sweep_name)
+                    if budget is not None:  # bookkeeping, like `sweeps`: not a setting
+                        runs[run_id].setdefault("budgets", {})[sweep_name] = budget
     return runs
+
+
+def _as_wsd_branch(config: dict, run: dict, sweep: dict, smallest_tokens: int) -> None:
+    """Make `run` a WSD cooldown branch (`nanigpt.wsd`): id suffix `_wsd`, a linear cooldown over
+    the sweep's `cooldown` fraction, and a warmup of `warmup_frac` of the smallest budget's steps,
+    the same for every budget (the branches share one stable run)."""
+    run["run_id"] += "_wsd"
+    t = run["training"]
+    smallest_steps = math.ceil(smallest_tokens / (t["seq_len"] * t["batch_size"] * t["grad_accum"]))
+    run["training"].update(
+        schedule="wsd",
+        decay_frac=sweep["cooldown"],
+        warmup_steps=round(run["training"]["warmup_frac"] * smallest_steps),
+    )
 
 
 def sweep_run_ids(config: dict, sweep_name: str) -> list[str]:

@@ -66,12 +66,12 @@ from nanigpt.measure.provenance import collect_provenance
 from nanigpt.measure.timers import StepTimer
 from nanigpt.measure.trace import TraceWindow
 from nanigpt.model.moe import update_router_biases
+from nanigpt.schedule import DEFAULT_WSD_DECAY_FRAC, SCHEDULES, lr_at
 
 log = logging.getLogger("nanigpt.train")
 
 PHASES = ("data", "forward", "backward", "comm", "optimizer")
 DEFAULT_PROFILE = {"enabled": True, "wait": 1, "warmup": 1, "active": 2}
-DEFAULT_WSD_DECAY_FRAC = 0.2  # WSD: last 20% of steps decay (Hagele et al. 2024 use 10-20%)
 ADAMW_BETAS = (0.9, 0.95)  # as nanoGPT / GPT-3
 DEFAULT_CHECKPOINTS_PER_RUN = 10  # training.checkpoint_every unset: every 10% of the steps
 DEFAULT_CHECKPOINT_FORMAT = "rust"  # training.checkpoint_format unset (README: checkpoint bench)
@@ -146,7 +146,11 @@ TRAINING_KEYS = {
 }
 PROFILE_KEYS = {"enabled": "bool", "wait": "int", "warmup": "int", "active": "int"}
 PARALLELISM_KEYS = {"dp": "int", "fsdp": "int", "tp": "int", "ep": "int"}
-OPTIONAL_TRAINING_KEYS = {"checkpoint_every": "int?", "snapshot_every": "int?"}
+OPTIONAL_TRAINING_KEYS = {
+    "checkpoint_every": "int?",
+    "snapshot_every": "int?",
+    "warmup_steps": "int?",
+}
 
 
 def _check_keys(obj: dict, spec: dict[str, str], where: str) -> None:
@@ -199,9 +203,7 @@ def validate_run(run: Any) -> dict[str, Any]:
     _require(t["lr"] > 0, "training.lr", t["lr"], "> 0")
     _require(0 <= t["min_lr_frac"] <= 1, "training.min_lr_frac", t["min_lr_frac"], "in [0, 1]")
     _require(0 <= t["warmup_frac"] < 1, "training.warmup_frac", t["warmup_frac"], "in [0, 1)")
-    _require(
-        t["schedule"] in ("cosine", "wsd"), "training.schedule", t["schedule"], "cosine or wsd"
-    )
+    _require(t["schedule"] in SCHEDULES, "training.schedule", t["schedule"], " or ".join(SCHEDULES))
     _require(t["weight_decay"] >= 0, "training.weight_decay", t["weight_decay"], ">= 0")
     _require(
         t["device"] in ("auto", "cpu", "cuda"), "training.device", t["device"], "auto, cpu or cuda"
@@ -239,44 +241,6 @@ def parse_run_config(text: str) -> dict[str, Any]:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise RunConfigError(f"--run-config is not valid JSON ({e}); pass JSON or @path") from e
-
-
-# ---------------------------------------------------------------------------------------------
-# Learning-rate schedules
-
-
-def lr_at(
-    step: int,
-    total_steps: int,
-    *,
-    lr: float,
-    min_lr_frac: float,
-    warmup_steps: int,
-    schedule: str,
-    decay_frac: float = DEFAULT_WSD_DECAY_FRAC,
-) -> float:
-    """Learning rate of 0-based `step` of `total_steps`.
-
-    Linear warmup over `warmup_steps` (step 0 gets lr/warmup_steps), then
-    - cosine: half a cosine from lr to lr*min_lr_frac, reached at the last step;
-    - wsd (warmup-stable-decay, Hu et al. 2024 MiniCPM; Hagele et al. 2024): constant lr, then a
-      linear decay to lr*min_lr_frac over the last `decay_frac` of the steps.
-    """
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    min_lr = lr * min_lr_frac
-    if schedule == "cosine":
-        decay_steps = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps + 1) / decay_steps)
-        return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-    if schedule == "wsd":
-        decay_steps = max(1, min(total_steps - warmup_steps, round(decay_frac * total_steps)))
-        decay_start = total_steps - decay_steps
-        if step < decay_start:
-            return lr
-        progress = min(1.0, (step - decay_start + 1) / decay_steps)
-        return lr + (min_lr - lr) * progress
-    raise ValueError(f"unknown schedule {schedule!r}: expected cosine or wsd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,14 +589,34 @@ def _start_processes(run: dict[str, Any]) -> tuple[Any, int, int, torch.device]:
     return setting, rank, world, device
 
 
+def _branch_state(path: Path, fingerprint: str) -> dict[str, Any]:
+    """The stable run's checkpoint a cooldown branch starts from (checked: its fingerprint)."""
+    state = checkpoint.load(path)  # CheckpointError on a missing, foreign or corrupt file
+    if state["fingerprint"] != fingerprint:
+        raise checkpoint.CheckpointError(
+            f"{path}: written by other stable-run settings or inputs (fingerprint "
+            f"{state['fingerprint'][:12]} != {fingerprint[:12]}); rerun the stable run"
+        )
+    return state
+
+
 def train(
     run: dict[str, Any],
     train_path: str | Path,
     val_path: str | Path,
     ground_truth_path: str | Path,
     out_dir: str | Path,
+    *,
+    branch_from: tuple[Path, str] | None = None,
+    keep_checkpoints: dict[int, Path] | None = None,
 ) -> dict[str, Any]:
-    """Train one run; write its outputs (module docstring) from rank 0; return the summary."""
+    """Train one run; write its outputs (module docstring) from rank 0; return the summary.
+
+    WSD cooldown branches (`nanigpt.wsd`): `branch_from` = (checkpoint, fingerprint) starts the run
+    from another run's checkpoint, which must carry that fingerprint (the stable run's), when the
+    run has no checkpoint of its own; `keep_checkpoints` = {step: path} also saves the training
+    state after those steps (the last included) to files that outlive the run.
+    """
     wall_start = time.perf_counter()
     run = validate_run(run)
     paths = {
@@ -669,7 +653,9 @@ def train(
     seq_len, batch_size, grad_accum = t["seq_len"], t["batch_size"], t["grad_accum"]
     tokens_per_step = seq_len * batch_size * grad_accum  # the global batch
     steps = math.ceil(run["tokens"] / tokens_per_step)
-    warmup_steps = round(t["warmup_frac"] * steps)
+    warmup_steps = t.get("warmup_steps")  # set for WSD runs: the same for every branch
+    if warmup_steps is None:
+        warmup_steps = round(t["warmup_frac"] * steps)
     decay_frac = t.get("decay_frac", DEFAULT_WSD_DECAY_FRAC)
     eval_every = t["eval_every"] or 0
     checkpoint_every = t.get("checkpoint_every")
@@ -711,6 +697,8 @@ def train(
                 )
                 log.warning(message)
             state = None
+    if state is None and branch_from is not None:
+        state = _branch_state(*branch_from)
     start_step = state["step"] if state is not None else 0
     if world > 1:  # every rank read the same file; make sure they agree before training
         agree = torch.tensor([start_step, -start_step], dtype=torch.int64, device=device)
@@ -839,7 +827,9 @@ def train(
 
     rust_writer = Writer()
 
-    def save_checkpoint(steps_done: int) -> None:
+    def save_checkpoint(steps_done: int, branch_point: Path | None = None) -> None:
+        """The periodic checkpoint in the run's format, or (`branch_point`) a WSD branch point:
+        always the synchronous torch format, since a cooldown reads it next in this process."""
         trace_bytes = None
         if getattr(trace, "written", False) and trace_path.exists():
             trace_bytes = torch.frombuffer(bytearray(trace_path.read_bytes()), dtype=torch.uint8)
@@ -865,8 +855,9 @@ def train(
             "trace": trace_bytes,
             "parallelism": setting.as_dict(),
         }
-        if checkpoint_format == "torch":
-            size = checkpoint.save(checkpoint_path, payload)
+        if branch_point is not None or checkpoint_format == "torch":
+            path = branch_point or checkpoint_path
+            size = checkpoint.save(path, payload)
             message = f"{run['run_id']}: checkpoint at step {steps_done} ({size / 1e6:.1f} MB)"
         else:  # the loop waits for the snapshot only; the write's error surfaces at the next wait
             started = time.perf_counter()
@@ -971,7 +962,8 @@ def train(
                     and (step + 1) % checkpoint_every == 0
                     and not is_last
                 )
-                if not (evaluating or snapshotting or checkpointing or world > 1):
+                branching = bool(keep_checkpoints) and step + 1 in keep_checkpoints and is_main
+                if not (evaluating or snapshotting or checkpointing or branching or world > 1):
                     continue
                 row = finish_step(*pending)
                 pending = None
@@ -993,6 +985,8 @@ def train(
                     save_weights(
                         out_dir / "snapshots" / f"step_{step + 1:06d}.pt", model, par, is_main
                     )
+                if branching:
+                    save_checkpoint(step + 1, keep_checkpoints[step + 1])
                 if checkpointing:
                     save_checkpoint(step + 1)
     except NonFiniteLossError:
@@ -1038,6 +1032,10 @@ def train(
         "params_non_embedding_total": params.non_embedding_total,
         "params_non_embedding_active": params.non_embedding_active,
         "flops_per_token": flops_per_token,
+        # DeepSeek LLM's M (arXiv 2401.02954): training FLOPs/token without the vocabulary's.
+        "flops_per_token_non_embedding": flops_per_token
+        - accounting.train_by_component["lm_head"]
+        - accounting.train_by_component["embedding"],
         "flops_total": flops_per_token * tokens_trained,
         # Kaplan et al. 2020's C = 6ND with N the non-embedding (active) parameters.
         "flops_6nd": 6.0 * params.non_embedding_active * tokens_trained,

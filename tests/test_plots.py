@@ -146,3 +146,24 @@ def test_save_chart_writes_with_the_usual_file_mode_and_leaves_no_temporary(tmp_
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     assert out.read_text().startswith("<svg") and os.listdir(tmp_path) == ["fig.svg"]
+
+
+def test_log_ticks_do_not_crowd_and_frontier_stops_at_the_floor():
+    from nanigpt.plots import log_ticks
+    from nanigpt.plots.moe_vs_dense import _frontier_rows
+
+    assert log_ticks([2e9, 3e11]) == [1e10, 1e11]  # whole decades: no 2..9 x 10^k labels
+    few = log_ticks([2.5e10, 4.5e10])  # inside one decade: a 1-2-5 or 1-3 step, never 1..9
+    assert 1 <= len(few) <= 6 and all(2.5e10 <= t <= 4.5e10 for t in few)
+    assert len(log_ticks([1.0, 1e30])) <= 6
+    fits = {
+        "dense": {
+            "frontier_flops": [1.0, 2.0, 3.0],
+            "frontier_loss": [0.9, 0.7, 0.5],
+            "frontier_loss_lo": [0.8, 0.55, 0.4],
+            "frontier_loss_hi": [1.0, 0.8, 0.6],
+        }
+    }
+    rows = _frontier_rows(fits, floor=0.6)
+    assert [r["loss"] for r in rows] == [0.9, 0.7]  # the point below the floor is not drawn
+    assert min(r["loss_lo"] for r in rows) == 0.6  # and the band is clipped at it

@@ -19,6 +19,7 @@ from nanigpt.scaling.fit import (
     FlopsPerToken,
     LawParams,
     allocation_exponents,
+    bootstrap_weights,
     censored_interval,
     compute_optimal,
     crossover_text,
@@ -347,3 +348,40 @@ def test_moe_is_also_fitted_with_total_parameters():
     assert total["E"] == pytest.approx(fits["moe"]["E"], rel=1e-3)
     assert total["alpha"] == pytest.approx(fits["moe"]["alpha"], rel=1e-3)
     assert total["A"] == pytest.approx(fits["moe"]["A"] * 4 ** fits["moe"]["alpha"], rel=1e-2)
+
+
+def test_fixed_floor_fit_recovers_a_planted_law_given_its_E():
+    """Four parameters, E given: on a small noisy grid the exponents come back, tighter than free."""
+    points = planted_points(5, noise=0.005, seed=2)
+    fixed = fit_law(*points, bootstrap=30, seed=0, floor=TRUE_LAW.E)
+    free = fit_law(*points, bootstrap=30, seed=0)
+    assert pytest.approx(TRUE_LAW.E, rel=1e-12) == fixed.params.E
+    np.testing.assert_allclose(fixed.bootstrap[:, 0], TRUE_LAW.E, rtol=1e-12)
+    for name in ("A", "B", "alpha", "beta"):
+        lo, hi = fixed.ci(name)
+        assert lo <= getattr(TRUE_LAW, name) <= hi, (name, lo, hi)
+    assert fixed.params.alpha == pytest.approx(TRUE_LAW.alpha, abs=0.03)
+    assert fixed.params.beta == pytest.approx(TRUE_LAW.beta, abs=0.03)
+    for name in ("alpha", "beta"):
+        assert np.ptp(fixed.ci(name)) < np.ptp(free.ci(name)), name
+    with pytest.raises(FitError, match="below every loss"):
+        fit_law(*points, floor=10.0)
+
+
+def test_bootstrap_draws_seed_replicates_of_a_point_together():
+    """Every point twice (two 'seeds'), grouped by point: both copies always get the same weight,
+    and as many points are drawn as there are (the seeds do not count as extra points)."""
+    n, d, loss = planted_points(4)
+    groups = [f"{a}|{b}" for a, b in zip(n, d, strict=True)] * 2
+    index = np.unique(groups, return_inverse=True)[1]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        weights = bootstrap_weights(rng, index)
+        np.testing.assert_array_equal(weights[: len(n)], weights[len(n) :])
+        assert weights.sum() == 2 * len(n)
+    twice = fit_law(
+        np.tile(n, 2), np.tile(d, 2), np.tile(loss, 2), bootstrap=10, seed=5, groups=groups
+    )
+    assert twice.n_bootstrap == 10
+    with pytest.raises(FitError, match="group labels"):
+        fit_law(n, d, loss, groups=["a"])

@@ -7,6 +7,7 @@ the target (vl-convert picks the format from the suffix), then renamed onto it.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -27,6 +28,35 @@ def arch_colour_scale(arch_kinds: list[str]) -> alt.Scale:
     domain = sorted(arch_kinds)
     extra = iter(_FALLBACK_COLOURS)
     return alt.Scale(domain=domain, range=[ARCH_COLOURS.get(a) or next(extra) for a in domain])
+
+
+def log_ticks(values: list[float], max_ticks: int = 6) -> list[float]:
+    """Tick values for a log axis over `values` that cannot crowd each other: the powers of ten
+    inside the range, or 1-2-5 (then 1-3) steps when it spans too few decades for that to give two
+    ticks, thinned to at most `max_ticks`. Vega's own log ticks label every 1..9 x 10^k and run
+    together ("3e+104e+10")."""
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not finite:
+        return []
+    lo, hi = min(finite), max(finite)
+    for mantissas in ((1,), (1, 2, 5), (1, 3), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [
+            m * 10.0**k
+            for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for m in mantissas
+            if lo <= m * 10.0**k <= hi * (1 + 1e-9)
+        ]
+        if len(ticks) >= 2:
+            break
+    step = max(1, math.ceil(len(ticks) / max_ticks))
+    return ticks[::step] or [lo, hi]
+
+
+def log_axis(values: list[float], title: str | None = None, number_format: str = "~s") -> alt.Axis:
+    """A log axis with `log_ticks` and labels that are dropped rather than overlapped."""
+    return alt.Axis(
+        values=log_ticks(values), format=number_format, labelOverlap="greedy", title=title
+    )
 
 
 def save_chart(chart: alt.TopLevelMixin, path: str | os.PathLike) -> Path:

@@ -26,7 +26,7 @@ import altair as alt
 import numpy as np
 
 from nanigpt.io import read_json
-from nanigpt.plots import save_from_cli
+from nanigpt.plots import log_axis, save_from_cli
 from nanigpt.scaling.fit import LOSS_UNITS
 
 TITLE = "IsoFLOP profiles (Chinchilla approach 2)"
@@ -139,7 +139,7 @@ def arch_panels(arch_kind: str, entry: dict[str, Any], all_budgets: list[str]) -
         "n:Q",
         title=f"N = {n_column} (log scale)",
         scale=alt.Scale(type="log", nice=False),
-        axis=alt.Axis(format="~s"),
+        axis=log_axis([p["n"] for p in points]),
     )
     y = alt.Y("loss:Q", title=f"validation loss ({unit})", scale=y_scale)
     colour = alt.Color(
@@ -188,7 +188,7 @@ def arch_panels(arch_kind: str, entry: dict[str, Any], all_budgets: list[str]) -
         "flops:Q",
         title="training compute C (FLOPs, log scale)",
         scale=alt.Scale(type="log", nice=False),
-        axis=alt.Axis(format="~e"),
+        axis=log_axis([o["flops"] for o in optima + laws], number_format="~e"),
     )
     cy = alt.Y(
         "value:Q",

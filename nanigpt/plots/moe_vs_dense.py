@@ -25,7 +25,7 @@ import altair as alt
 import polars as pl
 
 from nanigpt.io import read_json
-from nanigpt.plots import arch_colour_scale, save_from_cli
+from nanigpt.plots import arch_colour_scale, log_axis, save_from_cli
 from nanigpt.scaling.fit import LOSS_UNITS, crossover_text
 
 TITLE = "Dense vs MoE: validation loss against training compute"
@@ -45,7 +45,9 @@ def _n_column(fits: dict[str, Any]) -> str:
     return "params_non_embedding_active"
 
 
-def _frontier_rows(fits: dict[str, Any]) -> list[dict[str, Any]]:
+def _frontier_rows(fits: dict[str, Any], floor: float | None = None) -> list[dict[str, Any]]:
+    """The fitted frontiers' points; none below the data's floor (no model can go there, so a fit
+    whose E lies under it draws its frontier only down to the floor), bands clipped at it."""
     rows = []
     for arch_kind, entry in fits.items():
         if not isinstance(entry, dict) or "error" in entry:
@@ -55,12 +57,28 @@ def _frontier_rows(fits: dict[str, Any]) -> list[dict[str, Any]]:
         lo = entry.get("frontier_loss_lo") or [None] * len(flops)
         hi = entry.get("frontier_loss_hi") or [None] * len(flops)
         for c, y, y_lo, y_hi in zip(flops, loss, lo, hi, strict=False):
-            if c is None or y is None:
+            if c is None or y is None or (floor is not None and y < floor):
                 continue
+            if floor is not None and y_lo is not None:
+                y_lo = max(y_lo, floor)
             rows.append(
                 {"arch_kind": arch_kind, "flops": c, "loss": y, "loss_lo": y_lo, "loss_hi": y_hi}
             )
     return rows
+
+
+def _law_text(entry: dict[str, Any]) -> str:
+    """E, alpha, beta with their 95% intervals: 'E=0.61 [0.5, 0.7], α=0.52 [0.4, 0.6], ...'."""
+
+    def num(x: float, digits: int) -> str:  # E on its lower bound (e^-20) reads as 0
+        return "0" if abs(x) < 1e-6 else f"{x:.{digits}g}"
+
+    def one(name: str, label: str) -> str:
+        lo, hi = entry.get(f"{name}_ci") or (None, None)
+        ci = f" [{num(lo, 2)}, {num(hi, 2)}]" if lo is not None and hi is not None else ""
+        return f"{label}={num(entry[name], 3)}{ci}"
+
+    return ", ".join(one(n, lab) for n, lab in (("E", "E"), ("alpha", "α"), ("beta", "β")))
 
 
 def _subtitle(fits: dict[str, Any], n_column: str, arch_kinds: list[str]) -> list[str]:
@@ -78,10 +96,10 @@ def _subtitle(fits: dict[str, Any], n_column: str, arch_kinds: list[str]) -> lis
             reason = reason if len(reason) <= 110 else f"{reason[:107]}..."
             lines.append(f"{arch_kind}: fit refused (no frontier drawn): {reason}")
         else:
-            lines.append(
-                f"{arch_kind}: E={entry['E']:.3g}, α={entry['alpha']:.2f}, β={entry['beta']:.2f} "
-                f"({entry['n_points']} runs)"
-            )
+            lines.append(f"{arch_kind}: {_law_text(entry)} ({entry['n_points']} runs)")
+            fixed = entry.get("fixed_floor") or {}
+            if "alpha" in fixed:
+                lines.append(f"{arch_kind}, E fixed at the floor: {_law_text(fixed)}")
             if entry.get("crossover_vs_dense"):
                 lines.append(crossover_text(entry["crossover_vs_dense"], arch_kind))
     return lines
@@ -107,7 +125,7 @@ def build_chart(
         scale=arch_colour_scale(arch_kinds),
         legend=alt.Legend(symbolOpacity=1, symbolType="circle"),
     )
-    frontier = _frontier_rows(fits)
+    frontier = _frontier_rows(fits, floor_bits_per_byte if unit == "bits/byte" else None)
 
     # The y range holds the points, the floor and a little margin; frontier lines are clipped to it.
     values = points["loss"].to_list()
@@ -122,7 +140,7 @@ def build_chart(
         "flops:Q",
         title="training compute (FLOPs, counted, log scale)",
         scale=x_scale,
-        axis=alt.Axis(format="~e"),
+        axis=log_axis(flops_all, number_format="~e"),
     )
     y = alt.Y("loss:Q", title=f"validation loss ({unit})", scale=y_scale)
 
@@ -134,7 +152,7 @@ def build_chart(
             f"{n_column}:Q",
             title="N (parameters)",
             scale=alt.Scale(type="log", range=[40, 320]),
-            legend=alt.Legend(format="~s"),
+            legend=alt.Legend(format="~s", titleLimit=0, labelLimit=0),
         )
     point_layer = (
         alt.Chart(alt.Data(values=points.rename({"flops_total": "flops"}).to_dicts()))
@@ -143,7 +161,7 @@ def build_chart(
             x=x,
             y=y,
             color=colour,
-            shape=alt.Shape("size:N", title="model size"),
+            shape=alt.Shape("size:N", title="model size", legend=alt.Legend(titleLimit=0)),
             size=size_enc,
             tooltip=tooltip,
         )

@@ -58,6 +58,7 @@ N_COLUMNS = (
     "params_active",
     "params_total",
     "params_non_embedding_total",
+    "flops_per_token_non_embedding",
 )
 # Bounds on theta = (a, b, e, alpha, beta). Exponents are kept non-negative and finite; a fit that
 # ends on an exponent bound is refused as degenerate (the loss does not follow a power law there).
@@ -216,9 +217,11 @@ def _objective(
     return float(weights @ huber) * scale, grad * scale
 
 
-def _grid(log_l_min: float) -> np.ndarray:
+def _grid(log_l_min: float, fixed_e: float | None = None) -> np.ndarray:
     """Initial thetas: the product of the exponent, scale and floor grids, shape (M, 5)."""
     e_values = [log_l_min + math.log(f) for f in GRID_FLOOR_FRACTIONS]
+    if fixed_e is not None:
+        e_values = [fixed_e]
     mesh = np.meshgrid(GRID_LOG_SCALES, GRID_LOG_SCALES, e_values, GRID_EXPONENTS, GRID_EXPONENTS)
     return np.stack([m.ravel() for m in mesh], axis=1)
 
@@ -235,14 +238,24 @@ def _grid_objective(grid: np.ndarray, log_n, log_d, log_l) -> np.ndarray:
     return huber.sum(axis=1)
 
 
-def _minimise(theta0, log_n, log_d, log_l, weights, maxiter=2000) -> tuple[np.ndarray, float]:
+def _bounds(fixed_e: float | None) -> list[tuple[float, float]]:
+    """THETA_BOUNDS, with e pinned (lower = upper bound, which L-BFGS-B treats as a fixed variable)
+    when the floor is given: the four-parameter fit."""
+    if fixed_e is None:
+        return THETA_BOUNDS
+    return [*THETA_BOUNDS[:2], (fixed_e, fixed_e), *THETA_BOUNDS[3:]]
+
+
+def _minimise(
+    theta0, log_n, log_d, log_l, weights, maxiter=2000, fixed_e=None
+) -> tuple[np.ndarray, float]:
     result = minimize(
         _objective,
         theta0,
         args=(log_n, log_d, log_l, weights),
         jac=True,
         method="L-BFGS-B",
-        bounds=THETA_BOUNDS,
+        bounds=_bounds(fixed_e),
         options={"maxiter": maxiter, "ftol": 1e-12, "gtol": 1e-8},
     )
     return result.x, float(result.fun)
@@ -319,33 +332,68 @@ def fit_law(
     seed: int = 0,
     ci_level: float = 0.95,
     labels: Sequence[str] | None = None,
+    floor: float | None = None,
+    groups: Sequence[Any] | None = None,
 ) -> LawFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta; raise FitError rather than return nonsense.
 
-    The bootstrap resamples runs with replacement (as integer weights on the points) and refits each
-    replicate with L-BFGS warm-started from the full-data optimum; replicates that are themselves
-    degenerate (one distinct N, say) are skipped, and `n_bootstrap` counts those kept.
+    `floor` fixes E at a known floor (the four-parameter fit; synthetic data knows its entropy
+    rate exactly), else E is free (five parameters).
+
+    The bootstrap resamples with replacement the `groups` (one label per run; default: each run its
+    own group) and gives every run of a drawn group its weight, so seed replicates of one (size,
+    tokens) point are drawn together: the interval then reflects how many distinct points pin the
+    law, not how many seeds were run. Each replicate is refitted with L-BFGS warm-started from the
+    full-data optimum; replicates that are themselves degenerate (one distinct N, say) are skipped,
+    and `n_bootstrap` counts those kept.
     """
     n = np.asarray(n, dtype=float)
     d = np.asarray(d, dtype=float)
     loss = np.asarray(loss, dtype=float)
     labels = list(labels) if labels is not None else [f"#{i}" for i in range(len(n))]
     _check_points(n, d, loss, labels)
+    if floor is not None and not (math.isfinite(floor) and 0 < floor < loss.min()):
+        raise FitError(f"a fixed floor must be finite, > 0 and below every loss; got {floor}")
+    if groups is None:
+        group_index = np.arange(len(n))
+    else:
+        if len(groups) != len(n):
+            raise FitError(f"{len(groups)} group labels for {len(n)} runs")
+        group_index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
     with _single_threaded_blas():
-        return _fit_checked(n, d, loss, bootstrap=bootstrap, seed=seed, ci_level=ci_level)
+        return _fit_checked(
+            n, d, loss, bootstrap=bootstrap, seed=seed, ci_level=ci_level,
+            fixed_e=None if floor is None else math.log(floor), group_index=group_index,
+        )  # fmt: skip
+
+
+def bootstrap_weights(rng: np.random.Generator, group_index: np.ndarray) -> np.ndarray:
+    """One bootstrap draw: as many groups as there are, with replacement; each run gets the
+    number of times its group was drawn (all runs of a group share it)."""
+    n_groups = int(group_index.max()) + 1
+    drawn = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+    return drawn[group_index].astype(float)
 
 
 def _fit_checked(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, bootstrap: int, seed: int, ci_level: float
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    *,
+    bootstrap: int,
+    seed: int,
+    ci_level: float,
+    fixed_e: float | None,
+    group_index: np.ndarray,
 ) -> LawFit:
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
     ones = np.ones_like(log_n)
 
-    grid = _grid(float(log_l.min()))
+    grid = _grid(float(log_l.min()), fixed_e)
     starts = grid[np.argsort(_grid_objective(grid, log_n, log_d, log_l))[:N_STARTS]]
     best_theta, best_obj = None, math.inf
     for theta0 in starts:
-        theta, obj = _minimise(theta0, log_n, log_d, log_l, ones)
+        theta, obj = _minimise(theta0, log_n, log_d, log_l, ones, fixed_e=fixed_e)
         if obj < best_obj:
             best_theta, best_obj = theta, obj
     _check_optimum(best_theta, n, d, loss)
@@ -353,11 +401,13 @@ def _fit_checked(
     rng = np.random.default_rng(seed)
     replicates = []
     for _ in range(bootstrap):
-        idx = rng.integers(0, len(n), len(n))
-        if len(np.unique(n[idx])) < MIN_DISTINCT or len(np.unique(d[idx])) < MIN_DISTINCT:
+        weights = bootstrap_weights(rng, group_index)
+        used = weights > 0
+        if len(np.unique(n[used])) < MIN_DISTINCT or len(np.unique(d[used])) < MIN_DISTINCT:
             continue
-        weights = np.bincount(idx, minlength=len(n)).astype(float)
-        theta, _ = _minimise(best_theta, log_n, log_d, log_l, weights, maxiter=BOOTSTRAP_MAXITER)
+        theta, _ = _minimise(
+            best_theta, log_n, log_d, log_l, weights, maxiter=BOOTSTRAP_MAXITER, fixed_e=fixed_e
+        )
         if np.all(np.isfinite(theta)):
             replicates.append(LawParams.from_theta(theta).as_array())
     return LawFit(
@@ -558,8 +608,9 @@ def fit_arch(
     d = table["tokens_trained"].to_numpy().astype(float)
     loss = table[loss_column].to_numpy().astype(float)
     law = fit_law(
-        n, d, loss, bootstrap=bootstrap, seed=seed, ci_level=ci_level, labels=table["run_id"]
-    )
+        n, d, loss, bootstrap=bootstrap, seed=seed, ci_level=ci_level, labels=table["run_id"],
+        groups=point_groups(n, d),
+    )  # fmt: skip
     if "flops_per_token" in table.columns:
         fpt_model = FlopsPerToken.fit(n, table["flops_per_token"].to_numpy().astype(float))
     else:
@@ -619,14 +670,80 @@ def fit_arch(
             "median": float(np.median(ratio)),
             "max": float(np.max(ratio)),
         }
-    if loss_column == "final_val_bpb" and "floor_bpb" in table.columns:
-        floor = table["floor_bpb"].drop_nulls().mean()
-        if floor is not None and math.isfinite(floor):
-            lo, hi = law.ci("E")
-            entry["floor_bpb"] = floor
-            entry["E_minus_floor"] = law.params.E - floor
-            entry["floor_in_E_ci"] = bool(lo <= floor <= hi) if math.isfinite(lo) else None
+    floor = known_floor(table, loss_column)
+    if floor is not None:
+        lo, hi = law.ci("E")
+        entry["floor_bpb"] = floor
+        entry["E_minus_floor"] = law.params.E - floor
+        entry["floor_in_E_ci"] = bool(lo <= floor <= hi) if math.isfinite(lo) else None
+    fit_kw = {
+        "loss_column": loss_column,
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "ci_level": ci_level,
+    }
+    entry["fixed_floor"] = _side_fit(table, n_column, floor, True, **fit_kw)
+    if FLOPS_AXIS in table.columns and n_column != FLOPS_AXIS:
+        entry["by_flops_per_token"] = {
+            "free": _side_fit(table, FLOPS_AXIS, floor, False, **fit_kw),
+            "fixed_floor": _side_fit(table, FLOPS_AXIS, floor, True, **fit_kw),
+        }
     return entry, law, fpt_model
+
+
+# DeepSeek LLM's M (Bi et al. 2024, arXiv 2401.02954, eq. 2): non-embedding training FLOPs per
+# token, attention over the context included (summary.json's `flops_per_token_non_embedding`).
+FLOPS_AXIS = "flops_per_token_non_embedding"
+
+
+def point_groups(n: np.ndarray, d: np.ndarray) -> list[str]:
+    """The bootstrap's groups: one per (N, D) point, holding all its seed replicates."""
+    return [f"{a:.6g}|{b:.6g}" for a, b in zip(n, d, strict=True)]
+
+
+def known_floor(table: pl.DataFrame, loss_column: str) -> float | None:
+    """The data's exact floor in bits/byte when the loss is bits/byte and the runs know it."""
+    if loss_column != "final_val_bpb" or "floor_bpb" not in table.columns:
+        return None
+    floor = table["floor_bpb"].drop_nulls().mean()
+    return float(floor) if floor is not None and math.isfinite(floor) else None
+
+
+def law_summary(law: LawFit) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_points": law.n_points, "n_bootstrap": law.n_bootstrap}
+    for name in PARAM_NAMES:
+        out[name] = getattr(law.params, name)
+        out[f"{name}_ci"] = list(law.ci(name))
+    return out
+
+
+def _side_fit(
+    table: pl.DataFrame,
+    n_column: str,
+    floor: float | None,
+    fix_e: bool,
+    *,
+    loss_column: str,
+    bootstrap: int,
+    seed: int,
+    ci_level: float,
+) -> dict[str, Any]:
+    """A fit beside the main one: another model-scale axis, or E fixed at the known floor (the
+    four-parameter fit; `{"error": ...}` when there is no floor or the fit is refused)."""
+    out: dict[str, Any] = {"n_column": n_column, "E_fixed": fix_e}
+    if fix_e and floor is None:
+        return {**out, "error": "no known floor for this loss (bits/byte on synthetic data only)"}
+    n = table[n_column].to_numpy().astype(float)
+    d = table["tokens_trained"].to_numpy().astype(float)
+    try:
+        law = fit_law(
+            n, d, table[loss_column].to_numpy().astype(float), bootstrap=bootstrap, seed=seed,
+            ci_level=ci_level, labels=table["run_id"], floor=floor if fix_e else None,
+            groups=point_groups(n, d),
+        )  # fmt: skip
+    except FitError as e:
+        return {**out, "error": str(e)}
+    return {**out, **law_summary(law), "n_range": [float(n.min()), float(n.max())]}
 
 
 # The crossover is searched from the runs' smallest budget to this many times their largest: far

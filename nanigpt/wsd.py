@@ -1,0 +1,258 @@
+"""Warmup-stable-decay sweeps: one stable run per (dataset, arch, size, seed), a cooldown per budget.
+
+Serves core question 4 (scaling fits that are determined). A sweep with `cooldown: f` trains, per
+(dataset, arch, size, seed, parallelism), one stable-phase run at constant learning rate (after the
+warmup) that keeps its training state at each budget's branch point, and gives each token budget D
+the result of a cooldown of f*D tokens (linear decay to `min_lr_frac`) branched from there
+(`nanigpt.schedule`; Hägele et al. 2024, arXiv 2405.18392). B budgets cost the largest budget's
+stable phase plus the cooldowns instead of the sum of all budgets.
+
+Each budget is a run of its own (`<run_id>` ends in `_wsd`), whose outputs land in
+`results/runs/<run_id>/` exactly as a cosine run's, so aggregation, fits and figures read them
+unchanged. Where the work runs was chosen by measurement (docs/interfaces.md, "WSD jobs"): a
+training process pays ~4.4 CPU-seconds of imports and first-call set-up on this 2-core machine,
+while a cooldown of the CPU default's headline costs 0.05-1 s, so all stable runs and cooldowns of
+one (dataset, arch, seed, parallelism, training settings) train in one job, `results/wsd/<job_id>/`,
+and a tiny job per budget (`publish`, no torch import) hard-links the budget's files into
+`results/runs/<run_id>/` for Snakemake.
+
+Resume: every finished stable run (`stable/<stable_id>/stable.json`) and cooldown
+(`runs/<run_id>/branch.json`) records the fingerprint of its settings and inputs, and a rerun of
+the job skips what is finished with the same fingerprint: a killed cooldown reruns alone (from its
+own rolling checkpoint if it wrote one, else from the stable run's checkpoint at its branch point),
+a killed stable run resumes from its rolling checkpoint. On the CPU a branch is bit-identical to a
+WSD run of the same budget trained straight through (tests/test_wsd.py).
+
+    python -m nanigpt.wsd train --job JSON_OR_@PATH --train train.bin --val val.bin \\
+        --ground-truth ground_truth.json --out results/wsd/JOB_ID
+    python -m nanigpt.wsd publish --src results/wsd/JOB_ID/runs/RUN_ID --dst results/runs/RUN_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nanigpt.io import read_json, write_json_atomic
+from nanigpt.schedule import branch_step
+
+log = logging.getLogger("nanigpt.wsd")
+
+RUN_SUFFIX = "_wsd"
+# The files of a run folder (train_run's outputs), summary.json last: a published folder with a
+# summary is complete.
+RUN_FILES = ("config.json", "metrics.parquet", "trace.json.gz", "model.pt", "summary.json")
+# Settings a stable run does not depend on: its branches' length, schedule and cooldown.
+_BRANCH_ONLY = ("run_id", "tokens", "sweeps", "budgets")
+_BRANCH_ONLY_TRAINING = ("schedule", "decay_frac")
+
+
+def _digest(obj: Any, length: int) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def _steps(run: dict[str, Any]) -> int:
+    t = run["training"]
+    return math.ceil(run["tokens"] / (t["seq_len"] * t["batch_size"] * t["grad_accum"]))
+
+
+def branch_step_of(run: dict[str, Any]) -> int:
+    """The stable-run step a WSD budget run branches from."""
+    t = run["training"]
+    return branch_step(_steps(run), t["warmup_steps"], t["decay_frac"])
+
+
+def _stable_key(run: dict[str, Any]) -> dict[str, Any]:
+    key = {k: v for k, v in run.items() if k not in _BRANCH_ONLY}
+    key["training"] = {k: v for k, v in run["training"].items() if k not in _BRANCH_ONLY_TRAINING}
+    return key
+
+
+def is_wsd_run(run: dict[str, Any]) -> bool:
+    return run["run_id"].endswith(RUN_SUFFIX) or f"{RUN_SUFFIX}_" in run["run_id"]
+
+
+def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The WSD jobs of a config's runs (`nanigpt.config.resolve_runs`): `{job_id: job}`.
+
+    A job holds every stable run of one (sweep, dataset, arch, parallelism, seed), the sweep being
+    the first that lists a budget run; a stable run holds every WSD budget run of that sweep with
+    its settings, and runs to the latest branch point among them. `run_job` of a job is `{"job_id", "dataset",
+    "stables": [{"run": stable run settings, "branches": [budget run settings]}]}`; `job_of`
+    maps each budget run id to its job id.
+    """
+    stables: dict[str, dict[str, Any]] = {}
+    for run in runs.values():
+        if not is_wsd_run(run):
+            continue
+        key = _stable_key(run)
+        sweep = (run.get("sweeps") or ["wsd"])[0]  # a probe's branches train in the probe's job
+        entry = stables.setdefault(
+            _digest([key, sweep], 16), {"key": key, "branches": [], "sweep": sweep}
+        )
+        entry["branches"].append({k: v for k, v in run.items() if k not in ("sweeps", "budgets")})
+    jobs: dict[str, dict[str, Any]] = {}
+    for digest, entry in stables.items():
+        key, branches = entry["key"], sorted(entry["branches"], key=lambda r: r["tokens"])
+        t = key["training"]
+        tokens_per_step = t["seq_len"] * t["batch_size"] * t["grad_accum"]
+        stable = copy.deepcopy(key)
+        stable["training"]["schedule"] = "constant"
+        stable["tokens"] = max(branch_step_of(b) for b in branches) * tokens_per_step
+        seed = t["seed"]
+        stable["run_id"] = (
+            f"{key['dataset']}_{key['arch']}_{key['size']}_{key['parallelism_name']}_seed{seed}"
+            f"_stable_{digest[:6]}"
+        )
+        job_id = (
+            f"{entry['sweep']}_{key['dataset']}_{key['arch']}_{key['parallelism_name']}_seed{seed}"
+        )
+        job = jobs.setdefault(job_id, {"job_id": job_id, "dataset": key["dataset"], "stables": []})
+        job["stables"].append({"run": stable, "branches": branches})
+    for job in jobs.values():
+        job["stables"].sort(key=lambda s: s["run"]["run_id"])
+    return jobs
+
+
+def job_of(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {
+        b["run_id"]: jid for jid, job in jobs.items() for s in job["stables"] for b in s["branches"]
+    }
+
+
+# --- training a job -----------------------------------------------------------------------------
+
+
+def _finished(marker: Path, fingerprint: str, *files: Path) -> bool:
+    if not marker.is_file() or not all(f.is_file() for f in files):
+        return False
+    try:
+        return read_json(marker, what="WSD marker").get("fingerprint") == fingerprint
+    except (OSError, ValueError):
+        return False
+
+
+def run_job(
+    job: dict[str, Any], train_path: Path, val_path: Path, truth_path: Path, out: Path
+) -> dict[str, Any]:
+    """Train a job's stable runs and cooldowns into `out`, skipping what is already finished."""
+    from nanigpt import checkpoint
+    from nanigpt.train import train
+
+    inputs = {"train": Path(train_path), "val": Path(val_path), "ground_truth": Path(truth_path)}
+    done: dict[str, str] = {}
+    for entry in job["stables"]:
+        stable, branches = entry["run"], entry["branches"]
+        stable_dir = out / "stable" / stable["run_id"]
+        kept = {
+            branch_step_of(b): stable_dir / f"branch_step{branch_step_of(b):07d}.pt"
+            for b in branches
+        }
+        stable_fp = checkpoint.run_fingerprint(stable, inputs)
+        marker = stable_dir / "stable.json"
+        if not _finished(marker, stable_fp, *kept.values()):
+            log.info(
+                f"{stable['run_id']}: stable phase to step {max(kept)} (branches {sorted(kept)})"
+            )
+            cpu = time.process_time()
+            train(stable, *inputs.values(), stable_dir, keep_checkpoints=kept)
+            write_json_atomic(
+                marker,
+                {
+                    "fingerprint": stable_fp,
+                    "branch_steps": sorted(kept),
+                    "cpu_s": time.process_time() - cpu,
+                },
+            )
+        for branch in branches:
+            branch_dir = out / "runs" / branch["run_id"]
+            branch_fp = checkpoint.run_fingerprint(branch, inputs)
+            branch_marker = branch_dir / "branch.json"
+            if not _finished(branch_marker, branch_fp, *(branch_dir / f for f in RUN_FILES)):
+                step = branch_step_of(branch)
+                cpu = time.process_time()
+                train(branch, *inputs.values(), branch_dir, branch_from=(kept[step], stable_fp))
+                write_json_atomic(
+                    branch_marker,
+                    {
+                        "fingerprint": branch_fp,
+                        "stable": stable["run_id"],
+                        "branch_step": step,
+                        "cpu_s": time.process_time() - cpu,
+                    },
+                )
+            done[branch["run_id"]] = branch_fp
+    result = {"job_id": job["job_id"], "runs": done}
+    write_json_atomic(out / "done.json", result)
+    return result
+
+
+# --- publishing a budget's run folder -----------------------------------------------------------
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Hard-link (or copy, across file systems) a finished budget's files into its run folder,
+    each replaced atomically and summary.json last."""
+    import shutil
+
+    missing = [f for f in RUN_FILES if not (src / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{src}: missing {missing}; rerun its WSD job (delete its done.json)"
+        )
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        tmp = dst / f".{name}.link.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src / name, tmp)
+        except OSError:
+            shutil.copy2(src / name, tmp)
+        os.replace(tmp, dst / name)
+
+
+def _parse_job(text: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        return read_json(text[1:], what="WSD job file")
+    return json.loads(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanigpt.wsd", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train a WSD job's stable runs and cooldowns")
+    p_train.add_argument("--job", required=True, help="job JSON, or @path to it")
+    p_train.add_argument("--train", required=True)
+    p_train.add_argument("--val", required=True)
+    p_train.add_argument("--ground-truth", required=True)
+    p_train.add_argument("--out", required=True, help="results/wsd/JOB_ID")
+    p_pub = sub.add_parser("publish", help="link a finished budget's files into its run folder")
+    p_pub.add_argument("--src", required=True)
+    p_pub.add_argument("--dst", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        if args.command == "publish":
+            publish(Path(args.src), Path(args.dst))
+            return 0
+        job = _parse_job(args.job)
+        run_job(job, Path(args.train), Path(args.val), Path(args.ground_truth), Path(args.out))
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
