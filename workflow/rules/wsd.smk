@@ -11,7 +11,9 @@ WSD_JOB_OF = job_of(WSD_JOBS)
 
 def wsd_job(wildcards):
     if wildcards.job_id not in WSD_JOBS:
-        raise WorkflowError(f"unknown WSD job '{wildcards.job_id}': the config declares {', '.join(WSD_JOBS)}")
+        raise WorkflowError(
+            f"unknown WSD job '{wildcards.job_id}': the config declares {', '.join(WSD_JOBS)}"
+        )
     return WSD_JOBS[wildcards.job_id]
 
 
@@ -26,16 +28,16 @@ rule train_wsd_job:
         truth=lambda w: f"data/synthetic/{wsd_job(w)['dataset']}/ground_truth.json",
     output:
         "results/wsd/{job_id}/done.json",
-    params:
-        job=lambda w: json.dumps(wsd_job(w), sort_keys=True, separators=(",", ":")),
+    log:
+        f"{LOGS}/train_wsd_job/{{job_id}}.log",
     threads: config["training"]["threads"]
     resources:
+        **({"gpu": 1} if TRAIN_ON_GPU else {}),
         cpus_per_task=config["training"]["threads"],
         mem_mb=TRAIN_MEM_MB_PER_PROCESS,
         runtime=TRAIN_RUNTIME_MIN,
-        **({"gpu": 1} if TRAIN_ON_GPU else {}),
-    log:
-        f"{LOGS}/train_wsd_job/{{job_id}}.log",
+    params:
+        job=lambda w: json.dumps(wsd_job(w), sort_keys=True, separators=(",", ":")),
     shell:
         "python -m nanigpt.wsd train --job {params.job:q} --train {input.train} --val {input.val}"
         " --ground-truth {input.truth} --out results/wsd/{wildcards.job_id} > {log} 2>&1"
@@ -52,11 +54,11 @@ rule publish_wsd_run:
         summary="results/runs/{run_id}/summary.json",
     wildcard_constraints:
         run_id="[A-Za-z0-9_]*_wsd(_[A-Za-z0-9_]+)?",
+    resources:
+        **SMALL_JOB,
     params:
         run=lambda w: run_settings_json(run_of(w)),
         job=lambda w: WSD_JOB_OF[w.run_id],
-    resources:
-        **SMALL_JOB,
     shell:
         "python -m nanigpt.wsd publish --src results/wsd/{params.job}/runs/{wildcards.run_id}"
         " --dst results/runs/{wildcards.run_id}"
@@ -72,10 +74,9 @@ rule wsd_vs_cosine:
         lambda w: [s for sweep in config["wsd_check"]["sweeps"] for s in summaries_of_sweep(sweep)],
     output:
         "results/scaling/wsd_vs_cosine.json",
-    resources:
-        **SMALL_JOB,
     log:
         f"{LOGS}/wsd_vs_cosine.log",
+    resources:
+        **SMALL_JOB,
     shell:
         "python -m nanigpt.scaling.wsd_check --out {output} {input} > {log} 2>&1"
-
