@@ -43,6 +43,13 @@ def workflow_tree(dest: Path, config: dict) -> Path:
     return dest
 
 
+def checkpoints(runs: Path, pattern: str) -> list[Path]:
+    """The finished checkpoints (either format: torch's or the Rust writer's) of matching runs."""
+    from nanigpt.checkpoint import FILES
+
+    return [p for name in FILES.values() for p in runs.glob(f"{pattern}/{name}")]
+
+
 def test_readme_command_resumes_every_killed_run(tmp_path):
     assert "--cores all" in (REPO / "README.md").read_text(), "README's command changed"
     raw = load_smoke()
@@ -56,7 +63,7 @@ def test_readme_command_resumes_every_killed_run(tmp_path):
     runs = tree / "results" / "runs"
     try:
         deadline = time.monotonic() + 300
-        while not list(runs.glob("*_t10k_single/checkpoint.pt")):  # killed after a checkpoint
+        while not checkpoints(runs, "*_t10k_single"):  # killed after a checkpoint
             assert proc.poll() is None, "snakemake ended before a long run checkpointed"
             assert time.monotonic() < deadline, "no long run ever checkpointed"
             time.sleep(0.1)
@@ -64,7 +71,7 @@ def test_readme_command_resumes_every_killed_run(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert list((tree / ".snakemake" / "locks").glob("*.lock")), "kill -9 left no lock to test"
-    checkpointed = {p.parent.name for p in runs.glob("*/checkpoint.pt")}
+    checkpointed = {p.parent.name for p in checkpoints(runs, "*")}
     unfinished = {r for r in checkpointed if not (runs / r / "summary.json").exists()}
     assert unfinished, "the kill left no run with a checkpoint and no summary"
 
@@ -84,7 +91,7 @@ def test_readme_command_resumes_every_killed_run(tmp_path):
     for run_id in unfinished:
         summary = json.loads((runs / run_id / "summary.json").read_text())
         assert summary["resumed_from_step"] and summary["resumed_from_step"] > 0, run_id
-        assert not (runs / run_id / "checkpoint.pt").exists()
+        assert not checkpoints(runs, run_id)
 
     # On the built graph: the run table lists every declared run, with the benchmark of each job
     # run; nothing is stale; bumping the sweep's `version:` reruns exactly its runs.

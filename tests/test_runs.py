@@ -130,7 +130,8 @@ def test_train_cli_says_in_one_line_what_cannot_be_written(
     data = write_tiny_data(tmp_path / "in")
     out = tmp_path / "run"
     _fail_writes_into(out, error, monkeypatch, only)
-    run = json.dumps(make_run(tokens=6 * 8 * 16, checkpoint_every=2))
+    # the Python writer's path (os.replace); the Rust writer's full disk: test_checkpoint_rust.py
+    run = json.dumps(make_run(tokens=6 * 8 * 16, checkpoint_every=2, checkpoint_format="torch"))
     argv = ["--run-config", run, "--train", str(data["train"]), "--val", str(data["val"]),
             "--ground-truth", str(data["gt"]), "--out", str(out)]  # fmt: skip
     assert train_main(argv) == 1
