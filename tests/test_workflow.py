@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from nanigpt import checkpoint
 from tests.workflow_util import (
     REPO,
     TARGET,
@@ -167,7 +168,8 @@ def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
-        while not (run_dir / "checkpoint.pt").exists():  # killed after its first checkpoint
+        # killed after its first checkpoint, in either format (torch's or the Rust writer's)
+        while not any((run_dir / name).exists() for name in checkpoint.FILES.values()):
             assert proc.poll() is None, "snakemake ended before the run checkpointed"
             assert time.monotonic() < deadline, "the run never checkpointed"
             time.sleep(0.1)
