@@ -400,8 +400,8 @@ class MoE(nn.Module):
         load = self.step_load
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(load)  # every rank applies the same update from the global load
-        if load.sum() > 0:
-            self.expert_bias += self.cfg.bias_update_rate * torch.sign(load.mean() - load)
+        # no host sync: a step without load (all zero) moves no bias, since sign(0) = 0
+        self.expert_bias += self.cfg.bias_update_rate * torch.sign(load.mean() - load)
         self.step_load.zero_()
 
 
