@@ -64,7 +64,7 @@ for what in "$@"; do
     checkpoint)
       stage checkpoint python3 -m nanigpt.bench.checkpoint --device cuda --model gpt2_124M gpt2_350M \
         --methods torch_sha256 safetensors rust --repeats 3 --dir /tmp/ckpt --out "$OUT/checkpoint_h200.parquet" ;;
-    trainer)  # the trainer's own loop at 124M (lagged metrics), kernels torch and triton, profiled
+    trainer)  # the trainer's own loop (lagged metrics) at GPT-2 124M and 350M, profiled
       stage trainer python3 scripts/gpu_session.py throughput --out "$OUT" --steps 40 ;;
     sweep)
       stage sweep python3 scripts/gpu_session.py sweep --plan .gpu/plan.json --out "$OUT" \

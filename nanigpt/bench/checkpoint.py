@@ -304,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but no GPU is visible", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".bench_checkpoint.", dir=args.dir or args.out.parent))
+    parent = Path(args.dir or args.out.parent)
+    parent.mkdir(parents=True, exist_ok=True)  # --dir may name a folder that does not exist yet
+    folder = Path(tempfile.mkdtemp(prefix=".bench_checkpoint.", dir=parent))
     try:
         states = {f"{s:g}MB": synthetic_state(s, args.device) for s in args.sizes_mb}
         states.update({m: model_state(m, args.device) for m in args.model})
