@@ -101,8 +101,9 @@ def sweeps_labels(config: dict, sweeps: list[str]) -> dict[str, str]:
     those runs take."""
     runs = [r for r in resolve_runs(config).values() if set(r["sweeps"]) & set(sweeps)]
     labels = {"sweep": _joined(sweeps)}
-    labels["arch"] = _joined(r["arch"] for r in runs)
-    labels["size"] = _joined(r["size"] for r in runs)
+    # in the config's own order, whatever order the runs were resolved (or cached) in
+    labels["arch"] = _joined(a for a in config["archs"] if a in {r["arch"] for r in runs})
+    labels["size"] = _joined(s for s in config["sizes"] if s in {r["size"] for r in runs})
     labels["tokens"] = _joined(tokens_label(t) for t in sorted({r["tokens"] for r in runs}))
     labels["parallelism"] = _joined(r["parallelism_name"] for r in runs)
     labels["seed"] = _joined(str(r.get("seed", r["training"]["seed"])) for r in runs)
