@@ -215,6 +215,11 @@ def _check_references(config: dict, source: str) -> None:
                         f"{source}: sweeps.{name}.{key}: unknown entry '{entry}' "
                         f"(defined under {key}: {', '.join(config[key])})"
                     )
+        if sweep.get("grouped") and "cooldown" in sweep:
+            raise ConfigError(
+                f"{source}: sweeps.{name}: 'grouped' and 'cooldown' together: a WSD sweep's runs "
+                f"already train in one job (nanigpt.wsd); drop 'grouped'"
+            )
     for entry in config.get("bench", {}).get("datasets", []):
         if entry not in config["datasets"]:
             raise ConfigError(

@@ -14,7 +14,9 @@ training process pays ~4.4 CPU-seconds of imports and first-call set-up on this 
 while a cooldown of the CPU default's headline costs 0.05-1 s, so all stable runs and cooldowns of
 one (dataset, arch, seed, parallelism, training settings) train in one job, `results/wsd/<job_id>/`,
 and a tiny job per budget (`publish`, no torch import) hard-links the budget's files into
-`results/runs/<run_id>/` for Snakemake.
+`results/runs/<run_id>/` for Snakemake (`nanigpt.jobs`, which also runs grouped plain runs). A
+sweep of FLOP `budgets:` (IsoFLOP) gets a job per size as well: there every size costs about the
+same, the largest budget's in each, and one job of all sizes would be the graph's longest chain.
 
 Resume: every finished stable run (`stable/<stable_id>/stable.json`) and cooldown
 (`runs/<run_id>/branch.json`) records the fingerprint of its settings and inputs, and a rerun of
@@ -36,21 +38,19 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from nanigpt.io import read_json, write_json_atomic
+from nanigpt.io import write_json_atomic
+from nanigpt.jobs import RUN_FILES, finished, parse_job, publish
 from nanigpt.schedule import branch_step
 
 log = logging.getLogger("nanigpt.wsd")
 
 RUN_SUFFIX = "_wsd"
-# The files of a run folder (train_run's outputs), summary.json last: a published folder with a
-# summary is complete.
-RUN_FILES = ("config.json", "metrics.parquet", "trace.json.gz", "model.pt", "summary.json")
+__all__ = ["RUN_FILES", "branch_step_of", "is_wsd_run", "job_of", "plan_jobs", "publish", "run_job"]
 # Settings a stable run does not depend on: its branches' length, schedule and cooldown.
 _BRANCH_ONLY = ("run_id", "tokens", "sweeps", "budgets")
 _BRANCH_ONLY_TRAINING = ("schedule", "decay_frac")
@@ -85,7 +85,8 @@ def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The WSD jobs of a config's runs (`nanigpt.config.resolve_runs`): `{job_id: job}`.
 
     A job holds every stable run of one (sweep, dataset, arch, parallelism, seed), the sweep being
-    the first that lists a budget run; a stable run holds every WSD budget run of that sweep with
+    the first that lists a budget run, and of one size too where that sweep declares FLOP
+    `budgets:` (module docstring); a stable run holds every WSD budget run of that sweep with
     its settings, and runs to the latest branch point among them. `run_job` of a job is `{"job_id", "dataset",
     "stables": [{"run": stable run settings, "branches": [budget run settings]}]}`; `job_of`
     maps each budget run id to its job id.
@@ -97,7 +98,13 @@ def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         key = _stable_key(run)
         sweep = (run.get("sweeps") or ["wsd"])[0]  # a probe's branches train in the probe's job
         entry = stables.setdefault(
-            _digest([key, sweep], 16), {"key": key, "branches": [], "sweep": sweep}
+            _digest([key, sweep], 16),
+            {
+                "key": key,
+                "branches": [],
+                "sweep": sweep,
+                "budgets": sweep in run.get("budgets", {}),
+            },
         )
         entry["branches"].append({k: v for k, v in run.items() if k not in ("sweeps", "budgets")})
     jobs: dict[str, dict[str, Any]] = {}
@@ -113,8 +120,10 @@ def plan_jobs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             f"{key['dataset']}_{key['arch']}_{key['size']}_{key['parallelism_name']}_seed{seed}"
             f"_stable_{digest[:6]}"
         )
+        size = f"_{key['size']}" if entry["budgets"] else ""  # a budget sweep: a job per size
         job_id = (
-            f"{entry['sweep']}_{key['dataset']}_{key['arch']}_{key['parallelism_name']}_seed{seed}"
+            f"{entry['sweep']}_{key['dataset']}_{key['arch']}{size}_{key['parallelism_name']}"
+            f"_seed{seed}"
         )
         job = jobs.setdefault(job_id, {"job_id": job_id, "dataset": key["dataset"], "stables": []})
         job["stables"].append({"run": stable, "branches": branches})
@@ -130,15 +139,6 @@ def job_of(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 # --- training a job -----------------------------------------------------------------------------
-
-
-def _finished(marker: Path, fingerprint: str, *files: Path) -> bool:
-    if not marker.is_file() or not all(f.is_file() for f in files):
-        return False
-    try:
-        return read_json(marker, what="WSD marker").get("fingerprint") == fingerprint
-    except (OSError, ValueError):
-        return False
 
 
 def run_job(
@@ -159,7 +159,7 @@ def run_job(
         }
         stable_fp = checkpoint.run_fingerprint(stable, inputs)
         marker = stable_dir / "stable.json"
-        if not _finished(marker, stable_fp, *kept.values()):
+        if not finished(marker, stable_fp, *kept.values()):
             log.info(
                 f"{stable['run_id']}: stable phase to step {max(kept)} (branches {sorted(kept)})"
             )
@@ -177,7 +177,7 @@ def run_job(
             branch_dir = out / "runs" / branch["run_id"]
             branch_fp = checkpoint.run_fingerprint(branch, inputs)
             branch_marker = branch_dir / "branch.json"
-            if not _finished(branch_marker, branch_fp, *(branch_dir / f for f in RUN_FILES)):
+            if not finished(branch_marker, branch_fp, *(branch_dir / f for f in RUN_FILES)):
                 step = branch_step_of(branch)
                 cpu = time.process_time()
                 train(branch, *inputs.values(), branch_dir, branch_from=(kept[step], stable_fp))
@@ -194,36 +194,6 @@ def run_job(
     result = {"job_id": job["job_id"], "runs": done}
     write_json_atomic(out / "done.json", result)
     return result
-
-
-# --- publishing a budget's run folder -----------------------------------------------------------
-
-
-def publish(src: Path, dst: Path) -> None:
-    """Hard-link (or copy, across file systems) a finished budget's files into its run folder,
-    each replaced atomically and summary.json last."""
-    import shutil
-
-    missing = [f for f in RUN_FILES if not (src / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{src}: missing {missing}; rerun its WSD job (delete its done.json)"
-        )
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        tmp = dst / f".{name}.link.tmp"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src / name, tmp)
-        except OSError:
-            shutil.copy2(src / name, tmp)
-        os.replace(tmp, dst / name)
-
-
-def _parse_job(text: str) -> dict[str, Any]:
-    if text.startswith("@"):
-        return read_json(text[1:], what="WSD job file")
-    return json.loads(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "publish":
             publish(Path(args.src), Path(args.dst))
             return 0
-        job = _parse_job(args.job)
+        job = parse_job(args.job)
         run_job(job, Path(args.train), Path(args.val), Path(args.ground_truth), Path(args.out))
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

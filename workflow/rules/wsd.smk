@@ -30,6 +30,8 @@ rule train_wsd_job:
         "results/wsd/{job_id}/done.json",
     log:
         f"{LOGS}/train_wsd_job/{{job_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_wsd_job/{{job_id}}.tsv"
     threads: config["training"]["threads"]
     resources:
         **({"gpu": 1} if TRAIN_ON_GPU else {}),

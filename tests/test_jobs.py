@@ -1,0 +1,148 @@
+"""Grouped jobs (nanigpt.jobs): several plain runs trained in one process, bit-identical to each
+trained alone, resumable run by run, opted into per sweep with `grouped: true`."""
+
+from __future__ import annotations
+
+import copy
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from nanigpt import jobs
+from nanigpt import train as train_module
+from nanigpt.config import DEFAULT_CONFIG_PATH, ConfigError, resolve_runs, validate_config
+from nanigpt.wsd import plan_jobs
+from tests.test_train import make_run, write_tiny_data
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def _runs() -> list[dict]:
+    """A dense run, an MoE run (router state that must not leak) and a dense one of another seed."""
+    dense = make_run(tokens=12 * 128, checkpoint_every=3, snapshot_every=4)
+    moe = copy.deepcopy(dense)
+    moe.update(run_id="tiny_moe_s0_t1k_single", arch="moe", arch_kind="moe")
+    moe["model"]["moe"] = {"num_experts": 4, "top_k": 1, "aux_loss_weight": 0.01}
+    seed1 = copy.deepcopy(dense)
+    seed1.update(run_id="tiny_dense_s0_t1k_single_seed1", seed=1)
+    seed1["training"]["seed"] = 1
+    return [dense, moe, seed1]
+
+
+def _job() -> dict:
+    return {"job_id": "tiny_s0_single_seed0", "dataset": "tiny", "runs": _runs()}
+
+
+def _run_job(data, out):
+    return jobs.run_group(_job(), data["train"], data["val"], data["gt"], out)
+
+
+def _rows(folder):
+    return pq.read_table(folder / "metrics.parquet").to_pylist()
+
+
+def test_grouped_runs_are_bit_identical_to_runs_trained_alone(data, tmp_path):
+    _run_job(data, tmp_path / "job")
+    for run in _runs():
+        alone = tmp_path / "alone" / run["run_id"]
+        train_module.train(run, data["train"], data["val"], data["gt"], alone)
+        grouped = tmp_path / "job" / "runs" / run["run_id"]
+        a, b = _rows(grouped), _rows(alone)
+        for column in ("loss", "lr", "grad_norm", "val_loss", "val_bpb"):
+            assert [r[column] for r in a] == [r[column] for r in b], (run["run_id"], column)
+        w_a = torch.load(grouped / "model.pt", weights_only=True)
+        w_b = torch.load(alone / "model.pt", weights_only=True)
+        assert w_a.keys() == w_b.keys() and all(torch.equal(w_a[k], w_b[k]) for k in w_b)
+    # publish links every run file and the snapshots, summary last
+    rid = _runs()[1]["run_id"]
+    jobs.publish(tmp_path / "job" / "runs" / rid, tmp_path / "runs" / rid)
+    for name in jobs.RUN_FILES:
+        assert (tmp_path / "runs" / rid / name).samefile(tmp_path / "job" / "runs" / rid / name)
+    src_snaps = sorted(p.name for p in (tmp_path / "job" / "runs" / rid / "snapshots").glob("*"))
+    assert src_snaps and src_snaps == sorted(
+        p.name for p in (tmp_path / "runs" / rid / "snapshots").glob("*")
+    )
+
+
+def test_a_killed_grouped_job_reruns_only_its_unfinished_run_from_its_checkpoint(
+    data, tmp_path, monkeypatch
+):
+    reference = tmp_path / "ref"
+    _run_job(data, reference)
+    out = tmp_path / "killed"
+    real_step, calls = train_module.train_step, {"n": 0}
+    kill_at = 12 + 8  # the first run's 12 steps, then 8 of the second (checkpoint after step 6)
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > kill_at:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        _run_job(data, out)
+    assert not (out / "done.json").exists()
+    first, second, third = (r["run_id"] for r in _runs())
+    finished = out / "runs" / first / "summary.json"
+    mtime = finished.stat().st_mtime_ns
+    assert not (out / "runs" / second / "summary.json").exists()
+
+    trained, calls["n"], kill_at = [], 0, 10**9
+    real_train = train_module.train
+
+    def spy(run, *args, **kwargs):
+        trained.append((run["run_id"], calls["n"]))
+        return real_train(run, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", spy)
+    _run_job(data, out)
+    assert [rid for rid, _ in trained] == [second, third]  # the finished run is skipped
+    assert finished.stat().st_mtime_ns == mtime
+    steps_of_second = trained[1][1] - trained[0][1]
+    assert steps_of_second < 12  # resumed from its checkpoint, not from step 0
+    for rid in (first, second, third):
+        assert [r["loss"] for r in _rows(out / "runs" / rid)] == [
+            r["loss"] for r in _rows(reference / "runs" / rid)
+        ]
+    assert (out / "done.json").is_file()
+
+
+def _raw_default() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+
+
+def test_grouped_key_is_validated_with_a_one_line_error():
+    raw = _raw_default()
+    raw["sweeps"]["moe_experts"]["grouped"] = "yes"
+    with pytest.raises(ConfigError) as e:
+        validate_config(raw, "cfg.yaml")
+    assert "sweeps.moe_experts.grouped" in str(e.value) and "\n" not in str(e.value)
+    raw = _raw_default()
+    raw["sweeps"]["scaling"]["grouped"] = True
+    with pytest.raises(ConfigError, match="'grouped' and 'cooldown' together") as e:
+        validate_config(raw, "cfg.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_default_config_groups_the_moe_sweeps_and_splits_the_isoflop_wsd_jobs_by_size():
+    config = validate_config(_raw_default(), "default")
+    runs = resolve_runs(config)
+    groups = jobs.plan_groups(config, runs)
+    of = jobs.group_of(groups)
+    assert len(groups) == 8 and len(of) == 24
+    assert groups["mix_s1_single_seed0"]["runs"][0]["run_id"] == "mix_dense_s1_t200k_single"
+    for rid, jid in of.items():
+        assert not rid.endswith("_wsd") and jid.startswith(runs[rid]["dataset"])
+        assert "sweeps" not in groups[jid]["runs"][0]  # what train_run gets: settings only
+    # a sweep that does not opt in keeps its runs out of the jobs
+    config["sweeps"] = {k: {**v, "grouped": False} for k, v in config["sweeps"].items()}
+    assert jobs.plan_groups(config, runs) == {}
+    iso = {jid: job for jid, job in plan_jobs(runs).items() if jid.startswith("iso_dense")}
+    assert len(iso) == 5 and all(len(job["stables"]) == 1 for job in iso.values())
+    assert all(len(job["stables"][0]["branches"]) == 3 for job in iso.values())
