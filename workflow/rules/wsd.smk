@@ -1,6 +1,6 @@
 # Stage 3b: WSD sweeps (a sweep with `cooldown:`). One job per (dataset, arch, seed, parallelism,
-# training settings) trains its stable runs and each budget's cooldown branch into
-# results/wsd/{job_id}/ (nanigpt.wsd; checkpoints and finished branches there are deliberately not
+# training settings; and size in a sweep of FLOP budgets) trains its stable runs and each
+# budget's cooldown branch into results/wsd/{job_id}/ (nanigpt.wsd; checkpoints and finished branches there are deliberately not
 # outputs, so a killed job's rerun skips what is finished). A tiny job per budget links its files
 # into results/runs/{run_id}/, the same outputs as train_run's.
 from nanigpt.wsd import job_of, plan_jobs
