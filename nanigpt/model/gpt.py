@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanigpt.model.moe import MoE, MoEConfig, SwiGLU
+from nanigpt.model.mlp import SwiGLU
+from nanigpt.model.moe import MoE, MoEConfig
 
 MLP_MULTIPLE = 8  # the MLP width is rounded to a multiple of this (tensor-core friendly shapes)
 
@@ -170,9 +171,14 @@ def rms_norm_for(cfg: GPTConfig) -> nn.RMSNorm:
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head attention with rotary q and k. The forward takes the head count from the
+    projections' width (`-1` heads of `head_dim`, torchtitan's "infer the actual local heads"), so
+    tensor parallelism (whole heads per rank: wq, wk, wv by columns, wo by rows) only shards the
+    weights and the same forward runs on the local heads."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.head_dim = cfg.head_dim
         self.triton_rope = cfg.kernel_impls["rope"] == "triton"
         # Separate q, k, v projections so tensor parallelism can shard each column-wise.
         self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -181,26 +187,19 @@ class CausalSelfAttention(nn.Module):
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
+        # [B, T, heads, head_dim]; heads is -1: n_head, or n_head / tp under tensor parallelism
+        q, k, v = (w(x).view(B, T, -1, self.head_dim) for w in (self.wq, self.wk, self.wv))
         if self.triton_rope:
-            return self._forward_triton_rope(x, cos, sin)
-        q, k, v = (
-            w(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-            for w in (self.wq, self.wk, self.wv)
-        )
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+            from nanigpt.kernels.rope import rope
 
-    def _forward_triton_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        from nanigpt.kernels.rope import rope
-
-        B, T, C = x.shape
-        q, k, v = (w(x).view(B, T, self.n_head, self.head_dim) for w in (self.wq, self.wk, self.wv))
-        q, k = rope(q, k, cos, sin)  # on [B, T, heads, head_dim], before the transpose
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            q, k = rope(q, k, cos, sin)  # on [B, T, heads, head_dim], before the transpose
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        else:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class Block(nn.Module):

@@ -97,7 +97,9 @@ class Parallelized:
     data_world: int = 1
     ddp: list = field(default_factory=list)  # ManualDDP instances whose finish() ends backward
     zero: Any = None
-    sharded_dims: dict[str, tuple[str, ...]] = field(default_factory=dict)  # param name -> dims
+    # param name -> {mesh dim: the tensor dim it is sliced along}, for weights sliced by hand
+    # (manual TP, EP); iterating a value gives the mesh dims. DTensors carry their own placements.
+    sharded_dims: dict[str, dict[str, int]] = field(default_factory=dict)
     intercept_names: dict[str, str] = field(default_factory=dict)
     intercepting: bool = False
     expected: dict[str, int] = field(default_factory=dict)  # analytic bytes per step by op
@@ -237,12 +239,33 @@ def _clean(name: str) -> str:
     return name
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _group(mesh, dims: tuple[str, ...]):
     """(process group, label) for one mesh dim or the flattened product of several."""
     if len(dims) == 1:
         return mesh[dims[0]].get_group(), dims[0]
     label = "_".join(dims)
     return mesh[dims]._flatten(label).get_group(), label
+
+
+# strategy -> (tensor-parallel implementation, data-parallel implementation). The dims a strategy
+# uses (`mesh.STRATEGIES`) and their degrees decide which steps run; these say how.
+IMPLEMENTATIONS: dict[str, tuple[str | None, str | None]] = {
+    "single": (None, None),
+    "ddp_builtin": (None, "ddp_builtin"),
+    "ddp_manual": (None, "ddp_manual"),
+    "zero1": (None, "zero1"),
+    "zero2": (None, "zero2"),
+    "fsdp2": (None, "fsdp2"),
+    "tp_manual": ("manual", None),
+    "tp_dtensor": ("dtensor", None),
+    "ep": (None, "ddp_manual"),
+    "fsdp2_tp": ("dtensor", "fsdp2"),
+    "fsdp2_ep": (None, "fsdp2"),
+}
 
 
 def parallelize(
@@ -252,110 +275,108 @@ def parallelize(
     ledger: Ledger | None = None,
     bucket_bytes: int | None = None,
 ) -> Parallelized:
-    """Apply `setting` to a built (same-seed) model on `mesh`; see the module docstring for use."""
-    from nanigpt.parallel.ddp import DEFAULT_BUCKET_BYTES, BuiltinDDP, ManualDDP
+    """Apply `setting` to a built (same-seed) model on `mesh`; see the module docstring for use.
+
+    Steps keyed by degree, in torchtitan's order (`parallelize_llama`): tensor parallel when tp > 1,
+    expert parallel when ep > 1, then data parallel (DDP, ZeRO or FSDP2) over the data ranks; the
+    strategy name picks each step's implementation (`IMPLEMENTATIONS`). A step that shards weights
+    by hand records them in `Parallelized.sharded_dims`, the one record of what is sliced where.
+    """
+    from nanigpt.parallel.ddp import DEFAULT_BUCKET_BYTES
 
     s = validate_parallelism(
         setting, model.cfg, world_size=dist.get_world_size() if dist.is_initialized() else 1
     )
-    device = next(model.parameters()).device
-    ledger = ledger or Ledger(device)
-    bucket_bytes = bucket_bytes or DEFAULT_BUCKET_BYTES
+    ledger = ledger or Ledger(_device(model))
     par = Parallelized(model, s, mesh, ledger, data_rank(mesh), s.data_parallel_size)
-    if s.strategy == "single":
+    if s.world_size == 1:
         return par
     # label every process group of the mesh, for the ledger's interception of library collectives
     for d in DIMS:
         par.intercept_names[mesh[d].get_group().group_name] = d
     par.intercept_names[dist.group.WORLD.group_name] = "world"
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-
-    if s.strategy == "ddp_manual":
-        group, label = _group(mesh, ("dp",))
-        par.ddp.append(ManualDDP(list(model.parameters()), group, label, ledger, bucket_bytes))
-        par.expected = {"all_reduce": param_bytes}
-    elif s.strategy == "ddp_builtin":
-        group, label = _group(mesh, ("dp",))
-        par.model = BuiltinDDP(model, group, label, ledger, device, bucket_bytes).module
-        par.expected = {"all_reduce": param_bytes}
-    elif s.strategy in ("zero1", "zero2"):
-        from nanigpt.parallel.zero import ZeroOptimizer
-
-        group, label = _group(mesh, ("fsdp",))
-        par.zero = ZeroOptimizer(
-            list(model.parameters()),
-            group,
-            label,
-            ledger,
-            stage=int(s.strategy[-1]),
-            bucket_bytes=bucket_bytes,
-        )
-        par.expected = par.zero.expected_bytes()
-    elif s.strategy == "fsdp2":
-        from nanigpt.parallel.fsdp import apply_fsdp2, expected_bytes
-
-        par.expected = expected_bytes(model, s.fsdp)
-        apply_fsdp2(model, mesh["fsdp"])
-        par.intercepting = True
-    elif s.strategy in ("tp_manual", "tp_dtensor"):
-        from nanigpt.parallel.tensor import apply_dtensor_tp, apply_manual_tp
-
-        names = _tp_sharded_names(model)
-        if s.strategy == "tp_manual":
-            apply_manual_tp(model, mesh["tp"].get_group(), ledger)
-            par.sharded_dims.update({n: ("tp",) for n in names})
-        else:
-            apply_dtensor_tp(model, mesh["tp"])
-            par.intercepting = True
-    elif s.strategy == "fsdp2_tp":
-        from nanigpt.parallel.fsdp import apply_fsdp2
-        from nanigpt.parallel.tensor import apply_dtensor_tp
-
-        apply_dtensor_tp(model, mesh["tp"])
-        apply_fsdp2(model, mesh["fsdp"])
-        par.intercepting = True
-    elif s.strategy in ("ep", "fsdp2_ep"):
-        from nanigpt.parallel.expert import apply_ep, is_expert_param
-
-        ep_group, _ = _group(mesh, ("ep",))
-        expert_names = [n for n, p in model.named_parameters() if _is_expert_name(model, n)]
-        apply_ep(model, ep_group, ledger)
-        par.sharded_dims.update({n: ("ep",) for n in expert_names})
-        if s.strategy == "ep":
-            experts = [p for p in model.parameters() if is_expert_param(p)]
-            others = [p for p in model.parameters() if not is_expert_param(p)]
-            group, label = _group(mesh, ("dp", "ep"))
-            par.ddp.append(ManualDDP(others, group, label, ledger, bucket_bytes))
-            if s.dp > 1:
-                dp_group, dp_label = _group(mesh, ("dp",))
-                par.ddp.append(ManualDDP(experts, dp_group, dp_label, ledger, bucket_bytes))
-        else:
-            from nanigpt.parallel.fsdp import apply_fsdp2
-
-            fsdp_ep = mesh["fsdp", "ep"]._flatten("fsdp_ep")
-            par.intercept_names[fsdp_ep.get_group().group_name] = "fsdp_ep"
-            apply_fsdp2(model, fsdp_ep, expert_mesh=mesh["fsdp"])
-            par.intercepting = True
-    else:  # pragma: no cover - validate_parallelism refused it
-        raise ValueError(f"parallelism.strategy={s.strategy!r}: not implemented")
+    tp_impl, data_impl = IMPLEMENTATIONS[s.strategy]
+    if s.tp > 1:
+        _tensor_parallel(par, tp_impl)
+    if s.ep > 1:
+        _expert_parallel(par)
+    if s.data_parallel_size > 1 and data_impl is not None:
+        _data_parallel(par, data_impl, bucket_bytes or DEFAULT_BUCKET_BYTES)
     return par
 
 
-def _tp_sharded_names(model: nn.Module) -> list[str]:
-    names = []
-    for i, block in enumerate(model.blocks):
-        names += [f"blocks.{i}.attn.{w}.weight" for w in ("wq", "wk", "wv", "wo")]
-        if not block.is_moe:
-            names += [f"blocks.{i}.mlp.{w}.weight" for w in ("w_gate", "w_up", "w_down")]
-    return names
+def _tensor_parallel(par: Parallelized, impl: str) -> None:
+    """Megatron TP over the `tp` dim: by hand (`tp_manual`) or through DTensor."""
+    from nanigpt.parallel.tensor import apply_dtensor_tp, apply_manual_tp
+
+    if impl == "manual":
+        sharded = apply_manual_tp(par.model, par.mesh["tp"].get_group(), par.ledger)
+        for name, axis in sharded.items():
+            par.sharded_dims.setdefault(name, {})["tp"] = axis
+    else:  # DTensor parameters carry their own placements
+        apply_dtensor_tp(par.model, par.mesh["tp"])
+        par.intercepting = True
 
 
-def _is_expert_name(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    return (
-        len(parts) == 4
-        and parts[0] == "blocks"
-        and parts[2] == "mlp"
-        and parts[3] in ("w_gate", "w_up", "w_down")
-        and model.blocks[int(parts[1])].is_moe
-    )
+def _expert_parallel(par: Parallelized) -> None:
+    """Experts sliced over the `ep` dim, tokens exchanged by the all-to-all dispatcher."""
+    from nanigpt.parallel.expert import apply_ep
+
+    ep_group, _ = _group(par.mesh, ("ep",))
+    for name in apply_ep(par.model, ep_group, par.ledger):
+        par.sharded_dims.setdefault(name, {})["ep"] = 0
+
+
+def _data_parallel(par: Parallelized, impl: str, bucket_bytes: int) -> None:
+    """Gradients averaged over the data ranks (dp, fsdp and ep) by `impl`. Expert weights, already
+    split over ep, are averaged only over their dp (or fsdp) copies."""
+    from nanigpt.parallel.ddp import BuiltinDDP, ManualDDP
+
+    model, mesh, ledger, s = par.model, par.mesh, par.ledger, par.setting
+    experts = {n for n, dims in par.sharded_dims.items() if "ep" in dims}
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if impl == "ddp_manual" and experts:
+        named = list(model.named_parameters())
+        group, label = _group(mesh, ("dp", "ep"))
+        others = [p for n, p in named if n not in experts]
+        par.ddp.append(ManualDDP(others, group, label, ledger, bucket_bytes))
+        if s.dp > 1:
+            dp_group, dp_label = _group(mesh, ("dp",))
+            expert_params = [p for n, p in named if n in experts]
+            par.ddp.append(ManualDDP(expert_params, dp_group, dp_label, ledger, bucket_bytes))
+    elif impl == "ddp_manual":
+        group, label = _group(mesh, ("dp",))
+        par.ddp.append(ManualDDP(list(model.parameters()), group, label, ledger, bucket_bytes))
+        par.expected = {"all_reduce": param_bytes}
+    elif impl == "ddp_builtin":
+        group, label = _group(mesh, ("dp",))
+        par.model = BuiltinDDP(model, group, label, ledger, _device(model), bucket_bytes).module
+        par.expected = {"all_reduce": param_bytes}
+    elif impl in ("zero1", "zero2"):
+        from nanigpt.parallel.zero import ZeroOptimizer
+
+        group, label = _group(mesh, ("fsdp",))
+        stage = int(impl[-1])
+        par.zero = ZeroOptimizer(
+            list(model.parameters()), group, label, ledger, stage=stage, bucket_bytes=bucket_bytes
+        )
+        par.expected = par.zero.expected_bytes()
+    elif impl == "fsdp2":
+        _fsdp2(par, experts)
+    else:  # pragma: no cover - IMPLEMENTATIONS names no other
+        raise ValueError(f"parallelism.strategy={s.strategy!r}: not implemented")
+
+
+def _fsdp2(par: Parallelized, experts: set[str]) -> None:
+    """FSDP2 over `fsdp`; with EP, the experts over `fsdp` and the rest over (fsdp, ep)."""
+    from nanigpt.parallel.fsdp import apply_fsdp2, expected_bytes
+
+    if experts:
+        fsdp_ep = par.mesh["fsdp", "ep"]._flatten("fsdp_ep")
+        par.intercept_names[fsdp_ep.get_group().group_name] = "fsdp_ep"
+        apply_fsdp2(par.model, fsdp_ep, expert_mesh=par.mesh["fsdp"])
+    else:
+        if par.setting.tp == 1:  # the prediction is for plain FSDP2
+            par.expected = expected_bytes(par.model, par.setting.fsdp)
+        apply_fsdp2(par.model, par.mesh["fsdp"])
+    par.intercepting = True
