@@ -13,7 +13,9 @@ all the trainer needs, whatever the strategy:
     par.sync_grads(); par.clip_grad_norm_(clip); opt.step(); opt.zero_grad(); par.end_step()
     loss_for_logging = par.mean_over_data(out.loss)
 
-Every rank must build the model with the same seed (the hand-written strategies slice, not
+`parallelize` applies a strategy as steps keyed by degree, tensor parallel, then expert parallel,
+then data parallel (torchtitan's `parallelize_llama`), each plugging into the model's seams rather
+than replacing its forwards. Every rank must build the model with the same seed (the hand-written strategies slice, not
 broadcast, the initial weights).
 """
 
