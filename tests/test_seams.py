@@ -97,3 +97,13 @@ def test_tp_plan_names_real_parameters():
     assert set(sharded) <= set(names)
     assert sharded["blocks.0.attn.wo.weight"] == 1 and sharded["blocks.0.mlp.w_gate.weight"] == 0
     assert not any(n.startswith("blocks.1.mlp") for n in sharded)  # the MoE layer stays replicated
+
+
+def test_aux_loss_free_bias_moves_by_the_load_its_reduction_returns():
+    """The load of a step is summed over ranks by the reduction nanigpt.parallel sets; without one
+    (a single process) the local load is the step's."""
+    layer = MoE(16, 32, MoEConfig(num_experts=4, gate="sigmoid", bias_update_rate=0.5))
+    layer.step_load.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    layer.load_reduction = lambda load: load.add_(torch.tensor([0.0, 3.0, 3.0, 3.0]))
+    layer.update_bias()  # global load [1, 3, 3, 3]: expert 0 under-loaded
+    assert layer.expert_bias.tolist() == [0.5, -0.5, -0.5, -0.5]

@@ -68,11 +68,11 @@ Semantics, with their sources:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -289,6 +289,9 @@ class MoE(nn.Module):
         self.w_down = nn.Parameter(torch.empty(self.num_experts, self.hidden, d_model))
         self.shared = SwiGLU(d_model, self.hidden) if cfg.shared_expert else None
         self.dispatcher = LocalDispatcher()  # expert parallelism swaps in its all-to-all one
+        # Sums `step_load` over the ranks in place before `update_bias`; set by nanigpt.parallel
+        # when there is more than one rank (the model itself knows nothing of processes).
+        self.load_reduction: Callable[[torch.Tensor], Any] | None = None
         if cfg.gate == "sigmoid":
             # Selection bias of aux-loss-free balancing: a buffer (no gradient, saved with the
             # weights), moved by `update_bias` once per optimizer step from the step's loads.
@@ -435,8 +438,8 @@ class MoE(nn.Module):
         if self.cfg.gate != "sigmoid":
             return
         load = self.step_load
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(load)  # every rank applies the same update from the global load
+        if self.load_reduction is not None:
+            self.load_reduction(load)  # every rank applies the same update from the global load
         # no host sync: a step without load (all zero) moves no bias, since sign(0) = 0
         self.expert_bias += self.cfg.bias_update_rate * torch.sign(load.mean() - load)
         self.step_load.zero_()

@@ -297,6 +297,7 @@ def parallelize(
     for d in DIMS:
         par.intercept_names[mesh[d].get_group().group_name] = d
     par.intercept_names[dist.group.WORLD.group_name] = "world"
+    _sum_router_loads_over_ranks(model)
     tp_impl, data_impl = IMPLEMENTATIONS[s.strategy]
     if s.tp > 1:
         _tensor_parallel(par, tp_impl)
@@ -305,6 +306,16 @@ def parallelize(
     if s.data_parallel_size > 1 and data_impl is not None:
         _data_parallel(par, data_impl, bucket_bytes or DEFAULT_BUCKET_BYTES)
     return par
+
+
+def _sum_router_loads_over_ranks(model: nn.Module) -> None:
+    """Aux-loss-free balancing moves each expert's bias by the load of the whole step, summed over
+    every rank (`MoE.update_bias`): the MoE layers' load reduction is an all_reduce over the world."""
+    from nanigpt.model.moe import MoE
+
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.load_reduction = dist.all_reduce
 
 
 def _tensor_parallel(par: Parallelized, impl: str) -> None:
