@@ -20,7 +20,8 @@ of the fused loss's three (it finishes the gradients in the forward).
 
 The model knows nothing of parallelism: `nanigpt.parallel` applies DDP, FSDP, TP and EP from
 outside, through seams (torchtitan's design): attention infers its local head count from its
-projections, so TP only shards weights; the MoE's token dispatcher is where EP puts its all-to-all. Reading order: config, rotary embedding, attention, block, model.
+projections, so TP only shards weights; the MoE's token dispatcher is where EP puts its all-to-all.
+Reading order: config, rotary embedding, attention, block, model.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ Semantics, with their sources:
     optimizer step each bias moves by `bias_update_rate` (gamma) toward balance:
     b_i += gamma * sign(mean load - load_i), loads counted over the step's training forward passes
     (`update_bias`, called by the trainer through `update_router_biases`; outside autograd, and
-    never on evaluation or no-grad passes). The bias is a buffer saved with the weights. The balance
+    never on evaluation or no-grad passes), summed over ranks by the layer's `load_reduction`,
+    which `nanigpt.parallel` sets. The bias is a buffer saved with the weights. The balance
     loss then reads the normalised scores; set `aux_loss_weight: 0` for DeepSeek-V3's
     aux-loss-free setting (it keeps a tiny sequence-wise loss; we keep the batch-wise one optional).
 - Capacity (when the mode's factor is set): each expert takes at most

@@ -15,8 +15,8 @@ all the trainer needs, whatever the strategy:
 
 `parallelize` applies a strategy as steps keyed by degree, tensor parallel, then expert parallel,
 then data parallel (torchtitan's `parallelize_llama`), each plugging into the model's seams rather
-than replacing its forwards. Every rank must build the model with the same seed (the hand-written strategies slice, not
-broadcast, the initial weights).
+than replacing its forwards. Every rank must build the model with the same seed (the hand-written
+strategies slice, not broadcast, the initial weights).
 """
 
 from __future__ import annotations
@@ -310,7 +310,8 @@ def parallelize(
 
 def _sum_router_loads_over_ranks(model: nn.Module) -> None:
     """Aux-loss-free balancing moves each expert's bias by the load of the whole step, summed over
-    every rank (`MoE.update_bias`): the MoE layers' load reduction is an all_reduce over the world."""
+    every rank (`MoE.update_bias`): each MoE layer's load reduction is an all_reduce over the
+    world."""
     from nanigpt.model.moe import MoE
 
     for module in model.modules():

@@ -117,7 +117,7 @@ def _shard(linear: nn.Linear, dim: int, rank: int, n: int) -> None:
 def apply_manual_tp(
     model: nn.Module, group, ledger: Ledger, group_name: str = "tp"
 ) -> dict[str, int]:
-    """Shard every region of `tp_regions` over `group` and hang f / g on it; returns `tp_sharded`."""
+    """Shard every region of `tp_regions` over `group`, hang f / g on it; returns `tp_sharded`."""
     import torch.distributed as dist
 
     n, rank = dist.get_world_size(group), dist.get_rank(group)
