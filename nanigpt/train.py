@@ -65,7 +65,6 @@ from nanigpt.training.checkpointing import CHECKPOINT_STRATEGIES, Checkpointer
 from nanigpt.training.data import open_data, read_floor, run_inputs
 from nanigpt.training.metrics import (
     INTERCEPT_STEPS,
-    PHASES,
     MetricsRecorder,
     NonFiniteLossError,
     Progress,
@@ -74,7 +73,7 @@ from nanigpt.training.metrics import (
 from nanigpt.training.processes import start_processes
 from nanigpt.training.profiling import open_trace
 from nanigpt.training.ranks import collective_device, mean_over_ranks, save_weights
-from nanigpt.training.step import evaluate, train_step
+from nanigpt.training.step import PHASES, evaluate, train_step
 
 __all__ = [
     "NonFiniteLossError",

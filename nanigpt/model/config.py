@@ -43,6 +43,7 @@ def resolve_kernels(setting: str | dict) -> dict[str, str]:
 
 
 GATES = ("switch", "renorm", "sigmoid")
+DEFAULT_NUM_EXPERTS = 4  # an arch of kind moe that names no num_experts (workflow config)
 
 
 def _is_number(value: object) -> bool:
@@ -53,7 +54,7 @@ def _is_number(value: object) -> bool:
 class MoEConfig:
     num_experts: int
     top_k: int = 1
-    capacity_factor: float | None = None  # None = dropless
+    capacity_factor: float | None = 1.25  # None = dropless
     aux_loss_weight: float = 0.01  # Switch uses 1e-2
     z_loss_weight: float = 0.001  # ST-MoE uses 1e-3
     every: int = 1  # layer i is MoE when (i + 1) % every == 0
@@ -122,9 +123,10 @@ class GPTConfig:
     n_layer: int
     d_model: int
     n_head: int
-    # SwiGLU hidden width / d_model, taken as is: 8/3 matches the parameters of a 4x GELU MLP.
-    mlp_ratio: float = 8 / 3
-    tied_embeddings: bool = False
+    # SwiGLU hidden width / d_model, taken as is (8/3 would match the parameters of a 4x GELU MLP;
+    # the study's sizes use 4).
+    mlp_ratio: float = 4
+    tied_embeddings: bool = True
     moe: MoEConfig | None = None
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
@@ -213,3 +215,16 @@ class GPTConfig:
             return ()
         moe = self.moe
         return tuple(i for i in range(moe.dense_layers, self.n_layer) if (i + 1) % moe.every == 0)
+
+
+def moe_defaults() -> dict[str, Any]:
+    """The MoE layer's settings of an arch of kind moe that names none (MoEConfig's defaults)."""
+    return {
+        "num_experts": DEFAULT_NUM_EXPERTS,
+        **{f.name: f.default for f in fields(MoEConfig) if f.name != "num_experts"},
+    }
+
+
+def model_default(key: str) -> Any:
+    """GPTConfig's default of `key` (`mlp_ratio`, `tied_embeddings`, ...)."""
+    return next(f.default for f in fields(GPTConfig) if f.name == key)

@@ -26,10 +26,10 @@ import torch
 from nanigpt.io import atomic_path, write_json_atomic
 from nanigpt.measure.hardware import mfu
 from nanigpt.training.ranks import mean_over_ranks
+from nanigpt.training.step import PHASES
 
 log = logging.getLogger("nanigpt.train")
 
-PHASES = ("data", "forward", "backward", "comm", "optimizer")
 # FSDP2 and DTensor collectives are recorded by a dispatch mode that costs host time on every op:
 # the ledger intercepts them on the first few steps only (their bytes repeat step to step).
 INTERCEPT_STEPS = 3

@@ -10,6 +10,7 @@ measures the trainer's step.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch
 
 from nanigpt.measure.timers import StepTimer
 from nanigpt.model.moe import update_router_biases
+
+PHASES = ("data", "forward", "backward", "comm", "optimizer")  # a step's timed phases
 
 
 def autocast_for(device: torch.device):
@@ -71,6 +74,7 @@ def train_step(
     grad_accum: int,
     grad_clip: float | None,
     intercept: bool = False,
+    autocast: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Any, Callable[[], dict[str, float]], torch.Tensor | None]:
     """One optimizer step over `grad_accum` micro-batches, timed by phase; no host sync.
 
@@ -78,8 +82,15 @@ def train_step(
     setting, whose calls do nothing but the gradient clipping). Returns this rank's summed
     micro-batch losses and aux losses (tensors, not yet synchronised), the global gradient norm
     before clipping (a tensor), a function that reads the phase times (waiting for the device),
-    and the MoE router statistics (None for a dense model).
+    and the MoE router statistics (None for a dense model). `intercept`: record library
+    collectives in the ledger (`par.forward_context`). `autocast`: None, the trainer's choice
+    (`autocast_for`: bf16 on a GPU); a bool, bf16 autocast on or off on any device (the benchmark's
+    `--autocast`).
     """
+    if autocast is None:
+        amp = functools.partial(autocast_for, device)
+    else:
+        amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=autocast)
     timer.start_step()
     loss_sum = torch.zeros((), device=device)
     aux_sum = torch.zeros((), device=device)
@@ -95,7 +106,7 @@ def train_step(
             # accumulate without communication; the last micro-batch's backward syncs
             last = micro == grad_accum - 1
             with contextlib.nullcontext() if last else par.no_sync():
-                with timer.phase("forward"), autocast_for(device):
+                with timer.phase("forward"), amp():
                     out = model(x, y)
                     aux = _as_tensor(out.aux_loss, device)
                     objective = (out.loss + aux) / grad_accum
