@@ -35,6 +35,11 @@ distributed: per step predicted vs measured communication), and `summary.json` l
 failed run never leaves a summary behind. With `training.snapshot_every` > 0, also
 `snapshots/step_{steps_done:06d}.pt` in model.pt's format every that many steps.
 
+This module is the loop and its CLI; the run config is checked once by `nanigpt.runconfig`, and
+each part of the loop lives in the `nanigpt.training` module that owns it: the step (shared with
+`nanigpt.parallel.bench`), the metrics recorder, the checkpoint policy, the profiler window, the
+data, process start-up and the reductions over ranks. The LR schedule is `nanigpt.schedule`.
+
     python -m nanigpt.train --run-config JSON_OR_@PATH --train train.bin --val val.bin \\
         --ground-truth ground_truth.json --out results/runs/RUN_ID
 """
