@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -278,9 +277,6 @@ class RunConfig:
     def as_dict(self) -> dict[str, Any]:
         """The run as the dict it was built from, profile filled in (config.json's `run`)."""
         return copy.deepcopy(self._source)
-
-    def as_json(self) -> str:
-        return json.dumps(self._source, sort_keys=True, separators=(",", ":"))
 
     # --- what the settings imply --------------------------------------------------------------
     @property
