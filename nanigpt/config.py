@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from nanigpt.model.config import model_default, moe_defaults
+
 if TYPE_CHECKING:
     import jsonschema
 
@@ -29,22 +31,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "workflow" / "config" / "default.yaml"
 
-# Defaults of the MoE layer, applied under an arch of kind "moe".
-# Routing defaults chosen by measurement: nanigpt/model/moe.py's docstring and README say why.
-MOE_DEFAULTS = {
-    "num_experts": 4,
-    "top_k": 1,
-    "capacity_factor": 1.25,
-    "aux_loss_weight": 0.01,
-    "z_loss_weight": 0.001,
-    "every": 1,
-    "shared_expert": False,
-    "granularity": 1,
-    "gate": "renorm",
-    "bias_update_rate": 0.001,
-    "eval_capacity_factor": None,
-    "dense_layers": 0,
-}
+# Defaults of the MoE layer, applied under an arch of kind "moe": MoEConfig's, the one set (routing
+# defaults chosen by measurement: nanigpt/model/moe.py's docstring and README say why).
+MOE_DEFAULTS = moe_defaults()
 MOE_KEYS = set(MOE_DEFAULTS)
 # Training settings a size may override: lr and warmup chosen per size by an lr probe sweep, and a
 # smaller batch (more optimizer steps per token) where a small model's step is overhead-bound.
@@ -422,8 +411,10 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
     if arch_cfg["kind"] == "moe":
         moe = {**MOE_DEFAULTS, **{k: v for k, v in arch_cfg.items() if k in MOE_KEYS}}
     # The most specific MLP ratio wins: the arch's (a wider dense baseline), the size's, the model's.
-    mlp_ratio = arch_cfg.get("mlp_ratio", size_cfg.get("mlp_ratio", config["model"]["mlp_ratio"]))
-    kernels = config["model"].get("kernels", "torch")  # written only when not torch: ids unchanged
+    shared = config["model"]  # unset keys take GPTConfig's defaults (nanigpt.model.config)
+    mlp_ratio = shared.get("mlp_ratio", model_default("mlp_ratio"))
+    mlp_ratio = arch_cfg.get("mlp_ratio", size_cfg.get("mlp_ratio", mlp_ratio))
+    kernels = shared.get("kernels", "torch")  # written only when not torch: ids unchanged
     return {
         "vocab_size": vocab_size_for(config, dataset),
         "seq_len": config["training"]["seq_len"],
@@ -431,7 +422,7 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
         "d_model": size_cfg["d_model"],
         "n_head": size_cfg["n_head"],
         "mlp_ratio": mlp_ratio,
-        "tied_embeddings": config["model"]["tied_embeddings"],
+        "tied_embeddings": shared.get("tied_embeddings", model_default("tied_embeddings")),
         "moe": moe,
         **({"kernels": kernels} if kernels != "torch" else {}),
     }

@@ -70,87 +70,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanigpt.model.config import GATES, MoEConfig  # noqa: F401 (re-exported)
 from nanigpt.model.mlp import SwiGLU
 
 IMPLS = ("auto", "grouped", "loop")
-GATES = ("switch", "renorm", "sigmoid")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class MoEConfig:
-    num_experts: int
-    top_k: int = 1
-    capacity_factor: float | None = None  # None = dropless
-    aux_loss_weight: float = 0.01  # Switch uses 1e-2
-    z_loss_weight: float = 0.001  # ST-MoE uses 1e-3
-    every: int = 1  # layer i is MoE when (i + 1) % every == 0
-    shared_expert: bool = False
-    granularity: int = 1
-    gate: str = "renorm"  # "switch" | "renorm" | "sigmoid" (see the module docstring)
-    bias_update_rate: float = 0.001  # sigmoid gate's aux-loss-free balancing (DeepSeek-V3 gamma)
-    eval_capacity_factor: float | None = None  # capacity outside training; None = dropless
-    dense_layers: int = 0  # the first this many layers keep the dense MLP
-
-    def __post_init__(self) -> None:
-        def bad(key: str, value: object, expected: str) -> ValueError:
-            return ValueError(f"model.moe.{key}={value!r}: expected {expected}")
-
-        for key in ("num_experts", "top_k", "every", "granularity"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(key, value, "an integer >= 1")
-        if self.top_k > self.num_experts:
-            raise bad(
-                "top_k",
-                self.top_k,
-                f"at most num_experts={self.num_experts} (a token cannot pick more experts than exist)",
-            )
-        for key in ("capacity_factor", "eval_capacity_factor"):
-            value = getattr(self, key)
-            if value is not None and not (_is_number(value) and value > 0):
-                raise bad(key, value, "a number > 0, or null for dropless")
-        if self.gate not in GATES:
-            raise bad("gate", self.gate, f"one of {', '.join(GATES)}")
-        if not isinstance(self.dense_layers, int) or isinstance(self.dense_layers, bool):
-            raise bad("dense_layers", self.dense_layers, "an integer >= 0")
-        if self.dense_layers < 0:
-            raise bad("dense_layers", self.dense_layers, "an integer >= 0")
-        for key in ("aux_loss_weight", "z_loss_weight", "bias_update_rate"):
-            value = getattr(self, key)
-            if not isinstance(value, int | float) or value < 0:
-                raise bad(key, value, "a number >= 0")
-        if not isinstance(self.shared_expert, bool):
-            raise bad("shared_expert", self.shared_expert, "true or false")
-
-    @property
-    def num_routed_experts(self) -> int:
-        """Experts the router chooses among: num_experts * granularity."""
-        return self.num_experts * self.granularity
-
-    @property
-    def active_experts(self) -> int:
-        """Routed experts each token uses: top_k * granularity."""
-        return self.top_k * self.granularity
-
-    def expert_hidden(self, dense_hidden: int) -> int:
-        """Width of one routed (and of the shared) expert: the dense MLP width / granularity."""
-        if dense_hidden % self.granularity:
-            raise ValueError(
-                f"model.moe.granularity={self.granularity}: the dense MLP width {dense_hidden} is not "
-                f"divisible by it; expected a granularity dividing {dense_hidden}"
-            )
-        return dense_hidden // self.granularity
 
 
 class Routing(NamedTuple):

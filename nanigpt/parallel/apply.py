@@ -32,61 +32,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from nanigpt.parallel.ledger import Ledger
-from nanigpt.parallel.mesh import DIMS, STRATEGIES, ParallelSetting, data_rank
-
-
-def validate_parallelism(
-    setting: dict[str, Any] | ParallelSetting,
-    model_cfg: dict[str, Any] | Any,
-    world_size: int | None = None,
-    batch_size: int | None = None,
-) -> ParallelSetting:
-    """Refuse a setting that cannot run, naming the key, the value and what was expected.
-
-    Checks: known strategy using only its dims; product of sizes == world_size (when given); tp
-    divides n_head and the MLP width; ep divides the routed expert count (and needs an MoE);
-    the batch splits evenly over the data-parallel ranks.
-    """
-    from nanigpt.model.gpt import GPTConfig
-
-    s = setting if isinstance(setting, ParallelSetting) else ParallelSetting.from_dict(setting)
-    cfg = model_cfg if isinstance(model_cfg, GPTConfig) else GPTConfig.from_dict(model_cfg)
-    where = f"parallelism {s.as_dict()}"
-    if world_size is not None and s.world_size != world_size:
-        raise ValueError(
-            f"{where}: dp*fsdp*tp*ep = {s.world_size} != world size {world_size}; expected the "
-            f"product of the sizes to equal the number of processes"
-        )
-    allowed = STRATEGIES[s.strategy][0]
-    for dim in DIMS:
-        if getattr(s, dim) > 1 and dim not in allowed:
-            raise ValueError(
-                f"{where}: strategy {s.strategy!r} does not use {dim}={getattr(s, dim)}; expected "
-                f"{dim}=1, or a strategy using {dim} (dims it uses: {list(allowed) or 'none'})"
-            )
-    if s.tp > 1:
-        if cfg.n_head % s.tp:
-            raise ValueError(
-                f"{where}: tp={s.tp} does not divide model.n_head={cfg.n_head}; expected a tp "
-                f"among {[d for d in range(1, cfg.n_head + 1) if cfg.n_head % d == 0]}"
-            )
-        if cfg.mlp_hidden % s.tp:
-            raise ValueError(f"{where}: tp={s.tp} does not divide the MLP width {cfg.mlp_hidden}")
-    if s.ep > 1:
-        if cfg.moe is None:
-            raise ValueError(f"{where}: ep={s.ep} but the model is dense; expected ep=1")
-        experts = cfg.moe.num_routed_experts
-        if experts % s.ep:
-            raise ValueError(
-                f"{where}: ep={s.ep} does not divide the {experts} routed experts "
-                f"(model.moe.num_experts * granularity); expected a divisor of {experts}"
-            )
-    if batch_size is not None and batch_size % s.data_parallel_size:
-        raise ValueError(
-            f"{where}: training.batch_size={batch_size} is not divisible by the "
-            f"{s.data_parallel_size} data-parallel ranks (dp*fsdp*ep)"
-        )
-    return s
+from nanigpt.parallel.mesh import DIMS, ParallelSetting, data_rank
+from nanigpt.parallel.setting import validate_parallelism  # noqa: F401 (re-exported)
 
 
 @dataclass

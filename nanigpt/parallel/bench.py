@@ -22,7 +22,6 @@ checks (tests/distributed/strategies.py).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -33,9 +32,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nanigpt.measure.timers import StepTimer
 from nanigpt.parallel.cost_model import DEFAULTS, calibrate
 from nanigpt.parallel.ledger import Ledger
 from nanigpt.parallel.mesh import ParallelSetting, build_mesh, init_distributed
+from nanigpt.training.step import PHASES, train_step
 
 log = logging.getLogger("nanigpt.parallel.bench")
 
@@ -46,6 +47,7 @@ DENSE = {
     "d_model": 32,
     "n_head": 4,
     "mlp_ratio": 2.0,
+    "tied_embeddings": False,
 }
 MOE = {
     **DENSE,
@@ -54,7 +56,7 @@ MOE = {
 # A size where communication and compute are both visible on 2 H100s (about 150M parameters).
 GPU_DENSE = {
     "vocab_size": 32768, "seq_len": 1024, "n_layer": 8, "d_model": 1024, "n_head": 16,
-    "mlp_ratio": 8 / 3,
+    "mlp_ratio": 8 / 3, "tied_embeddings": False,
 }  # fmt: skip
 GPU_MOE = {"num_experts": 8, "top_k": 2, "capacity_factor": None, "every": 2}
 PRESETS = {"tiny": (DENSE, MOE["moe"], 8), "gpu": (GPU_DENSE, GPU_MOE, 16)}
@@ -133,6 +135,25 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _MicroBatches:
+    """One step's global batch `x, y` as `accum` micro-batches, in the loader interface
+    `train_step` draws from (`next_batch`): micro-batch m holds the m-th `1/accum` of every data
+    rank's rows, so `par.local_batch` gives each rank the m-th slice of its own contiguous rows."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, data_world: int, accum: int):
+        rows = x.shape[0] // data_world
+        micro = rows // accum
+
+        def part(m: int) -> torch.Tensor:
+            starts = [r * rows + m * micro for r in range(data_world)]
+            return torch.cat([torch.arange(s, s + micro) for s in starts])
+
+        self.batches = [(x[part(m)], y[part(m)]) for m in range(accum)]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batches.pop(0)
+
+
 def run_case(
     setting: dict,
     model_cfg: dict,
@@ -158,39 +179,36 @@ def run_case(
     ledger = Ledger(device)
     par = parallelize(model, s, mesh, ledger, bucket_bytes=bucket_bytes)
     opt = par.make_optimizer(lr=optim["lr"], weight_decay=optim["weight_decay"])
+    timer = StepTimer(device, PHASES)
     losses, norms, step_times = [], [], []
     for step, (x, y) in enumerate(batches):
         recording = step == record_step
         ledger.enabled = recording or step == blocked_step
         ledger.clock.sync = recording
-        xl, yl = par.local_batch(x.to(device), y.to(device))
+        micro_batches = _MicroBatches(x, y, par.data_world, accum)
         if dist.is_initialized():
             dist.barrier()
         _sync(device)
         start = time.perf_counter()
-        ctx = par.forward_context() if recording else contextlib.nullcontext()
-        loss = 0.0
-        with ctx:
-            micro = xl.shape[0] // accum
-            for m in range(accum):
-                sync = contextlib.nullcontext() if m == accum - 1 else par.no_sync()
-                sl = slice(m * micro, (m + 1) * micro)
-                amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast)
-                with sync:
-                    with amp:
-                        out = par.model(xl[sl], yl[sl])
-                    ((out.loss + out.aux_loss) / accum).backward()
-                loss = loss + out.loss.detach() / accum
-            par.sync_grads()
-        norms.append(float(par.clip_grad_norm_(optim["grad_clip"])))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        # the trainer's step (nanigpt.training.step): micro-batches, no_sync, grad sync, clip, AdamW
+        loss_sum, _, grad_norm, _, _ = train_step(
+            par,
+            par.model,
+            opt,
+            micro_batches,
+            timer,
+            device,
+            accum,
+            optim["grad_clip"],
+            intercept=recording,
+            autocast=autocast,
+        )
+        norms.append(float(grad_norm))
         _sync(device)
         elapsed = time.perf_counter() - start
-        par.end_step()
         ledger_step = ledger.enabled
         ledger.enabled = True
-        losses.append(par.mean_over_data(loss))
+        losses.append(par.mean_over_data(loss_sum / accum))
         if not ledger_step:
             step_times.append(elapsed)
     # the metric all_reduce above ran with the ledger enabled: keep the recorded steps' records only
