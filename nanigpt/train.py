@@ -567,12 +567,13 @@ def _die_with_launcher() -> None:
 
 def _start_processes(run: dict[str, Any]) -> tuple[Any, int, int, torch.device]:
     """(parallel setting, rank, world size, device); starts the process group when distributed."""
+    from nanigpt.launch import world_size
     from nanigpt.parallel.mesh import ParallelSetting, init_distributed
 
     t = run["training"]
     setting = ParallelSetting.from_dict(run["parallelism"])
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != setting.world_size:
+    if launched != world_size(run["parallelism"]):
         raise RunConfigError(
             f"run config: parallelism {setting.as_dict()} needs {setting.world_size} processes, "
             f"but {launched} were started; launch with `python -m nanigpt.launch --nproc "

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from nanigpt.launch import command
 from nanigpt.parallel.apply import validate_parallelism
 from nanigpt.parallel.bench import DENSE, MOE
 from nanigpt.parallel.cost_model import LinkModel, wire_bytes
-from nanigpt.parallel.launch import command
 from nanigpt.parallel.mesh import ParallelSetting, default_strategy
 
 ROOT = Path(__file__).resolve().parents[1]

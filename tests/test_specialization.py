@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 import torch
 
+from nanigpt.analysis import specialization as spec
 from nanigpt.data.shards import Shard, write_shard
-from nanigpt.measure import specialization as spec
 from nanigpt.model.gpt import GPT, GPTConfig
 from nanigpt.plots import moe as moe_plots
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nanigpt.launch import world_size
+
 DIMS = ("dp", "fsdp", "ep", "tp")
 
 # strategy -> (dims it may use beyond 1, what it is)
@@ -67,7 +69,7 @@ class ParallelSetting:
 
     @property
     def world_size(self) -> int:
-        return self.dp * self.fsdp * self.tp * self.ep
+        return world_size(self.as_dict())
 
     @property
     def data_parallel_size(self) -> int:

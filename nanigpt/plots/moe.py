@@ -6,7 +6,7 @@ where an MoE overtakes the dense model as compute grows. Five figures, each a su
 
 - `heatmap`: per MoE layer, the expert x source matrix of a run's final model, coloured by
   P(source | expert) (the share of an expert's tokens that each source wrote), titled with the
-  normalised mutual information I(expert; source) / H(source) (`nanigpt.measure.specialization`).
+  normalised mutual information I(expert; source) / H(source) (`nanigpt.analysis.specialization`).
 - `mi`: normalised MI against training step for every analysed run (mixture-trained MoE and the
   single-source control), one line per run and layer, so one sees specialization emerge.
 - `load`: load balance (coefficient of variation of per-expert load) and the dropped fraction

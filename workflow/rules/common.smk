@@ -1,13 +1,14 @@
 # Shared lookups: the runs the config declares, and the paths of each stage's outputs.
 import json
 
+from nanigpt import commands
 from nanigpt.config import (
-    dataset_module,
     resolve_runs,
     run_settings_json,
     sweep_run_ids,
     tokens_dir,
 )
+from nanigpt.launch import world_size
 from nanigpt.runs import run_labels, study_version, sweeps_labels
 
 RUNS = resolve_runs(config)
@@ -55,13 +56,8 @@ TRAIN_RUNTIME_MIN = 720 if TRAIN_ON_GPU else 60
 SMALL_JOB = {"cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
 
 
-def world_size(run):
-    par = run["parallelism"]
-    return par.get("dp", 1) * par.get("fsdp", 1) * par.get("tp", 1) * par.get("ep", 1)
-
-
 def train_tasks(wildcards):
-    return world_size(run_of(wildcards))
+    return world_size(run_of(wildcards)["parallelism"])
 
 
 def train_resources():
