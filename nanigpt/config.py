@@ -543,10 +543,6 @@ def run_settings_json(run: dict) -> str:
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
 
-def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def main(argv: list[str] | None = None) -> None:
     """`python -m nanigpt.config [CONFIG]`: validate a config and list the runs it declares."""
     import argparse
