@@ -48,9 +48,9 @@ def summaries_of_sweep(sweep):
 # local run. Training asks for one task per process of the run's parallelism (dp*fsdp*tp*ep,
 # `nanigpt.launch.world_size`), each with `training.threads` CPUs, and one GPU per process when
 # `training.device` is cuda; a multi-process run is marked `mpi` so the SLURM jobstep does not wrap
-# it in `srun -n1`, and `python -m nanigpt.launch` places the processes (srun + torchrun). A rule's
-# command line is its `cmd` param, built by `nanigpt.commands` (which scripts/gpu_session.py
-# replays). Everything else is a small CPU job. Override any value per rule with the profile's `set-resources`.
+# it in `srun -n1`, and `python -m nanigpt.launch` places the processes (srun + torchrun). The rules
+# that scripts/gpu_session.py replays (data, tokenizer, shards, training, specialization) take
+# their command line, a `cmd` param, from `nanigpt.commands`. Everything else is a small CPU job. Override any value per rule with the profile's `set-resources`.
 TRAIN_ON_GPU = config["training"]["device"] == "cuda"
 TRAIN_MEM_MB_PER_PROCESS = 16000 if TRAIN_ON_GPU else 2000
 TRAIN_RUNTIME_MIN = 720 if TRAIN_ON_GPU else 60
