@@ -3,13 +3,14 @@
 Serves questions 1 and 4 on real hardware: the rules (`workflow/rules/*.smk`, each through a `cmd`
 param) and `scripts/gpu_session.py` (which replays the graph's GPU work on a machine without
 Snakemake) both take a step's argv from here, so the two cannot drift apart. Each function returns
-the argv of one `python -m nanigpt.... ` CLI; `python` names the interpreter ("python" in a rule,
+the argv of one `python -m nanigpt....` CLI; `python` names the interpreter ("python" in a rule,
 whose shell runs in the uv environment; `sys.executable` on the device machine). The CLIs' options
 are in `docs/interfaces.md`. Imports no torch (the Snakefile imports it).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,9 +27,11 @@ def dataset_module(spec: Mapping[str, Any]) -> str:
 
 
 def build_dataset(
-    name: str, spec_json: str, spec: Mapping[str, Any], out: str, python: str = "python"
+    name: str, spec: Mapping[str, Any], out: str, python: str = "python"
 ) -> list[str]:
-    """Write `out/{train,val}.parquet` and `out/ground_truth.json` of one dataset."""
+    """Write `out/{train,val}.parquet` and `out/ground_truth.json` of one dataset (its spec as
+    canonical JSON, sorted keys)."""
+    spec_json = json.dumps(spec, sort_keys=True)
     return [python, "-m", dataset_module(spec), "--name", name, "--spec-json", spec_json,
             "--out", str(out)]  # fmt: skip
 

@@ -103,7 +103,7 @@ def sweep(
         if (work / f"data/tokens/{p['tokens_dirs'][name]}/val.bin").exists():
             continue
         timings[f"data_{name}"] = sh(
-            commands.build_dataset(name, json.dumps(spec), spec, str(syn), python=py),
+            commands.build_dataset(name, spec, str(syn), python=py),
             logs / f"data_{name}.log",
         )
         timings[f"tokenizer_{name}"] = sh(

@@ -17,10 +17,7 @@ rule synthetic_data:
         spec=lambda w: json.dumps(config["datasets"][w.dataset], sort_keys=True),
         cmd=lambda w: commands.shell(
             commands.build_dataset(
-                w.dataset,
-                json.dumps(config["datasets"][w.dataset], sort_keys=True),
-                config["datasets"][w.dataset],
-                f"data/synthetic/{w.dataset}",
+                w.dataset, config["datasets"][w.dataset], f"data/synthetic/{w.dataset}"
             )
         ),
     shell:
