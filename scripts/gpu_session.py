@@ -323,12 +323,17 @@ def throughput(out: Path, work: Path, steps: int) -> None:
             "profile": {"enabled": True, "wait": steps - 8, "warmup": 2, "active": 3},
         }  # fmt: skip
         timings[name] = sh(
-            [py, "-m", "nanigpt.train", "--run-config", json.dumps(run),
-             "--train", str(data / "train.bin"), "--val", str(data / "val.bin"),
-             "--ground-truth", str(data / "ground_truth.json"),
-             "--out", str(work / f"results/runs/{name}")],
+            commands.train_run(
+                json.dumps(run),
+                world_size(run["parallelism"]),
+                str(data / "train.bin"),
+                str(data / "val.bin"),
+                str(data / "ground_truth.json"),
+                str(work / f"results/runs/{name}"),
+                python=py,
+            ),
             work / f"results/logs/train_{name}.log",
-        )  # fmt: skip
+        )
         summary = json.loads((work / f"results/runs/{name}/summary.json").read_text())
         n, tps = summary["params_total"], summary["tokens_per_s"]
         nanogpt_mfu = (6 * n + 12 * n_layer * d_model * 1024) * tps / 989e12
