@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from nanigpt.launch import world_size
 from nanigpt.model.config import model_default, moe_defaults
 
 if TYPE_CHECKING:
@@ -141,11 +142,6 @@ def _budgets_as_numbers(config: dict) -> None:
                         budgets[i] = float(value)
 
 
-def dataset_module(spec: dict) -> str:
-    """The CLI module that builds a dataset of this kind."""
-    return "nanigpt.data.realtext" if spec["kind"] == "python_stdlib" else "nanigpt.data.synthetic"
-
-
 def _check_datasets(config: dict, source: str) -> None:
     """Each dataset's own spec class checks the keys of its kind, before any job runs."""
     from nanigpt.data.realtext import RealTextError, RealTextSpec
@@ -244,8 +240,7 @@ def _check_parallelism(config: dict, source: str) -> None:
     for sweep_name, sweep in config["sweeps"].items():
         for par in sweep["parallelism"]:
             setting = config["parallelism"][par]
-            world = setting["dp"] * setting["fsdp"] * setting["tp"] * setting["ep"]
-            if world == 1 and "strategy" not in setting:
+            if world_size(setting) == 1 and "strategy" not in setting:
                 continue  # one process: nothing to check (and no torch import when planning)
             from nanigpt.parallel.apply import validate_parallelism
 
@@ -536,10 +531,6 @@ def run_settings_json(run: dict) -> str:
     """The run's settings as canonical JSON (what the trainer gets and what Snakemake compares)."""
     settings = {k: v for k, v in run.items() if k not in ("sweeps", "budgets")}
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
-
-
-def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> None:

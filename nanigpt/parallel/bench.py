@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.chart_from:
         from nanigpt.plots import save_from_cli
+        from nanigpt.plots.parallel_bench import bench_chart
 
         code = save_from_cli(lambda: bench_chart(args.chart_from), args.out)
         if code:
@@ -364,82 +365,6 @@ def _write_results(path: str, link, world: int, results: list[dict[str, Any]]) -
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json_atomic(path, {"link_model": link.as_dict(), "world_size": world, "results": results})
-
-
-def chart_rows(bench: dict[str, Any]) -> tuple[list[dict], list[dict], list[str]]:
-    """(step-time parts, communication times, failures) of a bench JSON, in milliseconds."""
-    parts, comm, failed = [], [], []
-    for r in bench["results"]:
-        if "error" in r:
-            failed.append(f"{r['arch']} {r['strategy']}: {r['error'][:80]}")
-            continue
-        key = {"arch": r["arch"], "strategy": r["strategy"]}
-        compute = min(r["compute_only_s"], r["step_time_s"])
-        for part, value in (("compute only", compute), ("exposed comm", r["exposed_comm_s"])):
-            parts.append({**key, "part": part, "ms": value * 1e3, "mfu": r.get("mfu")})
-        for kind, value in (
-            ("measured (synced, per op)", r.get("measured_comm_s")),
-            ("predicted (alpha-beta)", r.get("predicted_comm_s")),
-            ("blocked in step (exposed)", r.get("blocked_comm_s")),
-        ):
-            if value is not None:
-                comm.append({**key, "kind": kind, "ms": value * 1e3})
-    return parts, comm, failed
-
-
-def bench_chart(bench_json: str):
-    """Step time split into compute-only and exposed communication per strategy and arch, beside
-    the collectives' measured, predicted and blocked times."""
-    import altair as alt
-
-    from nanigpt.io import read_json
-
-    bench = read_json(bench_json, what="bench results")
-    parts, comm, failed = chart_rows(bench)
-    if not parts:
-        raise ValueError(f"{bench_json}: no strategy finished ({'; '.join(failed) or 'no rows'})")
-    device = next(r["device"] for r in bench["results"] if "error" not in r)
-    link = bench.get("link_model") or {}
-    steps = (
-        alt.Chart(alt.Data(values=parts))
-        .mark_bar()
-        .encode(
-            x=alt.X("sum(ms):Q", title="step time (ms)"),
-            y=alt.Y("strategy:N", title=None, sort=None),
-            color=alt.Color("part:N", title=None),
-            row=alt.Row("arch:N", title=None),
-            tooltip=["strategy:N", "part:N", "ms:Q", "mfu:Q"],
-        )
-        .properties(width=300, height=180, title="step time: compute only + exposed communication")
-        .resolve_scale(y="independent")
-    )
-    collectives = (
-        alt.Chart(alt.Data(values=comm))
-        .mark_point(filled=True, size=80)
-        .encode(
-            x=alt.X("ms:Q", title="communication per step (ms)"),
-            y=alt.Y("strategy:N", title=None, sort=None),
-            color=alt.Color("kind:N", title=None),
-            shape=alt.Shape("kind:N", title=None),
-            row=alt.Row("arch:N", title=None),
-            tooltip=["strategy:N", "kind:N", "ms:Q"],
-        )
-        .properties(width=300, height=180, title="collectives: measured vs predicted vs blocked")
-        .resolve_scale(y="independent")
-    )
-    subtitle = [
-        f"alpha = {link.get('alpha_s', float('nan')) * 1e6:.1f} us, "
-        f"beta = {link.get('beta_bytes_per_s', float('nan')) / 1e9:.1f} GB/s ({link.get('source')})"
-    ] + [f"failed: {f}" for f in failed]
-    chart = alt.hconcat(steps, collectives).resolve_scale(color="independent")
-    chart = chart.properties(
-        title=alt.TitleParams(
-            f"{bench['world_size']} x {device}: where each strategy's step time goes",
-            subtitle=subtitle,
-            anchor="start",
-        )
-    )
-    return chart
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nanigpt.launch import world_size  # the one formula (rules, planner, GPU script)
 from nanigpt.model.config import GPTConfig
 
 DIMS = ("dp", "fsdp", "ep", "tp")
@@ -62,7 +63,7 @@ class ParallelSetting:
 
     @property
     def world_size(self) -> int:
-        return self.dp * self.fsdp * self.tp * self.ep
+        return world_size(self.as_dict())
 
     @property
     def data_parallel_size(self) -> int:
