@@ -40,7 +40,7 @@ from nanigpt.measure.hardware import peak_bf16_flops
 from nanigpt.model.flops import count
 from nanigpt.model.gpt import GPTConfig
 
-# The phases StepTimer splits a step into (nanigpt.train.PHASES); with `other_s` they sum to the
+# The phases StepTimer splits a step into (nanigpt.training.step.PHASES); with `other_s` they sum to the
 # step time. Other `comm_*_s` columns (measured, blocked, predicted communication) are details of
 # the comm phase, reported beside it, not phases.
 PHASES = ("data", "forward", "backward", "comm", "optimizer")
