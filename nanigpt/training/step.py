@@ -36,14 +36,6 @@ def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:
     return torch.tensor(float(value), device=device)
 
 
-def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:
-    if value is None:
-        return torch.zeros((), device=device)
-    if isinstance(value, torch.Tensor):
-        return value.float()
-    return torch.tensor(float(value), device=device)
-
-
 class MoEStats:
     """Sums the router statistics of the MoE layers over a step's micro-batches."""
 
