@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from nanigpt.launch import world_size
+from nanigpt.model.config import model_default, moe_defaults
+
 if TYPE_CHECKING:
     import jsonschema
 
@@ -29,22 +32,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "workflow" / "config" / "default.yaml"
 
-# Defaults of the MoE layer, applied under an arch of kind "moe".
-# Routing defaults chosen by measurement: nanigpt/model/moe.py's docstring and README say why.
-MOE_DEFAULTS = {
-    "num_experts": 4,
-    "top_k": 1,
-    "capacity_factor": 1.25,
-    "aux_loss_weight": 0.01,
-    "z_loss_weight": 0.001,
-    "every": 1,
-    "shared_expert": False,
-    "granularity": 1,
-    "gate": "renorm",
-    "bias_update_rate": 0.001,
-    "eval_capacity_factor": None,
-    "dense_layers": 0,
-}
+# Defaults of the MoE layer, applied under an arch of kind "moe": MoEConfig's, the one set (routing
+# defaults chosen by measurement: nanigpt/model/moe.py's docstring and README say why).
+MOE_DEFAULTS = moe_defaults()
 MOE_KEYS = set(MOE_DEFAULTS)
 # Training settings a size may override: lr and warmup chosen per size by an lr probe sweep, and a
 # smaller batch (more optimizer steps per token) where a small model's step is overhead-bound.
@@ -152,11 +142,6 @@ def _budgets_as_numbers(config: dict) -> None:
                         budgets[i] = float(value)
 
 
-def dataset_module(spec: dict) -> str:
-    """The CLI module that builds a dataset of this kind."""
-    return "nanigpt.data.realtext" if spec["kind"] == "python_stdlib" else "nanigpt.data.synthetic"
-
-
 def _check_datasets(config: dict, source: str) -> None:
     """Each dataset's own spec class checks the keys of its kind, before any job runs."""
     from nanigpt.data.realtext import RealTextError, RealTextSpec
@@ -260,8 +245,7 @@ def _check_parallelism(config: dict, source: str) -> None:
     for sweep_name, sweep in config["sweeps"].items():
         for par in sweep["parallelism"]:
             setting = config["parallelism"][par]
-            world = setting["dp"] * setting["fsdp"] * setting["tp"] * setting["ep"]
-            if world == 1 and "strategy" not in setting:
+            if world_size(setting) == 1 and "strategy" not in setting:
                 continue  # one process: nothing to check (and no torch import when planning)
             from nanigpt.parallel.apply import validate_parallelism
 
@@ -427,8 +411,10 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
     if arch_cfg["kind"] == "moe":
         moe = {**MOE_DEFAULTS, **{k: v for k, v in arch_cfg.items() if k in MOE_KEYS}}
     # The most specific MLP ratio wins: the arch's (a wider dense baseline), the size's, the model's.
-    mlp_ratio = arch_cfg.get("mlp_ratio", size_cfg.get("mlp_ratio", config["model"]["mlp_ratio"]))
-    kernels = config["model"].get("kernels", "torch")  # written only when not torch: ids unchanged
+    shared = config["model"]  # unset keys take GPTConfig's defaults (nanigpt.model.config)
+    mlp_ratio = shared.get("mlp_ratio", model_default("mlp_ratio"))
+    mlp_ratio = arch_cfg.get("mlp_ratio", size_cfg.get("mlp_ratio", mlp_ratio))
+    kernels = shared.get("kernels", "torch")  # written only when not torch: ids unchanged
     return {
         "vocab_size": vocab_size_for(config, dataset),
         "seq_len": config["training"]["seq_len"],
@@ -436,7 +422,7 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
         "d_model": size_cfg["d_model"],
         "n_head": size_cfg["n_head"],
         "mlp_ratio": mlp_ratio,
-        "tied_embeddings": config["model"]["tied_embeddings"],
+        "tied_embeddings": shared.get("tied_embeddings", model_default("tied_embeddings")),
         "moe": moe,
         **({"kernels": kernels} if kernels != "torch" else {}),
     }
@@ -550,10 +536,6 @@ def run_settings_json(run: dict) -> str:
     """The run's settings as canonical JSON (what the trainer gets and what Snakemake compares)."""
     settings = {k: v for k, v in run.items() if k not in ("sweeps", "budgets")}
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
-
-
-def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,10 @@ The allocation is read from the SLURM environment ($SLURM_JOB_NUM_NODES or $SLUR
 $SLURM_NTASKS, $SLURM_JOB_NODELIST, $SLURM_CPUS_ON_NODE) and, where a job step hides it (Snakemake's jobstep executor runs each rule
 under `srun -n1` and clears the job's SLURM variables), from `scontrol show job $SLURM_JOB_ID`.
 Nothing here knows about Snakemake or the trainer: any module with a `__main__` works.
+
+`world_size` is the one formula for how many processes a run's parallelism needs
+(dp * fsdp * tp * ep); the rules, the planner (`nanigpt.config`), the trainer's start-up check and
+`scripts/gpu_session.py` all call it. This module imports no torch, so the Snakefile can.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # SLURM variables that name the job itself; every other SLURM_* variable describes the step we run
 # in and must not leak into a nested srun as defaults.
@@ -41,6 +46,19 @@ SLURM_IDENTITY = {
     "SLURM_SUBMIT_DIR",
     "SLURM_SUBMIT_HOST",
 }
+
+
+# The dims of a parallelism setting; their product is the number of processes
+# (`nanigpt.parallel.mesh` lays them out as a device mesh).
+PARALLEL_DIMS = ("dp", "fsdp", "tp", "ep")
+
+
+def world_size(parallelism: Mapping[str, Any]) -> int:
+    """Number of processes a parallelism setting needs: dp * fsdp * tp * ep (a missing dim is 1)."""
+    n = 1
+    for dim in PARALLEL_DIMS:
+        n *= parallelism.get(dim, 1)
+    return n
 
 
 class LaunchError(RuntimeError):
@@ -101,6 +119,27 @@ def torchrun_command(
         ]  # fmt: skip
     cmd += ["--nproc-per-node", str(nproc // nnodes), "--max-restarts", "0", "-m", module, *args]
     return cmd
+
+
+def command(
+    run: Mapping[str, Any],
+    module_args: Sequence[str],
+    module: str = "nanigpt.train",
+    python: str = sys.executable,
+) -> list[str]:
+    """argv for a run on this machine, its parallelism validated against its model first:
+    `python -m module ...` for one process, torchrun with one process per rank otherwise."""
+    from nanigpt.parallel.apply import validate_parallelism  # torch: only when asked
+
+    validate_parallelism(
+        run.get("parallelism", {}),
+        run["model"],
+        batch_size=run.get("training", {}).get("batch_size"),
+    )
+    n = world_size(run.get("parallelism", {}))
+    if n == 1:
+        return [python, "-m", module, *module_args]
+    return torchrun_command(n, 1, [module, *module_args], python=python)
 
 
 def _scontrol_job(job_id: str) -> dict[str, str]:

@@ -93,10 +93,10 @@ def _no_gpu_device_files() -> bool:
 
 
 def hardware_slug(device: str) -> str:
-    """`nanigpt.measure.ceilings.device_slug` without importing torch where the answer is "cpu"
+    """`nanigpt.analysis.ceilings.device_slug` without importing torch where the answer is "cpu"
     (`training.device: cpu`, or `auto` on a machine with no GPU device files)."""
     if device == "cpu" or (device == "auto" and _no_gpu_device_files()):
         return "cpu"
-    from nanigpt.measure.ceilings import device_slug  # imports torch
+    from nanigpt.analysis.ceilings import device_slug  # imports torch
 
     return device_slug(device)

@@ -1,8 +1,8 @@
 """Run the graph's GPU work on a machine without Snakemake: the same CLIs, in dependency order.
 
 Serves questions 1 and 4 on real hardware: the device machine has torch but no uv, Snakemake,
-polars or altair, so this script replays what the rules would run (`python -m nanigpt....`) from a
-plan resolved here beforehand, and packs the run folders into one archive to bring back; the
+polars or altair, so this script replays what the rules would run (`python -m nanigpt....`, each
+command line from `nanigpt.commands`, as the rules take theirs) from a plan resolved here beforehand, and packs the run folders into one archive to bring back; the
 aggregate, fit and figures are then built here by the graph's own rules.
 
     python scripts/gpu_session.py plan workflow/config/h100.yaml --out .gpu/plan.json   # here
@@ -25,6 +25,9 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+from nanigpt import commands
+from nanigpt.launch import world_size
 
 
 def sh(args: list[str], log: Path, env: dict | None = None) -> float:
@@ -58,6 +61,7 @@ def plan(config_path: str, out: Path) -> None:
             {
                 "datasets": config["datasets"],
                 "vocab_size": config["tokenizer"]["vocab_size"],
+                "tokenizer_impl": config["tokenizer"]["impl"],
                 "tokens_dirs": {d: tokens_dir(config, d) for d in config["datasets"]},
                 "runs": {rid: json.loads(run_settings_json(r)) for rid, r in runs.items()},
                 "moe_analysis": [
@@ -91,31 +95,31 @@ def sweep(
     timings = {}
     needed = {r["dataset"] for r in p["runs"].values()}
     needed |= {t["eval_dataset"] for t in p.get("moe_analysis", []) if t["run_id"] in p["runs"]}
+    impl = p.get("tokenizer_impl", "rust")
     for name in sorted(needed):
         spec = p["datasets"][name]
-        module = (
-            "nanigpt.data.realtext" if spec["kind"] == "python_stdlib" else "nanigpt.data.synthetic"
-        )
         syn = work / f"data/synthetic/{name}"
         tok = work / f"data/tokenizer/{p['tokens_dirs'][name]}/tokenizer.json"
         if (work / f"data/tokens/{p['tokens_dirs'][name]}/val.bin").exists():
             continue
         timings[f"data_{name}"] = sh(
-            [py, "-m", module, "--name", name, "--spec-json", json.dumps(spec), "--out", str(syn)],
+            commands.build_dataset(name, spec, str(syn), python=py),
             logs / f"data_{name}.log",
         )
         timings[f"tokenizer_{name}"] = sh(
-            [py, "-m", "nanigpt.data.tokenize", "train", "--input", str(syn / "train.parquet"),
-             "--vocab-size", str(p["vocab_size"]), "--out", str(tok)],
+            commands.train_tokenizer(
+                str(syn / "train.parquet"), p["vocab_size"], impl, str(tok), python=py
+            ),
             logs / f"tokenizer_{name}.log",
-        )  # fmt: skip
+        )
         for split in ("train", "val"):
+            shard = work / f"data/tokens/{p['tokens_dirs'][name]}/{split}.bin"
             timings[f"encode_{name}_{split}"] = sh(
-                [py, "-m", "nanigpt.data.tokenize", "encode", "--tokenizer", str(tok),
-                 "--input", str(syn / f"{split}.parquet"),
-                 "--out", str(work / f"data/tokens/{p['tokens_dirs'][name]}/{split}.bin")],
+                commands.encode_tokens(
+                    str(tok), str(syn / f"{split}.parquet"), impl, str(shard), python=py
+                ),
                 logs / f"encode_{name}_{split}.log",
-            )  # fmt: skip
+            )
     archive = out / f"sweep{'_' + re.sub(r'[^A-Za-z0-9]+', '', only) if only else ''}.tar.gz"
     try:
         run_all(p, work, logs, timings, started + deadline_s, gpus, per_gpu)
@@ -178,8 +182,6 @@ def run_all(
 
     One-process runs share the GPUs (`_on_gpus`; the costliest start first when there are several);
     runs with a world size > 1 follow, one at a time, each over all the GPUs."""
-    from nanigpt.parallel.launch import world_size
-
     py = sys.executable
     single, multi = [], []
     order = (
@@ -189,16 +191,20 @@ def run_all(
         if (work / f"results/runs/{run_id}/summary.json").exists():
             continue
         tokdir = work / f"data/tokens/{p['tokens_dirs'][run['dataset']]}"
-        world = world_size(run)
+        world = world_size(run["parallelism"])
         job = (
             run_id,
-            [py, "-m", "nanigpt.launch", "--nproc", str(world), "--", "nanigpt.train",
-             "--run-config", json.dumps(run),
-             "--train", str(tokdir / "train.bin"), "--val", str(tokdir / "val.bin"),
-             "--ground-truth", str(work / f"data/synthetic/{run['dataset']}/ground_truth.json"),
-             "--out", str(work / f"results/runs/{run_id}")],
+            commands.train_run(
+                json.dumps(run),
+                world,
+                str(tokdir / "train.bin"),
+                str(tokdir / "val.bin"),
+                str(work / f"data/synthetic/{run['dataset']}/ground_truth.json"),
+                str(work / f"results/runs/{run_id}"),
+                python=py,
+            ),
             logs / f"train_{run_id}.log",
-        )  # fmt: skip
+        )
         (single if world == 1 else multi).append(job)
     try:
         _on_gpus(single, gpus, timings, deadline, per_gpu)
@@ -217,6 +223,7 @@ def analyse_moe(p: dict, work: Path, logs: Path, timings: dict, gpus: int) -> No
     """moe.smk's specialization step for every trained MoE run of the plan (JSON only: no polars
     here; the heatmaps and MI figures are drawn back home from the JSON)."""
     py = sys.executable
+    impl = p.get("tokenizer_impl", "rust")
     jobs = []
     for task in p.get("moe_analysis", []):
         rid, other = task["run_id"], task["eval_dataset"]
@@ -229,17 +236,16 @@ def analyse_moe(p: dict, work: Path, logs: Path, timings: dict, gpus: int) -> No
         if other != p["runs"][rid]["dataset"]:
             val = tokdir / f"val_of_{other}.bin"
             if not val.exists():
-                sh([py, "-m", "nanigpt.data.tokenize", "encode",
-                    "--tokenizer", str(tokdir.parent.parent / "tokenizer" / tokdir.name / "tokenizer.json"),
-                    "--input", str(work / f"data/synthetic/{other}/val.parquet"), "--out", str(val)],
-                   logs / f"encode_val_of_{other}_{tokdir.name}.log")  # fmt: skip
-        jobs.append((
-            f"specialization_{rid}",
-            [py, "-m", "nanigpt.measure.specialization", "--run-dir", str(run_dir),
-             "--val", str(val), "--out", str(out), "--no-counts", "--threads", "4",
-             "--max-tokens", str(p.get("moe_max_tokens", 65536))],
-            logs / f"specialization_{rid}.log",
-        ))  # fmt: skip
+                tokenizer = tokdir.parent.parent / "tokenizer" / tokdir.name / "tokenizer.json"
+                text = work / f"data/synthetic/{other}/val.parquet"
+                sh(
+                    commands.encode_tokens(str(tokenizer), str(text), impl, str(val), python=py),
+                    logs / f"encode_val_of_{other}_{tokdir.name}.log",
+                )
+        argv = commands.moe_specialization(
+            str(run_dir), str(val), str(out), p.get("moe_max_tokens", 65536), threads=4, python=py
+        )
+        jobs.append((f"specialization_{rid}", argv, logs / f"specialization_{rid}.log"))
     _on_gpus(jobs, gpus, timings, per_gpu=4)
 
 
@@ -317,12 +323,17 @@ def throughput(out: Path, work: Path, steps: int) -> None:
             "profile": {"enabled": True, "wait": steps - 8, "warmup": 2, "active": 3},
         }  # fmt: skip
         timings[name] = sh(
-            [py, "-m", "nanigpt.train", "--run-config", json.dumps(run),
-             "--train", str(data / "train.bin"), "--val", str(data / "val.bin"),
-             "--ground-truth", str(data / "ground_truth.json"),
-             "--out", str(work / f"results/runs/{name}")],
+            commands.train_run(
+                json.dumps(run),
+                world_size(run["parallelism"]),
+                str(data / "train.bin"),
+                str(data / "val.bin"),
+                str(data / "ground_truth.json"),
+                str(work / f"results/runs/{name}"),
+                python=py,
+            ),
             work / f"results/logs/train_{name}.log",
-        )  # fmt: skip
+        )
         summary = json.loads((work / f"results/runs/{name}/summary.json").read_text())
         n, tps = summary["params_total"], summary["tokens_per_s"]
         nanogpt_mfu = (6 * n + 12 * n_layer * d_model * 1024) * tps / 989e12

@@ -47,8 +47,8 @@ for what in "$@"; do
         python3 -c "import nanigpt_rs; print(\"nanigpt_rs ok\")"; python3 -c "import liger_kernel; print(\"liger ok\")"'
       cat "$OUT/probe.log" ;;
     ceilings)
-      slug=$(python3 -c "from nanigpt.measure.ceilings import device_slug; print(device_slug('cuda'))")
-      stage ceilings python3 -m nanigpt.measure.ceilings --device cuda --out "$HW/$slug.json"
+      slug=$(python3 -c "from nanigpt.analysis.ceilings import device_slug; print(device_slug('cuda'))")
+      stage ceilings python3 -m nanigpt.analysis.ceilings --device cuda --out "$HW/$slug.json"
       cp "$HW/$slug.json" "$OUT/" 2>/dev/null ;;
     throughput)
       stage throughput python3 -m nanigpt.bench.throughput --preset gpu --nanogpt-dir .nanogpt \

@@ -1,4 +1,4 @@
-"""Tests of nanigpt.measure.ceilings on the CPU with tiny sizes (question 1: MFU denominators)."""
+"""Tests of nanigpt.analysis.ceilings on the CPU with tiny sizes (question 1: MFU denominators)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nanigpt.measure.ceilings import device_slug, main, measure, peak_bandwidth, slugify
+from nanigpt.analysis.ceilings import device_slug, main, measure, peak_bandwidth, slugify
 
 
 def test_measure_cpu_tiny():

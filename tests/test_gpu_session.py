@@ -72,3 +72,19 @@ def test_large_archive_is_split_into_parts_that_join_back(gpu_session, tmp_path)
     assert not archive.exists()
     assert b"".join(p.read_bytes() for p in parts) == data
     assert gpu_session.split_archive(parts[-1], part_bytes=4096) == [parts[-1]]  # small: kept
+
+
+def test_replayed_commands_are_the_rules_commands():
+    from nanigpt import commands
+
+    rule = commands.moe_specialization("r", "v.bin", "s.json", 64, counts="c.parquet")
+    replayed = commands.moe_specialization("r", "v.bin", "s.json", 64, threads=4, python="py")
+    assert rule[1:] == ["-m", "nanigpt.analysis.specialization", "--run-dir", "r", "--val", "v.bin",
+                        "--out", "s.json", "--counts", "c.parquet", "--max-tokens", "64"]  # fmt: skip
+    assert (
+        replayed[0] == "py" and "--no-counts" in replayed and replayed[-4:-2] == ["--threads", "4"]
+    )
+    train = commands.train_run('{"a": 1}', 4, "t.bin", "v.bin", "g.json", "out")
+    assert commands.shell(train).startswith(
+        "python -m nanigpt.launch --nproc 4 -- nanigpt.train --run-config '{\"a\": 1}' --train t.bin"
+    )

@@ -1,4 +1,4 @@
-"""Tests of nanigpt.measure.memory: the predicted footprint matches a built model (question 1)."""
+"""Tests of nanigpt.analysis.memory: the predicted footprint matches a built model (question 1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from nanigpt.measure.memory import compare, measured_peak, predict
+from nanigpt.analysis.memory import compare, measured_peak, predict
 from nanigpt.model.gpt import GPT, GPTConfig
 
 DENSE = {

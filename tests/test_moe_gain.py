@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nanigpt.plots.moe_gain import gain, main
-from nanigpt.plots.seeds import base_run_id, summarise, verdict, worded
+from nanigpt.scaling.seeds import base_run_id, summarise, verdict, worded
 
 
 def write_run(root, dataset, arch, seed, loss, mlp_ratio=4.0, experts=None):

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from nanigpt.launch import command, world_size
 from nanigpt.parallel.apply import validate_parallelism
 from nanigpt.parallel.bench import DENSE, MOE
 from nanigpt.parallel.cost_model import LinkModel, wire_bytes
-from nanigpt.parallel.launch import command
 from nanigpt.parallel.mesh import ParallelSetting, default_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,6 +198,12 @@ def test_launcher_refuses_before_starting_and_builds_torchrun():
         "py", "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
         "--nproc-per-node", "4", "--max-restarts", "0", "-m", "nanigpt.train", "--a",
     ]  # fmt: skip
+
+
+def test_one_world_size_formula_for_planner_and_mesh():
+    assert world_size({}) == 1 and world_size({"dp": 2, "fsdp": 3, "tp": 2, "ep": 1}) == 12
+    setting = {"fsdp": 2, "tp": 2, "strategy": "fsdp2_tp"}
+    assert ParallelSetting.from_dict(setting).world_size == world_size(setting) == 4
 
 
 def test_default_strategies():

@@ -12,10 +12,11 @@ import polars as pl
 import pytest
 import torch
 
+from nanigpt.analysis import specialization as spec
 from nanigpt.data.shards import Shard, write_shard
-from nanigpt.measure import specialization as spec
 from nanigpt.model.gpt import GPT, GPTConfig
 from nanigpt.plots import moe as moe_plots
+from nanigpt.scaling import crossover
 
 VOCAB, SEQ_LEN = 64, 16
 
@@ -294,8 +295,8 @@ def test_crossover_figure_from_summaries(tmp_path):
         "moeE2: E=2 k=1 cf=dropless g=1",
         "moeE4: E=4 k=1 cf=dropless g=1",
     }
-    table = moe_plots.runs_table(summaries)
-    deltas = moe_plots.paired_differences(table, "final_val_bpb")
+    table = crossover.runs_table(summaries)
+    deltas = crossover.paired_differences(table, "final_val_bpb")
     assert len(deltas) == 8 and all(d["delta"] < 0 for d in deltas)
 
 
@@ -400,14 +401,14 @@ def test_matched_total_params_pairs_the_e_times_wider_dense_run():
     moe_a, w4 = rows[4], rows[1]
     rows[4]["params_total"] = w4["params_total"] + 32 * 4
     table = pl.DataFrame(rows)
-    matched = moe_plots.matched_params_differences(table, "final_val_bpb")
+    matched = crossover.matched_params_differences(table, "final_val_bpb")
     pairs = {r["run_id"]: (r["dense_run_id"], round(r["delta"], 6)) for r in matched}
     assert pairs == {"moe_a": ("densew4_a", 0.05), "moe_b": ("densew4_b", -0.05)}
     assert all(r["dense_over_moe_flops"] > 3 for r in matched)  # the wide MLP costs ~E x FLOPs
-    assert all(abs(r["total_over_dense_params"] - 1) <= moe_plots.MATCHED_PARAMS_TOLERANCE
+    assert all(abs(r["total_over_dense_params"] - 1) <= crossover.MATCHED_PARAMS_TOLERANCE
                for r in matched)  # fmt: skip
     # matched active compute pairs the dense run of the same MLP ratio, never a wider one
-    active = moe_plots.paired_differences(table, "final_val_bpb")
+    active = crossover.paired_differences(table, "final_val_bpb")
     assert {r["run_id"]: r["dense_run_id"] for r in active} == {
         "moe_a": "dense_a",
         "moee8_a": "dense_a",
@@ -415,15 +416,15 @@ def test_matched_total_params_pairs_the_e_times_wider_dense_run():
     # just outside the tolerance: no partner
     far = [dict(r) for r in rows]
     far[1]["params_total"] = int(
-        moe_a["params_total"] * (1 + 1.5 * moe_plots.MATCHED_PARAMS_TOLERANCE)
+        moe_a["params_total"] * (1 + 1.5 * crossover.MATCHED_PARAMS_TOLERANCE)
     )
     pairs = {
         r["run_id"]
-        for r in moe_plots.matched_params_differences(pl.DataFrame(far), "final_val_bpb")
+        for r in crossover.matched_params_differences(pl.DataFrame(far), "final_val_bpb")
     }
     assert pairs == {"moe_b"}
     with pytest.raises(ValueError, match="tolerance"):
-        moe_plots.matched_params_differences(table, "final_val_bpb", tolerance=-0.1)
+        crossover.matched_params_differences(table, "final_val_bpb", tolerance=-0.1)
 
 
 def test_matched_total_params_prefers_same_depth_and_width_then_nearest():
@@ -432,10 +433,10 @@ def test_matched_total_params_prefers_same_depth_and_width_then_nearest():
     same_shape = crossover_row("densew4_x", "dense", mlp_ratio=16.0, params_total=101_500)
     farther_other_shape = crossover_row("dense_z", "dense", d_model=40, params_total=101_000)
     table = pl.DataFrame([moe, near_other_shape, same_shape, farther_other_shape])
-    (only,) = moe_plots.matched_params_differences(table, "final_val_bpb")
+    (only,) = crossover.matched_params_differences(table, "final_val_bpb")
     assert only["dense_run_id"] == "densew4_x"
     table = pl.DataFrame([moe, near_other_shape, farther_other_shape])
-    (only,) = moe_plots.matched_params_differences(table, "final_val_bpb")
+    (only,) = crossover.matched_params_differences(table, "final_val_bpb")
     assert only["dense_run_id"] == "dense_y"
 
 
@@ -451,8 +452,8 @@ def test_wide_dense_runs_are_partners_not_the_fitted_dense_baseline():
             rows.append(crossover_row(f"moee2_{d_model}_{tokens}", "moe", experts=2,
                                       d_model=d_model, tokens=tokens, loss=base - 0.03))  # fmt: skip
     table = pl.DataFrame(rows)
-    assert moe_plots.baseline_mlp_ratio(table) == 4.0
-    fits = moe_plots.crossover_fits(table, "final_val_bpb", bootstrap=0)
+    assert crossover.baseline_mlp_ratio(table) == 4.0
+    fits = crossover.crossover_fits(table, "final_val_bpb", bootstrap=0)
     assert set(fits) == {"dense", "moee2: E=2 k=1 cf=1.25 g=1"}
     assert all(rid.startswith("dense_") for rid in fits["dense"]["run_ids"])
     chart = moe_plots.crossover_chart(table, fits).to_dict()

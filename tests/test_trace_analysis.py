@@ -1,4 +1,4 @@
-"""Tests of nanigpt.measure.trace_analysis: a synthetic trace is categorised exactly (question 1)."""
+"""Tests of nanigpt.analysis.trace_analysis: a synthetic trace is categorised exactly (question 1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from nanigpt.measure.trace_analysis import analyze, categorize, load_trace, main
+from nanigpt.analysis.trace_analysis import analyze, categorize, load_trace, main
 
 
 def kernel(name, ts, dur, stream, cat="kernel"):
@@ -173,7 +173,7 @@ def _synthetic_run(tmp_path):
 
 
 def test_report_of_a_synthetic_run(tmp_path):
-    from nanigpt.measure import report
+    from nanigpt.analysis import report
 
     run_dir, hw_path = _synthetic_run(tmp_path)
     out = tmp_path / "profile" / "toy"
@@ -225,7 +225,7 @@ def test_outlier_step_is_left_out():
 
 def test_report_without_trace_or_hardware(tmp_path):
     """Profiling off (an empty trace) and no ceilings: the report still writes every file."""
-    from nanigpt.measure import report
+    from nanigpt.analysis import report
 
     run_dir, _ = _synthetic_run(tmp_path)
     with gzip.open(run_dir / "trace.json.gz", "wt") as f:
@@ -240,7 +240,7 @@ def test_report_without_trace_or_hardware(tmp_path):
 
 
 def test_inductor_fused_kernels_are_compute_unless_they_only_copy():
-    from nanigpt.measure.trace_analysis import categorize
+    from nanigpt.analysis.trace_analysis import categorize
 
     assert categorize("triton_red_fused__log_softmax__to_copy_add_arange_eq_nll_3") == (
         "norm_elementwise"

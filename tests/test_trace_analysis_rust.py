@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nanigpt.measure.trace_analysis import analyze_path, main
+from nanigpt.analysis.trace_analysis import analyze_path, main
 from nanigpt.train import train
 from tests.test_trace_analysis import GPU_TRACE, cpu_op
 from tests.test_train import SEQ, make_run, write_tiny_data

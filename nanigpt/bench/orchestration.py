@@ -67,7 +67,7 @@ def planning(repeats: int) -> list[dict]:
 
 
 def hot_path(steps: int) -> list[dict]:
-    from nanigpt.measure.trace_analysis import analyze_path
+    from nanigpt.analysis.trace_analysis import analyze_path
     from nanigpt.train import train
     from tests.test_train import SEQ, make_run, write_tiny_data
 

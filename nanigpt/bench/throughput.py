@@ -19,7 +19,7 @@ memory, and MFU under two conventions:
   of a GELU MLP (2 * 2 d * 4d per token forward instead of SwiGLU's 3 matmuls).
 The peak is the datasheet's dense bf16 rate (`nanigpt.measure.hardware`); the measured matmul
 ceiling is recorded beside it. A short profiler window per row gives the trace's kernel categories
-(`nanigpt.measure.trace_analysis`).
+(`nanigpt.analysis.trace_analysis`).
 
 nanoGPT is never part of this repository: pass the folder holding its `model.py` (fetched
 separately, e.g. into the ignored `.nanogpt/`) with `--nanogpt-dir`.
@@ -261,7 +261,7 @@ def profile_categories(step, device, steps: int) -> dict[str, Any] | None:
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from nanigpt.measure.trace_analysis import analyze, load_trace
+    from nanigpt.analysis.trace_analysis import analyze, load_trace
 
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":

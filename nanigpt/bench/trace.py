@@ -28,8 +28,8 @@ from pathlib import Path
 
 import polars as pl
 
+from nanigpt.analysis.trace_analysis import analyze_path, load_trace
 from nanigpt.io import atomic_path
-from nanigpt.measure.trace_analysis import analyze_path, load_trace
 
 log = logging.getLogger("nanigpt.bench.trace")
 

@@ -36,35 +36,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-KERNELS = ("rms_norm", "rope", "swiglu", "cross_entropy")
-IMPLS = ("torch", "triton")
+from nanigpt.model.config import IMPLS, KERNELS, resolve_kernels  # noqa: E402, F401
 
 
 def interpreted() -> bool:
     """True when Triton kernels run in the interpreter (CPU), not compiled for a GPU."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def resolve_kernels(setting: str | dict) -> dict[str, str]:
-    """`model.kernels` -> {kernel: "torch" | "triton"} for every kernel in KERNELS.
-
-    The setting is one implementation for all ("torch" or "triton") or a mapping of some kernels
-    to one; a kernel the mapping leaves out uses "torch".
-    """
-    if isinstance(setting, str):
-        if setting not in IMPLS:
-            raise ValueError(
-                f"model.kernels={setting!r}: expected one of {list(IMPLS)} or a mapping"
-            )
-        return dict.fromkeys(KERNELS, setting)
-    if not isinstance(setting, dict):
-        raise ValueError(f"model.kernels={setting!r}: expected one of {list(IMPLS)} or a mapping")
-    unknown = sorted(set(setting) - set(KERNELS))
-    if unknown:
-        raise ValueError(
-            f"model.kernels: unknown kernel(s) {unknown}; expected among {list(KERNELS)}"
-        )
-    for name, impl in setting.items():
-        if impl not in IMPLS:
-            raise ValueError(f"model.kernels.{name}={impl!r}: expected one of {list(IMPLS)}")
-    return {name: setting.get(name, "torch") for name in KERNELS}

@@ -27,7 +27,7 @@ in the JSON only, to pick the defaults from. CPU timings are the median of a few
 
 Bytes are the minimal traffic of the op (each input read once, each output written once; for the
 norm's backward x, dy and w in, dx and dw out; fwd_bwd the sum of the two), so GB/s over it and its fraction of the measured
-copy bandwidth (`results/hardware/{device}.json`, `nanigpt.measure.ceilings`; measured here when the
+copy bandwidth (`results/hardware/{device}.json`, `nanigpt.analysis.ceilings`; measured here when the
 file is missing) say how close a kernel is to the memory roofline. The fused cross-entropy is
 matmul-bound (6 N d V FLOPs fwd+bwd): its fraction is of the measured matmul FLOP/s. FLOP counts of
 the elementwise kernels are approximate (per element: RMSNorm 4 fwd / 8 bwd, RoPE 3 / 3, SwiGLU
@@ -379,7 +379,7 @@ def peak_memory(call: Callable[[], Any], device: torch.device) -> int | None:
 
 def ceilings(device: torch.device, hardware: Path | None) -> dict[str, Any]:
     """Copy bandwidth and matmul FLOP/s: from results/hardware/{slug}.json, else measured here."""
-    from nanigpt.measure.ceilings import measure_copy, measure_matmul, slugify
+    from nanigpt.analysis.ceilings import measure_copy, measure_matmul, slugify
 
     slug = "cpu" if device.type == "cpu" else slugify(device_name(device))
     path = hardware or Path("results/hardware") / f"{slug}.json"

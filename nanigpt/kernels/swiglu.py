@@ -8,7 +8,7 @@ memory; fused, the forward reads g and u once and writes h once, and the backwar
 once and writes dg and du once, recomputing s instead of saving it (Liger-Kernel, Hsu et al. 2024,
 arXiv 2410.10989, does the same). Float32 arithmetic, outputs in the input dtype.
 
-`FusedSwiGLU` is the dense MLP of `nanigpt.model.moe.SwiGLU` (same parameters and state dict) with
+`FusedSwiGLU` is the dense MLP of `nanigpt.model.mlp.SwiGLU` (same parameters and state dict) with
 the activation replaced by the fused kernel.
 """
 
@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from nanigpt.kernels._launch import contiguous, fake_for, kernel_op, launch
-from nanigpt.model.moe import SwiGLU
+from nanigpt.model.mlp import SwiGLU
 
 BLOCK = 1024
 
@@ -111,7 +111,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, block: int = BLOCK) -> torch.Te
 
 
 class FusedSwiGLU(SwiGLU):
-    """`nanigpt.model.moe.SwiGLU` with silu(gate) * up computed by the fused Triton kernel."""
+    """`nanigpt.model.mlp.SwiGLU` with silu(gate) * up computed by the fused Triton kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(swiglu(self.w_gate(x), self.w_up(x)))

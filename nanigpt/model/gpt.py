@@ -19,124 +19,23 @@ and grad mode is on (training); evaluation under no_grad takes the eager loss, o
 of the fused loss's three (it finishes the gradients in the forward).
 
 The model knows nothing of parallelism: `nanigpt.parallel` applies DDP, FSDP, TP and EP from
-outside. Reading order: config, rotary embedding, attention, block, model.
+outside, through seams (torchtitan's design): attention infers its local head count from its
+projections, so TP only shards weights; the MoE's token dispatcher is where EP puts its all-to-all.
+Reading order: config, rotary embedding, attention, block, model.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanigpt.model.moe import MoE, MoEConfig, SwiGLU
-
-MLP_MULTIPLE = 8  # the MLP width is rounded to a multiple of this (tensor-core friendly shapes)
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    vocab_size: int
-    seq_len: int
-    n_layer: int
-    d_model: int
-    n_head: int
-    # SwiGLU hidden width / d_model, taken as is: 8/3 matches the parameters of a 4x GELU MLP.
-    mlp_ratio: float = 8 / 3
-    tied_embeddings: bool = False
-    moe: MoEConfig | None = None
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    kernels: str | dict = "torch"  # "torch" | "triton" | {kernel: impl} (nanigpt.kernels.KERNELS)
-
-    def __post_init__(self) -> None:
-        for key in ("vocab_size", "seq_len", "n_layer", "d_model", "n_head"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{key}={value!r}: expected an integer >= 1")
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"model.d_model={self.d_model}: not divisible by n_head={self.n_head}; expected a "
-                f"width that splits into equal heads"
-            )
-        if self.head_dim % 2:
-            raise ValueError(
-                f"model.d_model={self.d_model}, n_head={self.n_head}: head dim {self.head_dim} is "
-                f"odd; rotary embeddings need an even head dim"
-            )
-        if not isinstance(self.mlp_ratio, int | float) or not self.mlp_ratio > 0:
-            raise ValueError(f"model.mlp_ratio={self.mlp_ratio!r}: expected a number > 0")
-        if not isinstance(self.tied_embeddings, bool):
-            raise ValueError(
-                f"model.tied_embeddings={self.tied_embeddings!r}: expected true or false"
-            )
-        _ = self.kernel_impls  # refuses an unknown kernel or implementation
-        if self.moe is not None:
-            if not self.moe_layers:
-                raise ValueError(
-                    f"model.moe.every={self.moe.every}, dense_layers={self.moe.dense_layers}: no "
-                    f"MoE layer among n_layer={self.n_layer} (layer i >= dense_layers is MoE when "
-                    f"(i + 1) % every == 0); expected fewer dense layers or a smaller every"
-                )
-            self.moe.expert_hidden(self.mlp_hidden)  # refuses a granularity that does not divide
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        """Build from a run's `model` dict; unknown or missing keys fail with the key named."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"model: unknown key(s) {unknown}; expected keys among {sorted(known)}"
-            )
-        required = ("vocab_size", "seq_len", "n_layer", "d_model", "n_head")
-        missing = [key for key in required if key not in d]
-        if missing:
-            raise ValueError(f"model: missing key(s) {missing}")
-        d = dict(d)
-        moe = d.get("moe")
-        if isinstance(moe, dict):
-            moe_known = {f.name for f in fields(MoEConfig)}
-            moe_unknown = sorted(set(moe) - moe_known)
-            if moe_unknown:
-                raise ValueError(
-                    f"model.moe: unknown key(s) {moe_unknown}; expected keys among {sorted(moe_known)}"
-                )
-            if "num_experts" not in moe:
-                raise ValueError("model.moe: missing key 'num_experts'")
-            d["moe"] = MoEConfig(**moe)
-        elif moe is not None and not isinstance(moe, MoEConfig):
-            raise ValueError(f"model.moe={moe!r}: expected null or a mapping")
-        return cls(**d)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def mlp_hidden(self) -> int:
-        """Dense SwiGLU width: mlp_ratio * d_model rounded to the nearest multiple of 8 (>= 8)."""
-        return max(MLP_MULTIPLE, MLP_MULTIPLE * round(self.mlp_ratio * self.d_model / MLP_MULTIPLE))
-
-    @property
-    def kernel_impls(self) -> dict[str, str]:
-        """{kernel: "torch" | "triton"} for every kernel of `nanigpt.kernels`."""
-        from nanigpt.kernels import resolve_kernels
-
-        return resolve_kernels(self.kernels)
-
-    @property
-    def moe_layers(self) -> tuple[int, ...]:
-        """Indices of the layers whose MLP is an MoE: every `every`-th, counting from 1, past the
-        first `dense_layers` (which keep the dense MLP, as DeepSeekMoE's first layer)."""
-        if self.moe is None:
-            return ()
-        moe = self.moe
-        return tuple(i for i in range(moe.dense_layers, self.n_layer) if (i + 1) % moe.every == 0)
+from nanigpt.model.config import MLP_MULTIPLE, GPTConfig, MoEConfig  # noqa: F401 (re-exported)
+from nanigpt.model.mlp import SwiGLU
+from nanigpt.model.moe import MoE
 
 
 class ModelOutput(NamedTuple):
@@ -170,9 +69,14 @@ def rms_norm_for(cfg: GPTConfig) -> nn.RMSNorm:
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head attention with rotary q and k. The forward takes the head count from the
+    projections' width (`-1` heads of `head_dim`, torchtitan's "infer the actual local heads"), so
+    tensor parallelism (whole heads per rank: wq, wk, wv by columns, wo by rows) only shards the
+    weights and the same forward runs on the local heads."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.head_dim = cfg.head_dim
         self.triton_rope = cfg.kernel_impls["rope"] == "triton"
         # Separate q, k, v projections so tensor parallelism can shard each column-wise.
         self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -181,26 +85,19 @@ class CausalSelfAttention(nn.Module):
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
+        # [B, T, heads, head_dim]; heads is -1: n_head, or n_head / tp under tensor parallelism
+        q, k, v = (w(x).view(B, T, -1, self.head_dim) for w in (self.wq, self.wk, self.wv))
         if self.triton_rope:
-            return self._forward_triton_rope(x, cos, sin)
-        q, k, v = (
-            w(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-            for w in (self.wq, self.wk, self.wv)
-        )
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+            from nanigpt.kernels.rope import rope
 
-    def _forward_triton_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        from nanigpt.kernels.rope import rope
-
-        B, T, C = x.shape
-        q, k, v = (w(x).view(B, T, self.n_head, self.head_dim) for w in (self.wq, self.wk, self.wv))
-        q, k = rope(q, k, cos, sin)  # on [B, T, heads, head_dim], before the transpose
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            q, k = rope(q, k, cos, sin)  # on [B, T, heads, head_dim], before the transpose
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        else:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class Block(nn.Module):

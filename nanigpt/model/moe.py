@@ -6,7 +6,8 @@ code needs to explain a win or a loss: per-expert load, the fraction of tokens d
 entropy and each token's chosen experts (to compare against the known sources of the synthetic data).
 
 Reading order: `MoEConfig`, the router, the two expert kernels (a loop over experts, the readable
-reference, and `torch._grouped_mm`, the fast path), then `MoE` which ties them together.
+reference, and `torch._grouped_mm`, the fast path), the local token dispatcher, then `MoE` which
+ties them together as route -> dispatch -> experts -> combine.
 
 Semantics, with their sources:
 - Router: logits computed in fp32 from the fp32 input and weight, autocast off around the matmul
@@ -25,7 +26,8 @@ Semantics, with their sources:
     optimizer step each bias moves by `bias_update_rate` (gamma) toward balance:
     b_i += gamma * sign(mean load - load_i), loads counted over the step's training forward passes
     (`update_bias`, called by the trainer through `update_router_biases`; outside autograd, and
-    never on evaluation or no-grad passes). The bias is a buffer saved with the weights. The balance
+    never on evaluation or no-grad passes), summed over ranks by the layer's `load_reduction`,
+    which `nanigpt.parallel` sets. The bias is a buffer saved with the weights. The balance
     loss then reads the normalised scores; set `aux_loss_weight: 0` for DeepSeek-V3's
     aux-loss-free setting (it keeps a tiny sequence-wise loss; we keep the batch-wise one optional).
 - Capacity (when the mode's factor is set): each expert takes at most
@@ -67,86 +69,17 @@ Semantics, with their sources:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanigpt.model.config import GATES, MoEConfig  # noqa: F401 (re-exported)
+from nanigpt.model.mlp import SwiGLU
+
 IMPLS = ("auto", "grouped", "loop")
-GATES = ("switch", "renorm", "sigmoid")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class MoEConfig:
-    num_experts: int
-    top_k: int = 1
-    capacity_factor: float | None = None  # None = dropless
-    aux_loss_weight: float = 0.01  # Switch uses 1e-2
-    z_loss_weight: float = 0.001  # ST-MoE uses 1e-3
-    every: int = 1  # layer i is MoE when (i + 1) % every == 0
-    shared_expert: bool = False
-    granularity: int = 1
-    gate: str = "renorm"  # "switch" | "renorm" | "sigmoid" (see the module docstring)
-    bias_update_rate: float = 0.001  # sigmoid gate's aux-loss-free balancing (DeepSeek-V3 gamma)
-    eval_capacity_factor: float | None = None  # capacity outside training; None = dropless
-    dense_layers: int = 0  # the first this many layers keep the dense MLP
-
-    def __post_init__(self) -> None:
-        def bad(key: str, value: object, expected: str) -> ValueError:
-            return ValueError(f"model.moe.{key}={value!r}: expected {expected}")
-
-        for key in ("num_experts", "top_k", "every", "granularity"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(key, value, "an integer >= 1")
-        if self.top_k > self.num_experts:
-            raise bad(
-                "top_k",
-                self.top_k,
-                f"at most num_experts={self.num_experts} (a token cannot pick more experts than exist)",
-            )
-        for key in ("capacity_factor", "eval_capacity_factor"):
-            value = getattr(self, key)
-            if value is not None and not (_is_number(value) and value > 0):
-                raise bad(key, value, "a number > 0, or null for dropless")
-        if self.gate not in GATES:
-            raise bad("gate", self.gate, f"one of {', '.join(GATES)}")
-        if not isinstance(self.dense_layers, int) or isinstance(self.dense_layers, bool):
-            raise bad("dense_layers", self.dense_layers, "an integer >= 0")
-        if self.dense_layers < 0:
-            raise bad("dense_layers", self.dense_layers, "an integer >= 0")
-        for key in ("aux_loss_weight", "z_loss_weight", "bias_update_rate"):
-            value = getattr(self, key)
-            if not isinstance(value, int | float) or value < 0:
-                raise bad(key, value, "a number >= 0")
-        if not isinstance(self.shared_expert, bool):
-            raise bad("shared_expert", self.shared_expert, "true or false")
-
-    @property
-    def num_routed_experts(self) -> int:
-        """Experts the router chooses among: num_experts * granularity."""
-        return self.num_experts * self.granularity
-
-    @property
-    def active_experts(self) -> int:
-        """Routed experts each token uses: top_k * granularity."""
-        return self.top_k * self.granularity
-
-    def expert_hidden(self, dense_hidden: int) -> int:
-        """Width of one routed (and of the shared) expert: the dense MLP width / granularity."""
-        if dense_hidden % self.granularity:
-            raise ValueError(
-                f"model.moe.granularity={self.granularity}: the dense MLP width {dense_hidden} is not "
-                f"divisible by it; expected a granularity dividing {dense_hidden}"
-            )
-        return dense_hidden // self.granularity
 
 
 class Routing(NamedTuple):
@@ -230,25 +163,46 @@ def grouped_mm_supported(x: torch.Tensor, d_model: int, hidden: int) -> bool:
     return x.dtype == torch.bfloat16 and grouped_mm_dtype(x, d_model, hidden) is not None
 
 
-class SwiGLU(nn.Module):
-    """The dense MLP (Shazeer 2020): w_down(silu(w_gate x) * w_up x), no biases."""
+class Dispatched(NamedTuple):
+    """What a token dispatcher hands the experts, and what it needs to send their outputs back."""
 
-    def __init__(self, d_model: int, hidden: int):
-        super().__init__()
-        self.w_gate = nn.Linear(d_model, hidden, bias=False)
-        self.w_up = nn.Linear(d_model, hidden, bias=False)
-        self.w_down = nn.Linear(hidden, d_model, bias=False)
+    rows: torch.Tensor  # [M, d_model] rows this process's experts compute, grouped by local expert
+    counts: torch.Tensor  # [local experts] rows of each local expert, in `rows`' order
+    handle: Any = None  # the dispatcher's own record of the exchange, for `combine` and `stats`
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+class LocalDispatcher:
+    """The token dispatcher of one process holding every expert (Megatron-LM's
+    `MoEAllGatherTokenDispatcher` at one rank; torchtitan's MoE without expert parallelism).
+
+    A dispatcher answers four questions of `MoE.forward`: which rows the local experts compute
+    (`dispatch`), which weights they compute them with (`expert_weights`, where expert parallelism
+    scales the gradient), how the outputs come back in the routing's order (`combine`), and what it
+    adds to the layer's statistics (`stats`). Here: the kept rows in expert order, the layer's own
+    weights, the outputs as they are, nothing.
+    """
+
+    def dispatch(self, x: torch.Tensor, r: Routing) -> Dispatched:
+        return Dispatched(x[r.rows], r.kept)
+
+    def expert_weights(self, moe: MoE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return moe.w_gate, moe.w_up, moe.w_down
+
+    def combine(self, ys: torch.Tensor, sent: Dispatched) -> torch.Tensor:
+        return ys
+
+    def stats(self, sent: Dispatched) -> dict[str, torch.Tensor]:
+        return {}
 
 
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts; returns (output, weighted aux loss, stats).
 
     Expert weights are stacked `[experts, in, out]` so that `x @ w[e]` and the grouped matmul use
-    them as stored, and expert parallelism can shard dim 0 from outside: it calls `route` and
-    `losses_and_stats` as they are and replaces only the expert computation between them.
+    them as stored, and expert parallelism can shard dim 0 from outside. The forward is four steps,
+    route -> dispatch -> experts -> combine (torchtitan's router, token dispatcher, grouped experts;
+    Megatron-LM's `MoELayer`): `dispatcher` is the seam where expert parallelism puts its
+    all-to-all dispatcher (`nanigpt.parallel.expert`), everything else runs as it is.
     """
 
     def __init__(self, d_model: int, dense_hidden: int, cfg: MoEConfig):
@@ -264,6 +218,10 @@ class MoE(nn.Module):
         self.w_up = nn.Parameter(torch.empty(self.num_experts, d_model, self.hidden))
         self.w_down = nn.Parameter(torch.empty(self.num_experts, self.hidden, d_model))
         self.shared = SwiGLU(d_model, self.hidden) if cfg.shared_expert else None
+        self.dispatcher = LocalDispatcher()  # expert parallelism swaps in its all-to-all one
+        # Sums `step_load` over the ranks in place before `update_bias`; set by nanigpt.parallel
+        # when there is more than one rank (the model itself knows nothing of processes).
+        self.load_reduction: Callable[[torch.Tensor], Any] | None = None
         if cfg.gate == "sigmoid":
             # Selection bias of aux-loss-free balancing: a buffer (no gradient, saved with the
             # weights), moved by `update_bias` once per optimizer step from the step's loads.
@@ -368,26 +326,38 @@ class MoE(nn.Module):
         }
         return aux_loss, stats
 
+    def experts(
+        self,
+        x: torch.Tensor,
+        counts: torch.Tensor,
+        weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """The expert SwiGLUs on rows grouped by expert (`counts[e]` rows for the e-th of `weights`),
+        by the kernel `impl` names; `auto` takes the grouped matmul where `grouped_mm_dtype` allows."""
+        impl, dtype = self.impl, x.dtype
+        if impl == "auto":
+            dtype = grouped_mm_dtype(x, self.d_model, self.hidden)
+            impl = "loop" if dtype is None else "grouped"
+        if impl == "grouped":
+            w = [p.to(dtype) for p in weights]
+            return experts_grouped(x.to(dtype), counts, *w)
+        if impl == "loop":
+            return experts_loop(x, counts.tolist(), *weights)
+        raise ValueError(f"MoE.impl={impl!r}: expected one of {IMPLS}")
+
     def forward(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Route, dispatch, experts, combine (the seam `dispatcher` is what expert parallelism
+        replaces), then the auxiliary losses and statistics of the routing."""
         shape = x.shape
         x = x.reshape(-1, self.d_model)
         r = self.route(x)
-        xs = x[r.rows]
-        impl, dtype = self.impl, xs.dtype
-        if impl == "auto":
-            dtype = grouped_mm_dtype(xs, self.d_model, self.hidden)
-            impl = "loop" if dtype is None else "grouped"
-        if impl == "grouped":
-            w = [p.to(dtype) for p in (self.w_gate, self.w_up, self.w_down)]
-            ys = experts_grouped(xs.to(dtype), r.kept, *w)
-        elif impl == "loop":
-            ys = experts_loop(xs, r.kept.tolist(), self.w_gate, self.w_up, self.w_down)
-        else:
-            raise ValueError(f"MoE.impl={impl!r}: expected one of {IMPLS}")
-        out = self.combine(x, r, ys)
+        sent = self.dispatcher.dispatch(x, r)
+        ys = self.experts(sent.rows, sent.counts, self.dispatcher.expert_weights(self))
+        out = self.combine(x, r, self.dispatcher.combine(ys, sent))
         aux_loss, stats = self.losses_and_stats(r, shape)
+        stats.update(self.dispatcher.stats(sent))
         return out.reshape(shape), aux_loss, stats
 
     @torch.no_grad()
@@ -398,8 +368,8 @@ class MoE(nn.Module):
         if self.cfg.gate != "sigmoid":
             return
         load = self.step_load
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(load)  # every rank applies the same update from the global load
+        if self.load_reduction is not None:
+            self.load_reduction(load)  # every rank applies the same update from the global load
         # no host sync: a step without load (all zero) moves no bias, since sign(0) = 0
         self.expert_bias += self.cfg.bias_update_rate * torch.sign(load.mean() - load)
         self.step_load.zero_()

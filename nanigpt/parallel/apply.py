@@ -13,8 +13,10 @@ all the trainer needs, whatever the strategy:
     par.sync_grads(); par.clip_grad_norm_(clip); opt.step(); opt.zero_grad(); par.end_step()
     loss_for_logging = par.mean_over_data(out.loss)
 
-Every rank must build the model with the same seed (the hand-written strategies slice, not
-broadcast, the initial weights).
+`parallelize` applies a strategy as steps keyed by degree, tensor parallel, then expert parallel,
+then data parallel (torchtitan's `parallelize_llama`), each plugging into the model's seams rather
+than replacing its forwards. Every rank must build the model with the same seed (the hand-written
+strategies slice, not broadcast, the initial weights).
 """
 
 from __future__ import annotations
@@ -30,61 +32,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from nanigpt.parallel.ledger import Ledger
-from nanigpt.parallel.mesh import DIMS, STRATEGIES, ParallelSetting, data_rank
-
-
-def validate_parallelism(
-    setting: dict[str, Any] | ParallelSetting,
-    model_cfg: dict[str, Any] | Any,
-    world_size: int | None = None,
-    batch_size: int | None = None,
-) -> ParallelSetting:
-    """Refuse a setting that cannot run, naming the key, the value and what was expected.
-
-    Checks: known strategy using only its dims; product of sizes == world_size (when given); tp
-    divides n_head and the MLP width; ep divides the routed expert count (and needs an MoE);
-    the batch splits evenly over the data-parallel ranks.
-    """
-    from nanigpt.model.gpt import GPTConfig
-
-    s = setting if isinstance(setting, ParallelSetting) else ParallelSetting.from_dict(setting)
-    cfg = model_cfg if isinstance(model_cfg, GPTConfig) else GPTConfig.from_dict(model_cfg)
-    where = f"parallelism {s.as_dict()}"
-    if world_size is not None and s.world_size != world_size:
-        raise ValueError(
-            f"{where}: dp*fsdp*tp*ep = {s.world_size} != world size {world_size}; expected the "
-            f"product of the sizes to equal the number of processes"
-        )
-    allowed = STRATEGIES[s.strategy][0]
-    for dim in DIMS:
-        if getattr(s, dim) > 1 and dim not in allowed:
-            raise ValueError(
-                f"{where}: strategy {s.strategy!r} does not use {dim}={getattr(s, dim)}; expected "
-                f"{dim}=1, or a strategy using {dim} (dims it uses: {list(allowed) or 'none'})"
-            )
-    if s.tp > 1:
-        if cfg.n_head % s.tp:
-            raise ValueError(
-                f"{where}: tp={s.tp} does not divide model.n_head={cfg.n_head}; expected a tp "
-                f"among {[d for d in range(1, cfg.n_head + 1) if cfg.n_head % d == 0]}"
-            )
-        if cfg.mlp_hidden % s.tp:
-            raise ValueError(f"{where}: tp={s.tp} does not divide the MLP width {cfg.mlp_hidden}")
-    if s.ep > 1:
-        if cfg.moe is None:
-            raise ValueError(f"{where}: ep={s.ep} but the model is dense; expected ep=1")
-        experts = cfg.moe.num_routed_experts
-        if experts % s.ep:
-            raise ValueError(
-                f"{where}: ep={s.ep} does not divide the {experts} routed experts "
-                f"(model.moe.num_experts * granularity); expected a divisor of {experts}"
-            )
-    if batch_size is not None and batch_size % s.data_parallel_size:
-        raise ValueError(
-            f"{where}: training.batch_size={batch_size} is not divisible by the "
-            f"{s.data_parallel_size} data-parallel ranks (dp*fsdp*ep)"
-        )
-    return s
+from nanigpt.parallel.mesh import DIMS, ParallelSetting, data_rank
+from nanigpt.parallel.setting import validate_parallelism  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -97,7 +46,9 @@ class Parallelized:
     data_world: int = 1
     ddp: list = field(default_factory=list)  # ManualDDP instances whose finish() ends backward
     zero: Any = None
-    sharded_dims: dict[str, tuple[str, ...]] = field(default_factory=dict)  # param name -> dims
+    # param name -> {mesh dim: the tensor dim it is sliced along}, for weights sliced by hand
+    # (manual TP, EP); iterating a value gives the mesh dims. DTensors carry their own placements.
+    sharded_dims: dict[str, dict[str, int]] = field(default_factory=dict)
     intercept_names: dict[str, str] = field(default_factory=dict)
     intercepting: bool = False
     expected: dict[str, int] = field(default_factory=dict)  # analytic bytes per step by op
@@ -237,12 +188,33 @@ def _clean(name: str) -> str:
     return name
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _group(mesh, dims: tuple[str, ...]):
     """(process group, label) for one mesh dim or the flattened product of several."""
     if len(dims) == 1:
         return mesh[dims[0]].get_group(), dims[0]
     label = "_".join(dims)
     return mesh[dims]._flatten(label).get_group(), label
+
+
+# strategy -> (tensor-parallel implementation, data-parallel implementation). The dims a strategy
+# uses (`mesh.STRATEGIES`) and their degrees decide which steps run; these say how.
+IMPLEMENTATIONS: dict[str, tuple[str | None, str | None]] = {
+    "single": (None, None),
+    "ddp_builtin": (None, "ddp_builtin"),
+    "ddp_manual": (None, "ddp_manual"),
+    "zero1": (None, "zero1"),
+    "zero2": (None, "zero2"),
+    "fsdp2": (None, "fsdp2"),
+    "tp_manual": ("manual", None),
+    "tp_dtensor": ("dtensor", None),
+    "ep": (None, "ddp_manual"),
+    "fsdp2_tp": ("dtensor", "fsdp2"),
+    "fsdp2_ep": (None, "fsdp2"),
+}
 
 
 def parallelize(
@@ -252,110 +224,120 @@ def parallelize(
     ledger: Ledger | None = None,
     bucket_bytes: int | None = None,
 ) -> Parallelized:
-    """Apply `setting` to a built (same-seed) model on `mesh`; see the module docstring for use."""
-    from nanigpt.parallel.ddp import DEFAULT_BUCKET_BYTES, BuiltinDDP, ManualDDP
+    """Apply `setting` to a built (same-seed) model on `mesh`; see the module docstring for use.
+
+    Steps keyed by degree, in torchtitan's order (`parallelize_llama`): tensor parallel when tp > 1,
+    expert parallel when ep > 1, then data parallel (DDP, ZeRO or FSDP2) over the data ranks; the
+    strategy name picks each step's implementation (`IMPLEMENTATIONS`). A step that shards weights
+    by hand records them in `Parallelized.sharded_dims`, the one record of what is sliced where.
+    """
+    from nanigpt.parallel.ddp import DEFAULT_BUCKET_BYTES
 
     s = validate_parallelism(
         setting, model.cfg, world_size=dist.get_world_size() if dist.is_initialized() else 1
     )
-    device = next(model.parameters()).device
-    ledger = ledger or Ledger(device)
-    bucket_bytes = bucket_bytes or DEFAULT_BUCKET_BYTES
+    ledger = ledger or Ledger(_device(model))
     par = Parallelized(model, s, mesh, ledger, data_rank(mesh), s.data_parallel_size)
-    if s.strategy == "single":
+    if s.world_size == 1:
         return par
     # label every process group of the mesh, for the ledger's interception of library collectives
     for d in DIMS:
         par.intercept_names[mesh[d].get_group().group_name] = d
     par.intercept_names[dist.group.WORLD.group_name] = "world"
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-
-    if s.strategy == "ddp_manual":
-        group, label = _group(mesh, ("dp",))
-        par.ddp.append(ManualDDP(list(model.parameters()), group, label, ledger, bucket_bytes))
-        par.expected = {"all_reduce": param_bytes}
-    elif s.strategy == "ddp_builtin":
-        group, label = _group(mesh, ("dp",))
-        par.model = BuiltinDDP(model, group, label, ledger, device, bucket_bytes).module
-        par.expected = {"all_reduce": param_bytes}
-    elif s.strategy in ("zero1", "zero2"):
-        from nanigpt.parallel.zero import ZeroOptimizer
-
-        group, label = _group(mesh, ("fsdp",))
-        par.zero = ZeroOptimizer(
-            list(model.parameters()),
-            group,
-            label,
-            ledger,
-            stage=int(s.strategy[-1]),
-            bucket_bytes=bucket_bytes,
-        )
-        par.expected = par.zero.expected_bytes()
-    elif s.strategy == "fsdp2":
-        from nanigpt.parallel.fsdp import apply_fsdp2, expected_bytes
-
-        par.expected = expected_bytes(model, s.fsdp)
-        apply_fsdp2(model, mesh["fsdp"])
-        par.intercepting = True
-    elif s.strategy in ("tp_manual", "tp_dtensor"):
-        from nanigpt.parallel.tensor import apply_dtensor_tp, apply_manual_tp
-
-        names = _tp_sharded_names(model)
-        if s.strategy == "tp_manual":
-            apply_manual_tp(model, mesh["tp"].get_group(), ledger)
-            par.sharded_dims.update({n: ("tp",) for n in names})
-        else:
-            apply_dtensor_tp(model, mesh["tp"])
-            par.intercepting = True
-    elif s.strategy == "fsdp2_tp":
-        from nanigpt.parallel.fsdp import apply_fsdp2
-        from nanigpt.parallel.tensor import apply_dtensor_tp
-
-        apply_dtensor_tp(model, mesh["tp"])
-        apply_fsdp2(model, mesh["fsdp"])
-        par.intercepting = True
-    elif s.strategy in ("ep", "fsdp2_ep"):
-        from nanigpt.parallel.expert import apply_ep, is_expert_param
-
-        ep_group, _ = _group(mesh, ("ep",))
-        expert_names = [n for n, p in model.named_parameters() if _is_expert_name(model, n)]
-        apply_ep(model, ep_group, ledger)
-        par.sharded_dims.update({n: ("ep",) for n in expert_names})
-        if s.strategy == "ep":
-            experts = [p for p in model.parameters() if is_expert_param(p)]
-            others = [p for p in model.parameters() if not is_expert_param(p)]
-            group, label = _group(mesh, ("dp", "ep"))
-            par.ddp.append(ManualDDP(others, group, label, ledger, bucket_bytes))
-            if s.dp > 1:
-                dp_group, dp_label = _group(mesh, ("dp",))
-                par.ddp.append(ManualDDP(experts, dp_group, dp_label, ledger, bucket_bytes))
-        else:
-            from nanigpt.parallel.fsdp import apply_fsdp2
-
-            fsdp_ep = mesh["fsdp", "ep"]._flatten("fsdp_ep")
-            par.intercept_names[fsdp_ep.get_group().group_name] = "fsdp_ep"
-            apply_fsdp2(model, fsdp_ep, expert_mesh=mesh["fsdp"])
-            par.intercepting = True
-    else:  # pragma: no cover - validate_parallelism refused it
-        raise ValueError(f"parallelism.strategy={s.strategy!r}: not implemented")
+    _sum_router_loads_over_ranks(model)
+    tp_impl, data_impl = IMPLEMENTATIONS[s.strategy]
+    if s.tp > 1:
+        _tensor_parallel(par, tp_impl)
+    if s.ep > 1:
+        _expert_parallel(par)
+    if s.data_parallel_size > 1 and data_impl is not None:
+        _data_parallel(par, data_impl, bucket_bytes or DEFAULT_BUCKET_BYTES)
     return par
 
 
-def _tp_sharded_names(model: nn.Module) -> list[str]:
-    names = []
-    for i, block in enumerate(model.blocks):
-        names += [f"blocks.{i}.attn.{w}.weight" for w in ("wq", "wk", "wv", "wo")]
-        if not block.is_moe:
-            names += [f"blocks.{i}.mlp.{w}.weight" for w in ("w_gate", "w_up", "w_down")]
-    return names
+def _sum_router_loads_over_ranks(model: nn.Module) -> None:
+    """Aux-loss-free balancing moves each expert's bias by the load of the whole step, summed over
+    every rank (`MoE.update_bias`): each MoE layer's load reduction is an all_reduce over the
+    world."""
+    from nanigpt.model.moe import MoE
+
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.load_reduction = dist.all_reduce
 
 
-def _is_expert_name(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    return (
-        len(parts) == 4
-        and parts[0] == "blocks"
-        and parts[2] == "mlp"
-        and parts[3] in ("w_gate", "w_up", "w_down")
-        and model.blocks[int(parts[1])].is_moe
-    )
+def _tensor_parallel(par: Parallelized, impl: str) -> None:
+    """Megatron TP over the `tp` dim: by hand (`tp_manual`) or through DTensor."""
+    from nanigpt.parallel.tensor import apply_dtensor_tp, apply_manual_tp
+
+    if impl == "manual":
+        sharded = apply_manual_tp(par.model, par.mesh["tp"].get_group(), par.ledger)
+        for name, axis in sharded.items():
+            par.sharded_dims.setdefault(name, {})["tp"] = axis
+    else:  # DTensor parameters carry their own placements
+        apply_dtensor_tp(par.model, par.mesh["tp"])
+        par.intercepting = True
+
+
+def _expert_parallel(par: Parallelized) -> None:
+    """Experts sliced over the `ep` dim, tokens exchanged by the all-to-all dispatcher."""
+    from nanigpt.parallel.expert import apply_ep
+
+    ep_group, _ = _group(par.mesh, ("ep",))
+    for name in apply_ep(par.model, ep_group, par.ledger):
+        par.sharded_dims.setdefault(name, {})["ep"] = 0
+
+
+def _data_parallel(par: Parallelized, impl: str, bucket_bytes: int) -> None:
+    """Gradients averaged over the data ranks (dp, fsdp and ep) by `impl`. Expert weights, already
+    split over ep, are averaged only over their dp (or fsdp) copies."""
+    from nanigpt.parallel.ddp import BuiltinDDP, ManualDDP
+
+    model, mesh, ledger, s = par.model, par.mesh, par.ledger, par.setting
+    experts = {n for n, dims in par.sharded_dims.items() if "ep" in dims}
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if impl == "ddp_manual" and experts:
+        named = list(model.named_parameters())
+        group, label = _group(mesh, ("dp", "ep"))
+        others = [p for n, p in named if n not in experts]
+        par.ddp.append(ManualDDP(others, group, label, ledger, bucket_bytes))
+        if s.dp > 1:
+            dp_group, dp_label = _group(mesh, ("dp",))
+            expert_params = [p for n, p in named if n in experts]
+            par.ddp.append(ManualDDP(expert_params, dp_group, dp_label, ledger, bucket_bytes))
+    elif impl == "ddp_manual":
+        group, label = _group(mesh, ("dp",))
+        par.ddp.append(ManualDDP(list(model.parameters()), group, label, ledger, bucket_bytes))
+        par.expected = {"all_reduce": param_bytes}
+    elif impl == "ddp_builtin":
+        group, label = _group(mesh, ("dp",))
+        par.model = BuiltinDDP(model, group, label, ledger, _device(model), bucket_bytes).module
+        par.expected = {"all_reduce": param_bytes}
+    elif impl in ("zero1", "zero2"):
+        from nanigpt.parallel.zero import ZeroOptimizer
+
+        group, label = _group(mesh, ("fsdp",))
+        stage = int(impl[-1])
+        par.zero = ZeroOptimizer(
+            list(model.parameters()), group, label, ledger, stage=stage, bucket_bytes=bucket_bytes
+        )
+        par.expected = par.zero.expected_bytes()
+    elif impl == "fsdp2":
+        _fsdp2(par, experts)
+    else:  # pragma: no cover - IMPLEMENTATIONS names no other
+        raise ValueError(f"parallelism.strategy={s.strategy!r}: not implemented")
+
+
+def _fsdp2(par: Parallelized, experts: set[str]) -> None:
+    """FSDP2 over `fsdp`; with EP, the experts over `fsdp` and the rest over (fsdp, ep)."""
+    from nanigpt.parallel.fsdp import apply_fsdp2, expected_bytes
+
+    if experts:
+        fsdp_ep = par.mesh["fsdp", "ep"]._flatten("fsdp_ep")
+        par.intercept_names[fsdp_ep.get_group().group_name] = "fsdp_ep"
+        apply_fsdp2(par.model, fsdp_ep, expert_mesh=par.mesh["fsdp"])
+    else:
+        if par.setting.tp == 1:  # the prediction is for plain FSDP2
+            par.expected = expected_bytes(par.model, par.setting.fsdp)
+        apply_fsdp2(par.model, par.mesh["fsdp"])
+    par.intercepting = True

@@ -22,7 +22,6 @@ checks (tests/distributed/strategies.py).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -33,9 +32,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nanigpt.measure.timers import StepTimer
 from nanigpt.parallel.cost_model import DEFAULTS, calibrate
 from nanigpt.parallel.ledger import Ledger
 from nanigpt.parallel.mesh import ParallelSetting, build_mesh, init_distributed
+from nanigpt.training.step import PHASES, train_step
 
 log = logging.getLogger("nanigpt.parallel.bench")
 
@@ -46,6 +47,7 @@ DENSE = {
     "d_model": 32,
     "n_head": 4,
     "mlp_ratio": 2.0,
+    "tied_embeddings": False,
 }
 MOE = {
     **DENSE,
@@ -54,7 +56,7 @@ MOE = {
 # A size where communication and compute are both visible on 2 H100s (about 150M parameters).
 GPU_DENSE = {
     "vocab_size": 32768, "seq_len": 1024, "n_layer": 8, "d_model": 1024, "n_head": 16,
-    "mlp_ratio": 8 / 3,
+    "mlp_ratio": 8 / 3, "tied_embeddings": False,
 }  # fmt: skip
 GPU_MOE = {"num_experts": 8, "top_k": 2, "capacity_factor": None, "every": 2}
 PRESETS = {"tiny": (DENSE, MOE["moe"], 8), "gpu": (GPU_DENSE, GPU_MOE, 16)}
@@ -133,6 +135,25 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _MicroBatches:
+    """One step's global batch `x, y` as `accum` micro-batches, in the loader interface
+    `train_step` draws from (`next_batch`): micro-batch m holds the m-th `1/accum` of every data
+    rank's rows, so `par.local_batch` gives each rank the m-th slice of its own contiguous rows."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, data_world: int, accum: int):
+        rows = x.shape[0] // data_world
+        micro = rows // accum
+
+        def part(m: int) -> torch.Tensor:
+            starts = [r * rows + m * micro for r in range(data_world)]
+            return torch.cat([torch.arange(s, s + micro) for s in starts])
+
+        self.batches = [(x[part(m)], y[part(m)]) for m in range(accum)]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batches.pop(0)
+
+
 def run_case(
     setting: dict,
     model_cfg: dict,
@@ -158,39 +179,36 @@ def run_case(
     ledger = Ledger(device)
     par = parallelize(model, s, mesh, ledger, bucket_bytes=bucket_bytes)
     opt = par.make_optimizer(lr=optim["lr"], weight_decay=optim["weight_decay"])
+    timer = StepTimer(device, PHASES)
     losses, norms, step_times = [], [], []
     for step, (x, y) in enumerate(batches):
         recording = step == record_step
         ledger.enabled = recording or step == blocked_step
         ledger.clock.sync = recording
-        xl, yl = par.local_batch(x.to(device), y.to(device))
+        micro_batches = _MicroBatches(x, y, par.data_world, accum)
         if dist.is_initialized():
             dist.barrier()
         _sync(device)
         start = time.perf_counter()
-        ctx = par.forward_context() if recording else contextlib.nullcontext()
-        loss = 0.0
-        with ctx:
-            micro = xl.shape[0] // accum
-            for m in range(accum):
-                sync = contextlib.nullcontext() if m == accum - 1 else par.no_sync()
-                sl = slice(m * micro, (m + 1) * micro)
-                amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast)
-                with sync:
-                    with amp:
-                        out = par.model(xl[sl], yl[sl])
-                    ((out.loss + out.aux_loss) / accum).backward()
-                loss = loss + out.loss.detach() / accum
-            par.sync_grads()
-        norms.append(float(par.clip_grad_norm_(optim["grad_clip"])))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        # the trainer's step (nanigpt.training.step): micro-batches, no_sync, grad sync, clip, AdamW
+        loss_sum, _, grad_norm, _, _ = train_step(
+            par,
+            par.model,
+            opt,
+            micro_batches,
+            timer,
+            device,
+            accum,
+            optim["grad_clip"],
+            intercept=recording,
+            autocast=autocast,
+        )
+        norms.append(float(grad_norm))
         _sync(device)
         elapsed = time.perf_counter() - start
-        par.end_step()
         ledger_step = ledger.enabled
         ledger.enabled = True
-        losses.append(par.mean_over_data(loss))
+        losses.append(par.mean_over_data(loss_sum / accum))
         if not ledger_step:
             step_times.append(elapsed)
     # the metric all_reduce above ran with the ledger enabled: keep the recorded steps' records only
@@ -254,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.chart_from:
         from nanigpt.plots import save_from_cli
+        from nanigpt.plots.parallel_bench import bench_chart
 
         code = save_from_cli(lambda: bench_chart(args.chart_from), args.out)
         if code:
@@ -346,82 +365,6 @@ def _write_results(path: str, link, world: int, results: list[dict[str, Any]]) -
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json_atomic(path, {"link_model": link.as_dict(), "world_size": world, "results": results})
-
-
-def chart_rows(bench: dict[str, Any]) -> tuple[list[dict], list[dict], list[str]]:
-    """(step-time parts, communication times, failures) of a bench JSON, in milliseconds."""
-    parts, comm, failed = [], [], []
-    for r in bench["results"]:
-        if "error" in r:
-            failed.append(f"{r['arch']} {r['strategy']}: {r['error'][:80]}")
-            continue
-        key = {"arch": r["arch"], "strategy": r["strategy"]}
-        compute = min(r["compute_only_s"], r["step_time_s"])
-        for part, value in (("compute only", compute), ("exposed comm", r["exposed_comm_s"])):
-            parts.append({**key, "part": part, "ms": value * 1e3, "mfu": r.get("mfu")})
-        for kind, value in (
-            ("measured (synced, per op)", r.get("measured_comm_s")),
-            ("predicted (alpha-beta)", r.get("predicted_comm_s")),
-            ("blocked in step (exposed)", r.get("blocked_comm_s")),
-        ):
-            if value is not None:
-                comm.append({**key, "kind": kind, "ms": value * 1e3})
-    return parts, comm, failed
-
-
-def bench_chart(bench_json: str):
-    """Step time split into compute-only and exposed communication per strategy and arch, beside
-    the collectives' measured, predicted and blocked times."""
-    import altair as alt
-
-    from nanigpt.io import read_json
-
-    bench = read_json(bench_json, what="bench results")
-    parts, comm, failed = chart_rows(bench)
-    if not parts:
-        raise ValueError(f"{bench_json}: no strategy finished ({'; '.join(failed) or 'no rows'})")
-    device = next(r["device"] for r in bench["results"] if "error" not in r)
-    link = bench.get("link_model") or {}
-    steps = (
-        alt.Chart(alt.Data(values=parts))
-        .mark_bar()
-        .encode(
-            x=alt.X("sum(ms):Q", title="step time (ms)"),
-            y=alt.Y("strategy:N", title=None, sort=None),
-            color=alt.Color("part:N", title=None),
-            row=alt.Row("arch:N", title=None),
-            tooltip=["strategy:N", "part:N", "ms:Q", "mfu:Q"],
-        )
-        .properties(width=300, height=180, title="step time: compute only + exposed communication")
-        .resolve_scale(y="independent")
-    )
-    collectives = (
-        alt.Chart(alt.Data(values=comm))
-        .mark_point(filled=True, size=80)
-        .encode(
-            x=alt.X("ms:Q", title="communication per step (ms)"),
-            y=alt.Y("strategy:N", title=None, sort=None),
-            color=alt.Color("kind:N", title=None),
-            shape=alt.Shape("kind:N", title=None),
-            row=alt.Row("arch:N", title=None),
-            tooltip=["strategy:N", "kind:N", "ms:Q"],
-        )
-        .properties(width=300, height=180, title="collectives: measured vs predicted vs blocked")
-        .resolve_scale(y="independent")
-    )
-    subtitle = [
-        f"alpha = {link.get('alpha_s', float('nan')) * 1e6:.1f} us, "
-        f"beta = {link.get('beta_bytes_per_s', float('nan')) / 1e9:.1f} GB/s ({link.get('source')})"
-    ] + [f"failed: {f}" for f in failed]
-    chart = alt.hconcat(steps, collectives).resolve_scale(color="independent")
-    chart = chart.properties(
-        title=alt.TitleParams(
-            f"{bench['world_size']} x {device}: where each strategy's step time goes",
-            subtitle=subtitle,
-            anchor="start",
-        )
-    )
-    return chart
 
 
 if __name__ == "__main__":

@@ -66,7 +66,22 @@ def make_buckets(
     return buckets
 
 
-class ManualDDP:
+class GradSyncSwitch:
+    """`no_sync()`: gradient accumulation without communication while inside (the backward hooks
+    read `sync`); shared by the hand-written DDP and ZeRO."""
+
+    sync: bool = True
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        self.sync = False
+        try:
+            yield
+        finally:
+            self.sync = True
+
+
+class ManualDDP(GradSyncSwitch):
     """Hand-written DDP over `params`: bucketed async all_reduce from backward hooks.
 
     `scale` multiplies the reduced mean (1.0 for plain data parallel). Call `finish()` after the
@@ -128,14 +143,6 @@ class ManualDDP:
                 p.grad = b.flat[off : off + p.numel()].view_as(p)
             b.handle, b.ready, b.flat = None, 0, None
             b.copied.clear()
-
-    @contextlib.contextmanager
-    def no_sync(self) -> Iterator[None]:
-        self.sync = False
-        try:
-            yield
-        finally:
-            self.sync = True
 
     def expected_grad_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.params)

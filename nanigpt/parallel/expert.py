@@ -14,20 +14,19 @@ Backward runs the two payload all_to_alls in reverse. Per MoE layer and step: 1 
 Gradients: an expert's weights see the tokens of every ep rank, so its gradient is the sum of the
 ep ranks' losses; data parallel averaging is over dp*fsdp*ep ranks, so expert gradients are scaled
 by 1/ep in backward (`_ScaleGrad`), and then only averaged over the dp (or fsdp) copies of the
-same expert. The model's MoE forward has no dispatch seam, so `apply_ep` replaces it with
-`ep_moe_forward`, which calls the layer's own `route`, `combine` and `losses_and_stats` around
-the exchange (so every gate, capacity and drop rule of the layer holds under EP too).
+same expert. `apply_ep` only shards the expert weights and plugs `AllToAllDispatcher` into the MoE's
+token-dispatcher seam (`MoE.dispatcher`; torchtitan's `ExpertParallel` on its token dispatcher,
+Megatron-LM's `MoEAlltoAllTokenDispatcher`): the layer's own route, experts, combine and losses run
+around the exchange, so every gate, capacity and drop rule of the layer holds under EP too.
 """
 
 from __future__ import annotations
-
-import types
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from nanigpt.model.moe import experts_grouped, experts_loop, grouped_mm_supported
+from nanigpt.model.moe import Dispatched, Routing
 from nanigpt.parallel.ledger import Ledger
 
 EXPERT_PARAMS = ("w_gate", "w_up", "w_down")
@@ -77,74 +76,77 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def ep_moe_forward(self, x: torch.Tensor):
-    """`MoE.forward` with the experts on other ranks (see the module docstring)."""
-    comm: EPComm = self._ep
-    shape = x.shape
-    x = x.reshape(-1, self.d_model)
-    n_ranks, local_experts = comm.size, self.num_experts // comm.size
-
-    # --- routing: MoE.route itself, so EP routes exactly as one process does ---
-    r = self.route(x)
-    kept = r.kept
-    xs = x[r.rows]  # sorted by global expert id, so contiguous per destination rank
-
-    # --- dispatch: counts first, then the rows ---
-    send_counts = kept.to(torch.int64).contiguous()  # [n_ranks * local_experts]
-    recv_counts = torch.empty_like(send_counts)
-    comm.ledger.all_to_all(
-        recv_counts, send_counts, group=comm.group, group_name=comm.group_name, purpose="counts"
-    )
-    send_matrix = send_counts.view(n_ranks, local_experts)
-    recv_matrix = recv_counts.view(n_ranks, local_experts)  # [source rank, local expert]
-    in_splits = send_matrix.sum(1).tolist()
-    out_splits = recv_matrix.sum(1).tolist()
-    recv = _AllToAll.apply(xs, out_splits, in_splits, comm)
-
-    # Received rows are grouped by source rank, then by expert: regroup by expert, then source.
-    rm = recv_matrix.tolist()
+def _by_expert_then_source(recv_matrix: list[list[int]]) -> list[int]:
+    """Received rows come grouped by source rank, then by local expert: the permutation that
+    groups them by local expert, then source rank (each expert's rows contiguous)."""
+    n_ranks, local_experts = len(recv_matrix), len(recv_matrix[0])
     starts, offset = [], 0
     for s in range(n_ranks):
         row_starts = []
         for e in range(local_experts):
             row_starts.append(offset)
-            offset += rm[s][e]
+            offset += recv_matrix[s][e]
         starts.append(row_starts)
-    perm = [
+    return [
         i
         for e in range(local_experts)
         for s in range(n_ranks)
-        for i in range(starts[s][e], starts[s][e] + rm[s][e])
+        for i in range(starts[s][e], starts[s][e] + recv_matrix[s][e])
     ]
-    perm_t = torch.tensor(perm, dtype=torch.long, device=x.device)
-    local_counts = recv_matrix.sum(0)
-    xe = recv.index_select(0, perm_t)
-
-    scale = 1.0 / n_ranks
-    w = [_ScaleGrad.apply(getattr(self, name), scale) for name in EXPERT_PARAMS]
-    impl = self.impl
-    if impl == "auto":
-        impl = "grouped" if grouped_mm_supported(xe, self.d_model, self.hidden) else "loop"
-    if impl == "grouped":
-        ye = experts_grouped(xe, local_counts, *[p.to(xe.dtype) for p in w])
-    else:
-        ye = experts_loop(xe, local_counts.tolist(), *w)
-    y_recv = ye.index_select(0, torch.argsort(perm_t))
-    ys = _AllToAll.apply(y_recv, in_splits, out_splits, comm)  # back along the reverse splits
-
-    # --- combine, losses and stats: MoE's own ---
-    out = self.combine(x, r, ys)
-    aux_loss, stats = self.losses_and_stats(r, shape)
-    stats["ep_rows_sent"] = torch.tensor(sum(in_splits) - in_splits[comm.rank])
-    return out.reshape(shape), aux_loss, stats
 
 
-def apply_ep(model: nn.Module, group, ledger: Ledger, group_name: str = "ep") -> list[nn.Parameter]:
-    """Keep this rank's slice of every MoE layer's experts; returns the expert parameters."""
+class AllToAllDispatcher:
+    """The MoE's token dispatcher under expert parallelism: this rank holds experts
+    [rank * local, (rank + 1) * local) of every MoE layer (see the module docstring for the
+    exchange). Plugged into `MoE.dispatcher` by `apply_ep`; the layer's route, experts, combine,
+    losses and statistics run as they are."""
+
+    def __init__(self, comm: EPComm):
+        self.comm = comm
+
+    def dispatch(self, x: torch.Tensor, r: Routing) -> Dispatched:
+        comm = self.comm
+        xs = x[r.rows]  # sorted by global expert id, so contiguous per destination rank
+        # counts first, so every rank knows how many rows it receives for each of its experts
+        send_counts = r.kept.to(torch.int64).contiguous()  # [n_ranks * local_experts]
+        recv_counts = torch.empty_like(send_counts)
+        comm.ledger.all_to_all(
+            recv_counts, send_counts, group=comm.group, group_name=comm.group_name, purpose="counts"
+        )
+        send_matrix = send_counts.view(comm.size, -1)
+        recv_matrix = recv_counts.view(comm.size, -1)  # [source rank, local expert]
+        in_splits = send_matrix.sum(1).tolist()
+        out_splits = recv_matrix.sum(1).tolist()
+        recv = _AllToAll.apply(xs, out_splits, in_splits, comm)
+        perm = _by_expert_then_source(recv_matrix.tolist())
+        perm_t = torch.tensor(perm, dtype=torch.long, device=x.device)
+        rows = recv.index_select(0, perm_t)
+        return Dispatched(rows, recv_matrix.sum(0), (perm_t, in_splits, out_splits))
+
+    def expert_weights(self, moe: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The local experts' weights, their gradients scaled by 1/ep (the module docstring)."""
+        scale = 1.0 / self.comm.size
+        w_gate, w_up, w_down = (_ScaleGrad.apply(getattr(moe, n), scale) for n in EXPERT_PARAMS)
+        return w_gate, w_up, w_down
+
+    def combine(self, ys: torch.Tensor, sent: Dispatched) -> torch.Tensor:
+        """The expert outputs back to the ranks their rows came from, in the routing's order."""
+        perm_t, in_splits, out_splits = sent.handle
+        y_recv = ys.index_select(0, torch.argsort(perm_t))
+        return _AllToAll.apply(y_recv, in_splits, out_splits, self.comm)  # the reverse splits
+
+    def stats(self, sent: Dispatched) -> dict[str, torch.Tensor]:
+        _, in_splits, _ = sent.handle
+        return {"ep_rows_sent": torch.tensor(sum(in_splits) - in_splits[self.comm.rank])}
+
+
+def apply_ep(model: nn.Module, group, ledger: Ledger, group_name: str = "ep") -> list[str]:
+    """Keep this rank's slice of every MoE layer's experts and plug in the all-to-all dispatcher;
+    returns the names of the expert parameters (sharded along dim 0 over `group`)."""
     comm = EPComm(ledger, group, group_name)
     n, rank = comm.size, comm.rank
-    expert_params = []
-    for block in model.blocks:
+    names = []
+    for i, block in enumerate(model.blocks):
         if not block.is_moe:
             continue
         moe = block.mlp
@@ -155,15 +157,7 @@ def apply_ep(model: nn.Module, group, ledger: Ledger, group_name: str = "ep") ->
         local = moe.num_experts // n
         for name in EXPERT_PARAMS:
             full = getattr(moe, name).detach()
-            p = nn.Parameter(full[rank * local : (rank + 1) * local].clone())
-            p._nanigpt_sharded = ("ep",)
-            p._nanigpt_expert = True
-            setattr(moe, name, p)
-            expert_params.append(p)
-        moe._ep = comm
-        moe.forward = types.MethodType(ep_moe_forward, moe)
-    return expert_params
-
-
-def is_expert_param(p: torch.Tensor) -> bool:
-    return getattr(p, "_nanigpt_expert", False)
+            setattr(moe, name, nn.Parameter(full[rank * local : (rank + 1) * local].clone()))
+            names.append(f"blocks.{i}.mlp.{name}")
+        moe.dispatcher = AllToAllDispatcher(comm)
+    return names

@@ -11,90 +11,16 @@ tensor-parallel ranks see the same data.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-DIMS = ("dp", "fsdp", "ep", "tp")
-
-# strategy -> (dims it may use beyond 1, what it is)
-STRATEGIES: dict[str, tuple[tuple[str, ...], str]] = {
-    "single": ((), "one process, no collectives"),
-    "ddp_builtin": (("dp",), "torch DistributedDataParallel"),
-    "ddp_manual": (("dp",), "hand-written bucketed DDP, all-reduce fired from backward hooks"),
-    "zero1": (("fsdp",), "hand-written ZeRO-1: optimizer state sharded"),
-    "zero2": (("fsdp",), "hand-written ZeRO-2: optimizer state and gradients sharded"),
-    "fsdp2": (("fsdp",), "torch FSDP2 fully_shard (ZeRO-3)"),
-    "tp_manual": (("tp",), "hand-written Megatron tensor parallel"),
-    "tp_dtensor": (("tp",), "DTensor parallelize_module tensor parallel"),
-    "ep": (("dp", "ep"), "expert parallel (all_to_all dispatch); non-expert weights DDP"),
-    "fsdp2_tp": (("fsdp", "tp"), "FSDP2 x DTensor TP on a 2-D mesh"),
-    "fsdp2_ep": (("fsdp", "ep"), "FSDP2 x expert parallel on a 2-D mesh"),
-}
-
-
-@dataclass(frozen=True)
-class ParallelSetting:
-    dp: int = 1
-    fsdp: int = 1
-    tp: int = 1
-    ep: int = 1
-    strategy: str = "single"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ParallelSetting:
-        """From a run's `parallelism` dict; a missing `strategy` gets `default_strategy`."""
-        known = set(DIMS) | {"strategy"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"parallelism: unknown key(s) {unknown}; expected keys among {sorted(known)}"
-            )
-        sizes = {}
-        for key in DIMS:
-            value = d.get(key, 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"parallelism.{key}={value!r}: expected an integer >= 1")
-            sizes[key] = value
-        strategy = d.get("strategy") or default_strategy(**sizes)
-        if strategy not in STRATEGIES:
-            raise ValueError(
-                f"parallelism.strategy={strategy!r}: expected one of {sorted(STRATEGIES)}"
-            )
-        return cls(**sizes, strategy=strategy)
-
-    @property
-    def world_size(self) -> int:
-        return self.dp * self.fsdp * self.tp * self.ep
-
-    @property
-    def data_parallel_size(self) -> int:
-        """How many different data shards one global batch is split into."""
-        return self.dp * self.fsdp * self.ep
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "dp": self.dp,
-            "fsdp": self.fsdp,
-            "tp": self.tp,
-            "ep": self.ep,
-            "strategy": self.strategy,
-        }
-
-
-def default_strategy(dp: int = 1, fsdp: int = 1, tp: int = 1, ep: int = 1) -> str:
-    """The strategy a setting without a `strategy` key gets: PyTorch's built-in where there is one."""
-    if tp > 1:
-        return "fsdp2_tp" if fsdp > 1 else "tp_dtensor"
-    if ep > 1:
-        return "fsdp2_ep" if fsdp > 1 else "ep"
-    if fsdp > 1:
-        return "fsdp2"
-    if dp > 1:
-        return "ddp_builtin"
-    return "single"
+from nanigpt.parallel.setting import (  # noqa: F401 (re-exported)
+    DIMS,
+    STRATEGIES,
+    ParallelSetting,
+    default_strategy,
+)
 
 
 def build_mesh(setting: ParallelSetting, device_type: str):

@@ -9,33 +9,53 @@ step that is 2 all_reduces forward and 2 backward of batch*seq*d_model activatio
 norms, the head and MoE layers stay replicated (their gradients come out equal on every tp rank,
 because the inputs and the output gradients they see are already reduced).
 
-`apply_manual_tp` issues those collectives itself through the ledger; `apply_dtensor_tp` asks
-`torch.distributed.tensor.parallel.parallelize_module` for the same layout (ColwiseParallel /
-RowwiseParallel, with PrepareModuleInput so that q, k, v share one backward all_reduce). The model's
-attention reshapes with `n_head`, so both replace its forward by one that infers the local head count.
+One plan, `tp_regions`, says which modules are parallel regions and which of their linears are
+split which way; both implementations read it. `apply_manual_tp` slices the weights and hangs `f`
+and `g` on each region as forward hooks, issuing the collectives itself through the ledger;
+`apply_dtensor_tp` translates the plan for `torch.distributed.tensor.parallel.parallelize_module`
+(ColwiseParallel / RowwiseParallel, with PrepareModuleInput so that q, k, v share one backward
+all_reduce), torchtitan's `apply_tp`. Neither touches a forward: the model's attention infers its
+local head count from the projections' width and its MLP reads its width from the weights.
 """
 
 from __future__ import annotations
 
-import types
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from nanigpt.model.gpt import apply_rotary
 from nanigpt.parallel.ledger import Ledger
 
 
-def _attention_forward(self, x, cos, sin):
-    """The model's attention forward with the head count taken from the (possibly local) width."""
-    B, T, _ = x.shape
-    q, k, v = (
-        w(x).view(B, T, -1, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv)
-    )
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+@dataclass(frozen=True)
+class Region:
+    """A module whose forward is one Megatron parallel region: replicated input, reduced output."""
+
+    path: str  # the module inside a block
+    inputs: int  # its positional inputs; the first is the activation, the rest pass unchanged
+    colwise: tuple[str, ...]  # linears split by output features (nn.Linear weight dim 0)
+    rowwise: tuple[str, ...]  # linears split by input features (weight dim 1)
+
+
+ATTENTION = Region("attn", 3, ("wq", "wk", "wv"), ("wo",))
+MLP = Region("mlp", 1, ("w_gate", "w_up"), ("w_down",))
+
+
+def tp_regions(block: nn.Module) -> tuple[Region, ...]:
+    """The parallel regions of one block: attention always, the MLP when dense (MoE layers stay
+    replicated under TP; their experts are split by expert parallelism instead)."""
+    return (ATTENTION,) if block.is_moe else (ATTENTION, MLP)
+
+
+def tp_sharded(model: nn.Module) -> dict[str, int]:
+    """{parameter name: the weight dim TP slices} for every weight the plan shards."""
+    out = {}
+    for i, block in enumerate(model.blocks):
+        for region in tp_regions(block):
+            for dim, names in ((0, region.colwise), (1, region.rowwise)):
+                out.update({f"blocks.{i}.{region.path}.{n}.weight": dim for n in names})
+    return out
 
 
 # --- hand-written ---------------------------------------------------------------------------
@@ -79,45 +99,38 @@ class TPComm:
             t, group=self.group, group_name=self.group_name, purpose="activation"
         )
 
+    def enter_region(self, module: nn.Module, args: tuple) -> tuple:
+        """Forward pre-hook: `f` on the region's activation input."""
+        return (_CopyToTP.apply(args[0], self), *args[1:])
+
+    def leave_region(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        """Forward hook: `g` on the region's partial output."""
+        return _ReduceFromTP.apply(out, self)
+
 
 def _shard(linear: nn.Linear, dim: int, rank: int, n: int) -> None:
     w = linear.weight.detach()
     size = w.shape[dim] // n
-    local = w.narrow(dim, rank * size, size).clone()
-    linear.weight = nn.Parameter(local)
-    linear.weight._nanigpt_sharded = ("tp",)  # distinct on every tp rank (for the global grad norm)
+    linear.weight = nn.Parameter(w.narrow(dim, rank * size, size).clone())
 
 
-def apply_manual_tp(model: nn.Module, group, ledger: Ledger, group_name: str = "tp") -> None:
-    """Shard every block's attention and dense MLP over `group`, with explicit f / g collectives."""
+def apply_manual_tp(
+    model: nn.Module, group, ledger: Ledger, group_name: str = "tp"
+) -> dict[str, int]:
+    """Shard every region of `tp_regions` over `group`, hang f / g on it; returns `tp_sharded`."""
     import torch.distributed as dist
 
     n, rank = dist.get_world_size(group), dist.get_rank(group)
     comm = TPComm(ledger, group, group_name)
     for block in model.blocks:
-        attn = block.attn
-        for lin in (attn.wq, attn.wk, attn.wv):
-            _shard(lin, 0, rank, n)
-        _shard(attn.wo, 1, rank, n)
-
-        def attn_forward(self, x, cos, sin, _comm=comm):
-            y = _attention_forward(self, _CopyToTP.apply(x, _comm), cos, sin)
-            return _ReduceFromTP.apply(y, _comm)
-
-        attn.forward = types.MethodType(attn_forward, attn)
-        if block.is_moe:
-            continue  # MoE layers stay replicated under TP (experts are split by EP instead)
-        mlp = block.mlp
-        _shard(mlp.w_gate, 0, rank, n)
-        _shard(mlp.w_up, 0, rank, n)
-        _shard(mlp.w_down, 1, rank, n)
-
-        def mlp_forward(self, x, _comm=comm):
-            x = _CopyToTP.apply(x, _comm)
-            y = self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
-            return _ReduceFromTP.apply(y, _comm)
-
-        mlp.forward = types.MethodType(mlp_forward, mlp)
+        for region in tp_regions(block):
+            module = block.get_submodule(region.path)
+            for dim, names in ((0, region.colwise), (1, region.rowwise)):
+                for name in names:
+                    _shard(getattr(module, name), dim, rank, n)
+            module.register_forward_pre_hook(comm.enter_region)
+            module.register_forward_hook(comm.leave_region)
+    return tp_sharded(model)
 
 
 # --- DTensor ---------------------------------------------------------------------------------
@@ -134,37 +147,19 @@ def apply_dtensor_tp(model: nn.Module, tp_mesh) -> None:
     )
 
     for block in model.blocks:
-        plan = {
-            "attn": PrepareModuleInput(
-                input_layouts=(Replicate(), None, None),
-                desired_input_layouts=(Replicate(), None, None),
-                use_local_output=False,
-            ),
-            "attn.wq": ColwiseParallel(),
-            "attn.wk": ColwiseParallel(),
-            "attn.wv": ColwiseParallel(),
-            "attn.wo": RowwiseParallel(),
-        }
-        if not block.is_moe:
-            plan.update(
-                {
-                    "mlp": PrepareModuleInput(
-                        input_layouts=(Replicate(),),
-                        desired_input_layouts=(Replicate(),),
-                        use_local_output=False,
-                    ),
-                    "mlp.w_gate": ColwiseParallel(),
-                    "mlp.w_up": ColwiseParallel(),
-                    "mlp.w_down": RowwiseParallel(),
-                }
+        plan = {}
+        for region in tp_regions(block):
+            layouts = (Replicate(),) + (None,) * (region.inputs - 1)
+            plan[region.path] = PrepareModuleInput(
+                input_layouts=layouts, desired_input_layouts=layouts, use_local_output=False
             )
+            plan.update({f"{region.path}.{n}": ColwiseParallel() for n in region.colwise})
+            plan.update({f"{region.path}.{n}": RowwiseParallel() for n in region.rowwise})
         parallelize_module(block, tp_mesh, plan)
-        block.attn.forward = types.MethodType(_attention_forward, block.attn)
 
 
 def expected_activation_bytes(model: nn.Module, batch: int, seq: int, dtype_bytes: int = 4) -> int:
-    """Per step, forward + backward: 4 all_reduces of batch*seq*d_model per TP'd (dense) layer;
-    MoE layers shard only attention: 2."""
-    d = model.cfg.d_model
-    per = batch * seq * d * dtype_bytes
-    return sum((2 if b.is_moe else 4) * per for b in model.blocks)
+    """Per step, forward + backward: 2 all_reduces (one forward, one backward) of
+    batch*seq*d_model per parallel region: 4 per dense layer, 2 per MoE layer (attention only)."""
+    per = batch * seq * model.cfg.d_model * dtype_bytes
+    return sum(2 * len(tp_regions(b)) * per for b in model.blocks)

@@ -18,18 +18,15 @@ Bytes per step (the ledger's check): reduce_scatter and all_gather each move the
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from nanigpt.parallel.ddp import DEFAULT_BUCKET_BYTES, make_buckets
+from nanigpt.parallel.ddp import DEFAULT_BUCKET_BYTES, GradSyncSwitch, make_buckets
 from nanigpt.parallel.ledger import Ledger
 
 
-class ZeroOptimizer:
+class ZeroOptimizer(GradSyncSwitch):
     """AdamW with ZeRO stage 1 or 2 over `group`; looks like a torch optimizer to the trainer."""
 
     def __init__(
@@ -139,14 +136,6 @@ class ZeroOptimizer:
         if self.stage == 2:
             for p in self.params:
                 p.grad = None
-
-    @contextlib.contextmanager
-    def no_sync(self) -> Iterator[None]:
-        self.sync = False
-        try:
-            yield
-        finally:
-            self.sync = True
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Global gradient norm from the shards (one scalar all_reduce), then clip the shards."""

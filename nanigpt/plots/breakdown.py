@@ -1,9 +1,9 @@
 """Step-time and memory breakdown charts: where do the time and the memory of a step go? (question 1)
 
 `step_breakdown_chart`: one run, two stacked bars normalised to 100%: the step phases (median
-seconds over steady steps, `nanigpt.measure.report`) and the kernel categories of the profiled window
-(`nanigpt.measure.trace_analysis`, idle included). `runs_breakdown_chart`: the same two views, one bar
-per run, for a sweep. `memory_chart`: the predicted footprint by component (`nanigpt.measure.memory`)
+seconds over steady steps, `nanigpt.analysis.report`) and the kernel categories of the profiled window
+(`nanigpt.analysis.trace_analysis`, idle included). `runs_breakdown_chart`: the same two views, one bar
+per run, for a sweep. `memory_chart`: the predicted footprint by component (`nanigpt.analysis.memory`)
 beside the measured peak. Colours are fixed per category, the same in every chart.
 """
 

@@ -6,7 +6,7 @@ holds more than the dense model can store, so its gain should grow with the data
 per parameter and be about zero on the single-source control. At one model size and one token
 budget (fixed compute), for each dataset of the sweeps: the MoE run minus the dense run, and the
 matched-total-parameter dense run (E times the MLP) minus the dense run, each per seed and then as
-the mean and range over seeds (`nanigpt.plots.seeds`); a range that includes zero is drawn hollow
+the mean and range over seeds (`nanigpt.scaling.seeds`); a range that includes zero is drawn hollow
 and worded as no difference. The x axis is the dataset's `knowledge.bits` (ground_truth.json,
 `nanigpt.data.synthetic.knowledge_bits`) over the dense model's non-embedding parameters: the
 knowledge-to-capacity ratio (Allen-Zhu and Li 2024 measure about 2 bits stored per parameter).
@@ -29,8 +29,8 @@ import polars as pl
 
 from nanigpt.io import read_json, write_json_atomic
 from nanigpt.plots import save_from_cli
-from nanigpt.plots.moe import _is_baseline_dense, baseline_mlp_ratio, runs_table
-from nanigpt.plots.seeds import summarise, worded
+from nanigpt.scaling.crossover import baseline_mlp_ratio, is_baseline_dense, runs_table
+from nanigpt.scaling.seeds import summarise, worded
 
 LOSS_UNITS = {"final_val_bpb": "bits/byte", "final_val_loss": "nats/token"}
 
@@ -63,11 +63,11 @@ def gain_rows(table: pl.DataFrame, knowledge: dict[str, float], loss: str) -> li
     baseline = baseline_mlp_ratio(table)
     rows = table.to_dicts()
     key = lambda r: (r["dataset"], r["n_layer"], r["d_model"], r["tokens_target"], r["seed"])  # noqa: E731
-    dense = {key(r): r for r in rows if _is_baseline_dense(r, baseline)}
+    dense = {key(r): r for r in rows if is_baseline_dense(r, baseline)}
     out = []
     for r in rows:
         partner = dense.get(key(r))
-        if _is_baseline_dense(r, baseline) or partner is None or r[loss] is None:
+        if is_baseline_dense(r, baseline) or partner is None or r[loss] is None:
             continue
         if r["dataset"] not in knowledge:
             raise ValueError(f"run {r['run_id']}: no ground truth given for dataset {r['dataset']}")

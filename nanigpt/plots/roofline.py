@@ -2,9 +2,9 @@
 
 The roofline model (Williams, Waterman & Patterson 2009): attainable FLOP/s at arithmetic intensity
 I (FLOPs per byte moved) is min(peak FLOP/s, I x bandwidth). The roof drawn solid is the device's
-*measured* ceilings (`nanigpt.measure.ceilings`: square matmul FLOP/s, copy bandwidth), the dashed
+*measured* ceilings (`nanigpt.analysis.ceilings`: square matmul FLOP/s, copy bandwidth), the dashed
 one the datasheet's when the device has one. Each point is a kernel category of a run's profiled
-window (`nanigpt.measure.report.roofline_points`): counted FLOPs over its kernel time on the y axis,
+window (`nanigpt.analysis.report.roofline_points`): counted FLOPs over its kernel time on the y axis,
 and on the x axis counted FLOPs over *estimated* bytes (ideal traffic), so every x is an estimate and
 an upper bound; the chart says so. Categories without a FLOP count (norm/elementwise, copies,
 communication) are not placed.

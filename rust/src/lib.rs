@@ -384,7 +384,7 @@ fn verify_checkpoint(py: Python<'_>, data: PyBuffer<u8>, name: &str) -> PyResult
 }
 
 /// The step breakdown of a Chrome trace file (`trace.json.gz`), streamed and analysed in Rust
-/// with the GIL released: the JSON of `nanigpt.measure.trace_analysis.TraceBreakdown`'s fields.
+/// with the GIL released: the JSON of `nanigpt.analysis.trace_analysis.TraceBreakdown`'s fields.
 /// ValueError naming the file when it is missing or not a readable trace.
 #[pyfunction]
 #[pyo3(signature = (path, drop_outliers=true))]

@@ -1,5 +1,5 @@
 //! The step breakdown of a profiler trace, streamed from `trace.json.gz`: a port of
-//! `nanigpt/measure/trace_analysis.py` (the reference; its docstring defines the categories, the
+//! `nanigpt/analysis/trace_analysis.py` (the reference; its docstring defines the categories, the
 //! CPU self-time rule, the outlier rule and the wall-time partition), held equal to it by
 //! `tests/test_trace_analysis_rust.py`.
 //!

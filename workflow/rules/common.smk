@@ -1,13 +1,14 @@
 # Shared lookups: the runs the config declares, and the paths of each stage's outputs.
 import json
 
+from nanigpt import commands
 from nanigpt.config import (
-    dataset_module,
     resolve_runs,
     run_settings_json,
     sweep_run_ids,
     tokens_dir,
 )
+from nanigpt.launch import world_size
 from nanigpt.runs import run_labels, study_version, sweeps_labels
 
 RUNS = resolve_runs(config)
@@ -44,24 +45,20 @@ def summaries_of_sweep(sweep):
 
 
 # Resources of each job, read by cluster executors (workflow/profiles/slurm) and ignored by a
-# local run. Training asks for one task per process of the run's parallelism (dp*fsdp*tp*ep), each
-# with `training.threads` CPUs, and one GPU per process when `training.device` is cuda; a
-# multi-process run is marked `mpi` so the SLURM jobstep does not wrap it in `srun -n1`, and
-# `python -m nanigpt.launch` places the processes (srun + torchrun). Everything else is a small
-# CPU job. Override any value per rule with the profile's `set-resources`.
+# local run. Training asks for one task per process of the run's parallelism (dp*fsdp*tp*ep,
+# `nanigpt.launch.world_size`), each with `training.threads` CPUs, and one GPU per process when
+# `training.device` is cuda; a multi-process run is marked `mpi` so the SLURM jobstep does not wrap
+# it in `srun -n1`, and `python -m nanigpt.launch` places the processes (srun + torchrun). The rules
+# that scripts/gpu_session.py replays (data, tokenizer, shards, training, specialization) take
+# their command line, a `cmd` param, from `nanigpt.commands`. Everything else is a small CPU job. Override any value per rule with the profile's `set-resources`.
 TRAIN_ON_GPU = config["training"]["device"] == "cuda"
 TRAIN_MEM_MB_PER_PROCESS = 16000 if TRAIN_ON_GPU else 2000
 TRAIN_RUNTIME_MIN = 720 if TRAIN_ON_GPU else 60
 SMALL_JOB = {"cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
 
 
-def world_size(run):
-    par = run["parallelism"]
-    return par.get("dp", 1) * par.get("fsdp", 1) * par.get("tp", 1) * par.get("ep", 1)
-
-
 def train_tasks(wildcards):
-    return world_size(run_of(wildcards))
+    return world_size(run_of(wildcards)["parallelism"])
 
 
 def train_resources():

@@ -15,7 +15,10 @@ rule synthetic_data:
         **SMALL_JOB,
     params:
         spec=lambda w: json.dumps(config["datasets"][w.dataset], sort_keys=True),
-        module=lambda w: dataset_module(config["datasets"][w.dataset]),
+        cmd=lambda w: commands.shell(
+            commands.build_dataset(
+                w.dataset, config["datasets"][w.dataset], f"data/synthetic/{w.dataset}"
+            )
+        ),
     shell:
-        "python -m {params.module} --name {wildcards.dataset} --spec-json {params.spec:q}"
-        " --out data/synthetic/{wildcards.dataset} > {log} 2>&1"
+        "{params.cmd} > {log} 2>&1"

@@ -108,9 +108,13 @@ rule encode_val_of_dataset:
         **SMALL_JOB,
     params:
         impl=config["tokenizer"]["impl"],
+        cmd=lambda w, input, output: commands.shell(
+            commands.encode_tokens(
+                input.tokenizer, input.text, config["tokenizer"]["impl"], output[0]
+            )
+        ),
     shell:
-        "python -m nanigpt.data.tokenize encode --tokenizer {input.tokenizer} --input {input.text}"
-        " --impl {params.impl} --out {output} > {log} 2>&1"
+        "{params.cmd} > {log} 2>&1"
 
 
 rule moe_specialization:
@@ -128,10 +132,17 @@ rule moe_specialization:
         **SMALL_JOB,
     params:
         max_tokens=MOE_ANALYSIS.get("max_tokens", 65536),
+        cmd=lambda w, input, output: commands.shell(
+            commands.moe_specialization(
+                f"results/runs/{w.run_id}",
+                input.val,
+                output.json,
+                MOE_ANALYSIS.get("max_tokens", 65536),
+                counts=output.counts,
+            )
+        ),
     shell:
-        "python -m nanigpt.measure.specialization --run-dir results/runs/{wildcards.run_id}"
-        " --val {input.val} --out {output.json} --counts {output.counts}"
-        " --max-tokens {params.max_tokens} > {log} 2>&1"
+        "{params.cmd} > {log} 2>&1"
 
 
 rule moe_heatmap:

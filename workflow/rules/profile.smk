@@ -27,7 +27,7 @@ rule hardware_ceilings:
     params:
         device=config["training"]["device"],
     shell:
-        "python -m nanigpt.measure.ceilings --device {params.device} --threads {threads}"
+        "python -m nanigpt.analysis.ceilings --device {params.device} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
 
@@ -59,7 +59,7 @@ rule profile_run:
     resources:
         **SMALL_JOB,
     shell:
-        "python -m nanigpt.measure.report --run-dir results/runs/{wildcards.run_id}"
+        "python -m nanigpt.analysis.report --run-dir results/runs/{wildcards.run_id}"
         " --hardware {input.hardware} --out-dir results/profile/{wildcards.run_id} > {log} 2>&1"
 
 
@@ -80,5 +80,5 @@ rule profile_summary:
     resources:
         **SMALL_JOB,
     shell:
-        "python -m nanigpt.measure.report aggregate --reports {input}"
+        "python -m nanigpt.analysis.report aggregate --reports {input}"
         " --out {output.summary} --chart {output.chart} > {log} 2>&1"

@@ -5,6 +5,10 @@ def dataset_of_tokdir(wildcards):
     return wildcards.tokdir.rsplit("-v", 1)[0]
 
 
+def tokdir_vocab(wildcards):
+    return int(wildcards.tokdir.rsplit("-v", 1)[1])
+
+
 rule train_tokenizer:
     input:
         lambda w: f"data/synthetic/{dataset_of_tokdir(w)}/train.parquet",
@@ -17,11 +21,15 @@ rule train_tokenizer:
     resources:
         **SMALL_JOB,
     params:
-        vocab=lambda w: int(w.tokdir.rsplit("-v", 1)[1]),
+        vocab=tokdir_vocab,
         impl=config["tokenizer"]["impl"],
+        cmd=lambda w, input, output: commands.shell(
+            commands.train_tokenizer(
+                input[0], tokdir_vocab(w), config["tokenizer"]["impl"], output[0]
+            )
+        ),
     shell:
-        "python -m nanigpt.data.tokenize train --input {input} --vocab-size {params.vocab}"
-        " --impl {params.impl} --out {output} > {log} 2>&1"
+        "{params.cmd} > {log} 2>&1"
 
 
 rule encode_tokens:
@@ -38,6 +46,10 @@ rule encode_tokens:
         **SMALL_JOB,
     params:
         impl=config["tokenizer"]["impl"],
+        cmd=lambda w, input, output: commands.shell(
+            commands.encode_tokens(
+                input.tokenizer, input.text, config["tokenizer"]["impl"], output[0]
+            )
+        ),
     shell:
-        "python -m nanigpt.data.tokenize encode --tokenizer {input.tokenizer} --input {input.text}"
-        " --impl {params.impl} --out {output} > {log} 2>&1"
+        "{params.cmd} > {log} 2>&1"

@@ -26,10 +26,17 @@ rule train_run:
         **train_resources(),
     params:
         run=lambda w: run_settings_json(run_of(w)),
-        world=lambda w: world_size(run_of(w)),
+        world=train_tasks,
         version=lambda w: study_version(config, run_of(w)),  # the sweeps' `version:` keys
+        cmd=lambda w, input: commands.shell(
+            commands.train_run(
+                run_settings_json(run_of(w)),
+                train_tasks(w),
+                input.train,
+                input.val,
+                input.truth,
+                f"results/runs/{w.run_id}",
+            )
+        ),
     shell:
-        "python -m nanigpt.launch --nproc {params.world} -- nanigpt.train"
-        " --run-config {params.run:q} --train {input.train}"
-        " --val {input.val} --ground-truth {input.truth} --out results/runs/{wildcards.run_id}"
-        " > {log} 2>&1"
+        "{params.cmd} > {log} 2>&1"

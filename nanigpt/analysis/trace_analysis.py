@@ -50,7 +50,7 @@ hundred-odd lines of interval arithmetic over a JSON list, easy to test exactly 
 (`tests/test_trace_analysis.py`). If a study ever needs HTA's critical path or queue-length
 analyses, it reads the same `trace.json.gz`.
 
-    python -m nanigpt.measure.trace_analysis --trace results/runs/RUN/trace.json.gz \\
+    python -m nanigpt.analysis.trace_analysis --trace results/runs/RUN/trace.json.gz \\
         --out results/profile/RUN/trace_breakdown.parquet   # + trace_breakdown.json beside it
 
 `--impl rust` (the default) runs the same analysis in Rust (`rust/src/trace.rs`, streaming the
@@ -487,7 +487,7 @@ def write_breakdown(result: TraceBreakdown, out: str | Path) -> tuple[Path, Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nanigpt.measure.trace_analysis",
+        prog="python -m nanigpt.analysis.trace_analysis",
         description="Sort a profiler trace's kernel (or CPU op) time into categories.",
     )
     parser.add_argument("--trace", required=True, help="trace.json.gz of a run")
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = analyze_path(args.trace, not args.keep_outlier_steps, impl=args.impl)
     except (FileNotFoundError, ValueError) as e:
-        print(f"nanigpt.measure.trace_analysis: error: {e}", file=sys.stderr)
+        print(f"nanigpt.analysis.trace_analysis: error: {e}", file=sys.stderr)
         return 2
     out, summary = write_breakdown(result, args.out)
     shares = ", ".join(

@@ -25,13 +25,8 @@ Definitions:
 The analysed tokens are `max_tokens` (rounded down to whole windows) from evenly spaced windows of
 the run's `seq_len` over the shard, run in forward calls of the run's `batch_size`, so capacity
 (shared by the tokens of one forward call) drops as it did in training. A token's label is the
-label of the input token the router sees.
-
-CLI: `python -m nanigpt.measure.specialization --run-dir results/runs/RUN --val val.bin
---out results/moe/RUN/specialization.json [--counts results/moe/RUN/counts.parquet]
-[--max-tokens N] [--threads 1]` reads `config.json` and `model.pt` (and `snapshots/step_*.pt`, each a
-`state_dict`) of the run, and writes the JSON and a long Parquet of the count matrices
-(step, layer, expert, source, count_top1, count_all), both atomically.
+label of the input token the router sees. The CLI and its files: `docs/interfaces.md`, "Analysis
+outputs".
 """
 
 from __future__ import annotations
@@ -414,7 +409,7 @@ def _jsonable(obj: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nanigpt.measure.specialization",
+        prog="python -m nanigpt.analysis.specialization",
         description="Expert-by-source counts, I(expert; source), load and drops of an MoE run.",
     )
     parser.add_argument("--run-dir", required=True, help="results/runs/RUN (config.json, model.pt)")

@@ -15,7 +15,7 @@ bandwidth from the table below); a CPU has neither, so they are null. The file i
 device slug (`device_slug`): "cpu" on the CPU, the CUDA name lower-cased with runs of other
 characters as "-" on a GPU (`nvidia-h100-80gb-hbm3`).
 
-    python -m nanigpt.measure.ceilings --out results/hardware/DEVICE.json [--device auto|cpu|cuda]
+    python -m nanigpt.analysis.ceilings --out results/hardware/DEVICE.json [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nanigpt.measure.ceilings",
+        prog="python -m nanigpt.analysis.ceilings",
         description="Measure the device's matmul FLOP/s and copy bandwidth.",
     )
     parser.add_argument("--out", required=True, help="results/hardware/DEVICE.json")
@@ -206,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = measure(args.device, args.matmul_n, args.copy_bytes, args.repeats)
     except ValueError as e:
-        print(f"nanigpt.measure.ceilings: error: {e}", file=sys.stderr)
+        print(f"nanigpt.analysis.ceilings: error: {e}", file=sys.stderr)
         return 2
     stem = Path(args.out).stem
     if stem not in (result["device_slug"], result["device_type"]):
         print(
-            f"nanigpt.measure.ceilings: warning: {args.out} is named '{stem}' but the device "
+            f"nanigpt.analysis.ceilings: warning: {args.out} is named '{stem}' but the device "
             f"measured is '{result['device_slug']}' ({result['device']})",
             file=sys.stderr,
         )

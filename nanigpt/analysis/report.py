@@ -1,21 +1,14 @@
 """Per-run profile report: where does the step time go, how close to the ceilings, what fills
 memory? (project question 1)
 
-From a run folder (`config.json`, `metrics.parquet`, `trace.json.gz`, `summary.json`) and the
-device's measured ceilings (`results/hardware/DEVICE.json`, `nanigpt.measure.ceilings`), writes
-to `results/profile/RUN/`:
-- `breakdown.parquet`: one row per step phase (data, forward, backward, comm when it ran,
-  optimizer, other): its median seconds over steady steps (not
-  profiled, not the first) and its share of the step time (summed phase time / summed step time
-  over those steps, so the shares add to 1; on a busy machine the per-phase medians do not add up
-  to the median step); then one row per kernel
-  category of the trace (`nanigpt.measure.trace_analysis`): wall seconds per profiled step and
-  share of the profiled window;
-- `report.json`: throughput, MFU against the datasheet peak (null on the CPU) and against the
-  measured matmul ceiling, the trace summary (comm/compute overlap), the roofline points;
-- `memory.json`: predicted footprint beside the measured peak (`nanigpt.measure.memory`);
-- `breakdown.svg`, `roofline.svg`, `memory.svg`: the charts (`nanigpt.plots.breakdown`,
-  `nanigpt.plots.roofline`).
+Joins a run folder's outputs with the device's measured ceilings (`nanigpt.analysis.ceilings`):
+the step split into phases (median over steady steps: not profiled, not the first; a phase's share
+is its summed time over the summed step time, so the shares add to 1, while on a busy machine the
+per-phase medians need not add up to the median step), the kernel categories of the trace
+(`nanigpt.analysis.trace_analysis`), MFU against the datasheet peak and the measured matmul
+ceiling, the roofline points and the predicted memory footprint (`nanigpt.analysis.memory`), drawn
+by `nanigpt.plots.breakdown` and `nanigpt.plots.roofline`. The files it writes and their fields:
+`docs/interfaces.md`, "Analysis outputs".
 
 Roofline points (`roofline_points`): the x axis needs bytes, and a trace has none, so the bytes are
 *estimated* as ideal traffic, each operand read once and each result written once, in the compute
@@ -26,13 +19,7 @@ every matmul component but the attention scores, attention = the scores (full s 
 kernel does about half of it). So the intensities are upper bounds and the points are estimates;
 norm/elementwise, copies and communication have no FLOP count and are not placed.
 
-Aggregate over runs (the headline sweep): `summary.parquet` (one row per run: throughput, MFU,
-phase shares, kernel-category shares, memory) and a `breakdown.svg` comparing the runs.
-
-    python -m nanigpt.measure.report --run-dir results/runs/RUN --hardware results/hardware/DEV.json \\
-        --out-dir results/profile/RUN
-    python -m nanigpt.measure.report aggregate --reports results/profile/*/report.json \\
-        --out results/profile/summary.parquet --chart results/profile/breakdown.svg
+`aggregate` joins the reports of a sweep into one table and chart comparing the runs.
 """
 
 from __future__ import annotations
@@ -46,14 +33,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nanigpt.analysis import memory, trace_analysis
+from nanigpt.analysis.ceilings import slugify
 from nanigpt.io import atomic_path, read_json, write_json_atomic
-from nanigpt.measure import memory, trace_analysis
-from nanigpt.measure.ceilings import slugify
 from nanigpt.measure.hardware import peak_bf16_flops
 from nanigpt.model.flops import count
 from nanigpt.model.gpt import GPTConfig
 
-# The phases StepTimer splits a step into (nanigpt.train.PHASES); with `other_s` they sum to the
+# The phases StepTimer splits a step into (nanigpt.training.step.PHASES); with `other_s` they sum to the
 # step time. Other `comm_*_s` columns (measured, blocked, predicted communication) are details of
 # the comm phase, reported beside it, not phases.
 PHASES = ("data", "forward", "backward", "comm", "optimizer")
@@ -340,7 +327,7 @@ def aggregate(report_paths: list[str | Path], out: str | Path, chart: str | Path
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = "python -m nanigpt.measure.report"
+    prog = "python -m nanigpt.analysis.report"
     if argv and argv[0] == "aggregate":
         parser = argparse.ArgumentParser(
             prog=f"{prog} aggregate", description="Combine run reports."
@@ -352,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             aggregate(args.reports, args.out, args.chart)
         except (FileNotFoundError, ValueError, KeyError) as e:
-            print(f"nanigpt.measure.report: error: {e}", file=sys.stderr)
+            print(f"nanigpt.analysis.report: error: {e}", file=sys.stderr)
             return 2
         print(f"wrote {args.out}" + (f" and {args.chart}" if args.chart else ""))
         return 0
@@ -365,11 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         hardware = read_json(args.hardware, "hardware ceilings") if args.hardware else None
         report = build_report(args.run_dir, args.hardware)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"nanigpt.measure.report: error: {e}", file=sys.stderr)
+        print(f"nanigpt.analysis.report: error: {e}", file=sys.stderr)
         return 2
     if report["hardware_matches_run"] is False:
         print(
-            f"nanigpt.measure.report: warning: run device {report['device']!r} is not the "
+            f"nanigpt.analysis.report: warning: run device {report['device']!r} is not the "
             f"hardware file's {report['hardware_device']!r}; measured-ceiling MFU compares them anyway",
             file=sys.stderr,
         )
