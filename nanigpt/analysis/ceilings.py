@@ -21,7 +21,6 @@ characters as "-" on a GPU (`nvidia-h100-80gb-hbm3`).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 
 from nanigpt.io import write_json_atomic
-from nanigpt.measure.hardware import peak_bf16_flops
+from nanigpt.measure.hardware import peak_bf16_flops, slugify  # noqa: F401 (re-exported)
 from nanigpt.measure.provenance import device_name, package_versions
 
 # Datasheet HBM bandwidth in bytes/s; first substring found in the upper-cased name wins.
@@ -62,10 +61,6 @@ def peak_bandwidth(device_name: str | None) -> float | None:
         if key in name:
             return peak
     return None
-
-
-def slugify(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
 
 
 def resolve(device: str = "auto") -> torch.device:

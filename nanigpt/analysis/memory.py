@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any
 
 from nanigpt.io import read_json
+from nanigpt.model.config import GPTConfig
 from nanigpt.model.flops import count
-from nanigpt.model.gpt import GPTConfig
 
 FP32 = 4
 ADAMW_STATES = 2  # exp_avg, exp_avg_sq
@@ -117,7 +117,7 @@ class MemoryPrediction:
 
 
 def _parallel(parallelism: dict[str, Any] | None) -> dict[str, Any]:
-    from nanigpt.parallel.mesh import ParallelSetting
+    from nanigpt.parallel.setting import ParallelSetting
 
     setting = ParallelSetting.from_dict(parallelism or {})
     return setting.as_dict() | {"data_parallel_size": setting.data_parallel_size}

@@ -34,11 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanigpt.analysis import memory, trace_analysis
-from nanigpt.analysis.ceilings import slugify
 from nanigpt.io import atomic_path, read_json, write_json_atomic
-from nanigpt.measure.hardware import peak_bf16_flops
+from nanigpt.measure.hardware import peak_bf16_flops, slugify
+from nanigpt.model.config import GPTConfig
 from nanigpt.model.flops import count
-from nanigpt.model.gpt import GPTConfig
 
 # The phases StepTimer splits a step into (nanigpt.training.step.PHASES); with `other_s` they sum to the
 # step time. Other `comm_*_s` columns (measured, blocked, predicted communication) are details of

@@ -6,17 +6,3 @@ into MFU, and `provenance` stamps every output with the config hash, code versio
 device so that numbers from different machines and commits can be told apart. What is computed
 from a run's outputs afterwards is in `nanigpt.analysis`.
 """
-
-from nanigpt.measure.hardware import mfu, peak_bf16_flops
-from nanigpt.measure.provenance import collect_provenance, config_hash
-from nanigpt.measure.timers import StepTimer
-from nanigpt.measure.trace import TraceWindow
-
-__all__ = [
-    "StepTimer",
-    "TraceWindow",
-    "collect_provenance",
-    "config_hash",
-    "mfu",
-    "peak_bf16_flops",
-]

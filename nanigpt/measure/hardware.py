@@ -9,6 +9,8 @@ these in results/hardware/ and are the second denominator.
 
 from __future__ import annotations
 
+import re
+
 # Sources: NVIDIA H100 datasheet (SXM5 989.4 TF, PCIe 756.5 TF, NVL 835 TF dense bf16),
 # H200 datasheet (SXM 989 TF, NVL 835 TF), A100 datasheet (312 TF for SXM4 and PCIe).
 # Order matters: the first substring found in the device name wins.
@@ -38,3 +40,8 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float | None) -
     if peak_flops is None or peak_flops <= 0 or tokens_per_s is None:
         return None
     return flops_per_token * tokens_per_s / peak_flops
+
+
+def slugify(name: str) -> str:
+    """A device name as a file-name slug: `NVIDIA H200` -> `nvidia-h200`."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"

@@ -47,11 +47,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch.utils.flop_counter import flop_registry, register_flop_formula
-
 from nanigpt.io import read_json
-from nanigpt.model.gpt import GPTConfig
+from nanigpt.model.config import GPTConfig
 
 COMPONENTS = (
     "embedding",
@@ -172,10 +169,19 @@ def flops_6nd(params: int, tokens: int) -> int:
     return 6 * params * tokens
 
 
-# FlopCounterMode has no formula for torch._grouped_mm (the dropless MoE fast path) yet; add one so
-# profiles of the grouped path count expert FLOPs. 2 FLOPs per multiply-add; the group dimension
-# is ragged in one operand and the other carries one matrix per group.
-if torch.ops.aten._grouped_mm not in flop_registry:
+def register_grouped_mm_flops() -> None:
+    """Give FlopCounterMode (and the profiler's FLOP counts) a formula for torch._grouped_mm.
+
+    torch has none yet for the dropless MoE fast path; with this, profiles of the grouped path
+    count expert FLOPs. 2 FLOPs per multiply-add; the group dimension is ragged in one operand and
+    the other carries one matrix per group. Called where the grouped path lives
+    (`nanigpt.model.moe`), so that the analytical count above imports no torch.
+    """
+    import torch
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    if torch.ops.aten._grouped_mm in flop_registry:
+        return
 
     @register_flop_formula(torch.ops.aten._grouped_mm)
     def _grouped_mm_flop(a_shape, b_shape, *args, **kwargs) -> int:

@@ -77,7 +77,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanigpt.model.config import GATES, MoEConfig  # noqa: F401 (re-exported)
+from nanigpt.model.flops import register_grouped_mm_flops
 from nanigpt.model.mlp import SwiGLU
+
+register_grouped_mm_flops()  # profiles of the grouped expert path count its FLOPs
 
 IMPLS = ("auto", "grouped", "loop")
 
