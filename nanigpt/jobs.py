@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,17 +183,19 @@ def parse_job(text: str) -> dict[str, Any]:
     return json.loads(text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m nanigpt.jobs", description=__doc__.split("\n")[0]
-    )
+def job_cli(
+    argv: list[str] | None, prog: str, description: str, train_job: Callable, job_dir: str
+) -> int:
+    """The `train` / `publish` CLI of a job module (`nanigpt.jobs`, `nanigpt.wsd`): `train_job`
+    trains a parsed job (job, train, val, ground truth, out); `job_dir` names its folder."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train a grouped job's runs")
+    p_train = sub.add_parser("train", help="train the job's runs, skipping finished ones")
     p_train.add_argument("--job", required=True, help="job JSON, or @path to it")
     p_train.add_argument("--train", required=True)
     p_train.add_argument("--val", required=True)
     p_train.add_argument("--ground-truth", required=True)
-    p_train.add_argument("--out", required=True, help="results/jobs/JOB_ID")
+    p_train.add_argument("--out", required=True, help=job_dir)
     p_pub = sub.add_parser("publish", help="link a finished run's files into its run folder")
     p_pub.add_argument("--src", required=True)
     p_pub.add_argument("--dst", required=True)
@@ -203,11 +206,17 @@ def main(argv: list[str] | None = None) -> int:
             publish(Path(args.src), Path(args.dst))
             return 0
         job = parse_job(args.job)
-        run_group(job, Path(args.train), Path(args.val), Path(args.ground_truth), Path(args.out))
+        train_job(job, Path(args.train), Path(args.val), Path(args.ground_truth), Path(args.out))
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_cli(
+        argv, "python -m nanigpt.jobs", __doc__.split("\n")[0], run_group, "results/jobs/JOB_ID"
+    )
 
 
 if __name__ == "__main__":

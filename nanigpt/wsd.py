@@ -32,7 +32,6 @@ WSD run of the same budget trained straight through (tests/test_wsd.py).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from nanigpt.io import write_json_atomic
-from nanigpt.jobs import RUN_FILES, finished, parse_job, publish
+from nanigpt.jobs import RUN_FILES, finished, job_cli, publish  # noqa: F401 (publish re-exported)
 from nanigpt.schedule import branch_step
 
 log = logging.getLogger("nanigpt.wsd")
@@ -197,31 +196,9 @@ def run_job(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m nanigpt.wsd", description=__doc__.split("\n")[0]
+    return job_cli(
+        argv, "python -m nanigpt.wsd", __doc__.split("\n")[0], run_job, "results/wsd/JOB_ID"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train a WSD job's stable runs and cooldowns")
-    p_train.add_argument("--job", required=True, help="job JSON, or @path to it")
-    p_train.add_argument("--train", required=True)
-    p_train.add_argument("--val", required=True)
-    p_train.add_argument("--ground-truth", required=True)
-    p_train.add_argument("--out", required=True, help="results/wsd/JOB_ID")
-    p_pub = sub.add_parser("publish", help="link a finished budget's files into its run folder")
-    p_pub.add_argument("--src", required=True)
-    p_pub.add_argument("--dst", required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        if args.command == "publish":
-            publish(Path(args.src), Path(args.dst))
-            return 0
-        job = parse_job(args.job)
-        run_job(job, Path(args.train), Path(args.val), Path(args.ground_truth), Path(args.out))
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":
