@@ -15,9 +15,6 @@ import torch.distributed as dist
 
 from nanigpt.io import atomic_path
 
-# Manually tensor-parallel weights split along dim 1 (row-parallel); the others along dim 0.
-_ROW_PARALLEL = ("attn.wo.weight", "mlp.w_down.weight")
-
 
 def collective_device(backend: str) -> torch.device:
     """Where a tensor must live for the default group's collectives: NCCL reduces only CUDA
@@ -43,7 +40,8 @@ def full_state_dict(model: torch.nn.Module, par: Any) -> dict[str, torch.Tensor]
 
     Collective under a sharded strategy: every rank must call it. DTensor weights (FSDP2, DTensor
     TP) are gathered with `full_tensor`; hand-sharded ones (manual TP, EP) with an all_gather over
-    their mesh dim (`par.sharded_dims`), concatenated along the dim they were sliced on.
+    their mesh dim, concatenated along the tensor dim they were sliced on (both from
+    `par.sharded_dims`, the one record of what is sliced where).
     """
     from torch.distributed.tensor import DTensor
 
@@ -52,11 +50,10 @@ def full_state_dict(model: torch.nn.Module, par: Any) -> dict[str, torch.Tensor]
         t = value.detach()
         if isinstance(t, DTensor):
             t = t.full_tensor()
-        for dim in par.sharded_dims.get(name, ()):
+        for dim, axis in par.sharded_dims.get(name, {}).items():
             group = par.mesh[dim].get_group()
             parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
             dist.all_gather(parts, t.contiguous(), group=group)
-            axis = 1 if dim == "tp" and name.endswith(_ROW_PARALLEL) else 0
             t = torch.cat(parts, dim=axis)
         out[name] = t.cpu().clone()
     return out
