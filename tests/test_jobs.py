@@ -14,7 +14,7 @@ from nanigpt import jobs
 from nanigpt import train as train_module
 from nanigpt.config import DEFAULT_CONFIG_PATH, ConfigError, resolve_runs, validate_config
 from nanigpt.wsd import plan_jobs
-from tests.test_train import make_run, write_tiny_data
+from tests.test_train import DyingTrainStep, make_run, write_tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +75,8 @@ def test_a_killed_grouped_job_reruns_only_its_unfinished_run_from_its_checkpoint
     reference = tmp_path / "ref"
     _run_job(data, reference)
     out = tmp_path / "killed"
-    real_step, calls = train_module.train_step, {"n": 0}
-    kill_at = 12 + 8  # the first run's 12 steps, then 8 of the second (checkpoint after step 6)
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > kill_at:
-            raise KeyboardInterrupt("killed")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", dying_step)
+    # the first run's 12 steps, then 8 of the second (checkpoint after step 6)
+    dying = DyingTrainStep(monkeypatch, kill_at=12 + 8)
     with pytest.raises(KeyboardInterrupt):
         _run_job(data, out)
     assert not (out / "done.json").exists()
@@ -93,11 +85,11 @@ def test_a_killed_grouped_job_reruns_only_its_unfinished_run_from_its_checkpoint
     mtime = finished.stat().st_mtime_ns
     assert not (out / "runs" / second / "summary.json").exists()
 
-    trained, calls["n"], kill_at = [], 0, 10**9
+    trained, dying.calls, dying.kill_at = [], 0, 10**9
     real_train = train_module.train
 
     def spy(run, *args, **kwargs):
-        trained.append((run["run_id"], calls["n"]))
+        trained.append((run["run_id"], dying.calls))
         return real_train(run, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "train", spy)

@@ -108,6 +108,21 @@ def make_run(tokens: int = 1280, profile: bool = False, **training) -> dict:
     }
 
 
+class DyingTrainStep:
+    """Stands in for `nanigpt.train.train_step` (patched by `monkeypatch`): counts the steps in
+    `calls` and raises KeyboardInterrupt, as a kill would, once more than `kill_at` have run."""
+
+    def __init__(self, monkeypatch, kill_at: int):
+        self.real, self.calls, self.kill_at = train_module.train_step, 0, kill_at
+        monkeypatch.setattr(train_module, "train_step", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls > self.kill_at:
+            raise KeyboardInterrupt("killed")
+        return self.real(*args, **kwargs)
+
+
 def run_train(data, out: Path, run: dict) -> tuple[dict, list[dict]]:
     summary = train(run, data["train"], data["val"], data["gt"], out)
     return summary, pq.read_table(out / "metrics.parquet").to_pylist()

@@ -17,7 +17,7 @@ from nanigpt import train as train_module
 from nanigpt import wsd
 from nanigpt.config import load_config, resolve_runs
 from nanigpt.schedule import branch_step, lr_at
-from tests.test_train import make_run, write_tiny_data
+from tests.test_train import DyingTrainStep, make_run, write_tiny_data
 
 TOKENS_PER_STEP = 16 * 8  # make_run's seq_len x batch_size
 BUDGET_STEPS = (10, 20, 30)
@@ -85,19 +85,11 @@ def test_a_killed_cooldown_reruns_alone(data, tmp_path, monkeypatch):
     reference = tmp_path / "ref"
     _run_job(data, reference)
     out = tmp_path / "killed"
-    real_step, calls = train_module.train_step, {"n": 0}
-    kill_at = branch_step(30, 2, 0.2) + 2 + 2  # stable phase, 1st cooldown, 2 steps into the 2nd
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > kill_at:
-            raise KeyboardInterrupt("killed")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", dying_step)
+    # the stable phase, the 1st cooldown, 2 steps into the 2nd
+    dying = DyingTrainStep(monkeypatch, kill_at=branch_step(30, 2, 0.2) + 2 + 2)
     with pytest.raises(KeyboardInterrupt):
         _run_job(data, out)
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    monkeypatch.setattr(train_module, "train_step", dying.real)
     assert not (out / "done.json").exists()
     finished = out / "runs" / _branch(10)["run_id"] / "summary.json"
     mtime = finished.stat().st_mtime_ns
