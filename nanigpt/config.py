@@ -511,6 +511,31 @@ def sweep_run_ids(config: dict, sweep_name: str) -> list[str]:
     return [rid for rid, run in resolve_runs(config).items() if sweep_name in run["sweeps"]]
 
 
+def profiled_run_ids(config: dict, sweep_name: str) -> list[str]:
+    """The runs of a sweep whose profile reports make its step breakdown: per (dataset, arch,
+    size, seed, parallelism, lr, batch) the run of the most tokens. A sweep's budgets of one model
+    step alike (the same model, batch and kernels; a WSD sweep's branches even share the stable
+    run's trace), so profiling each budget repeats one measurement; any other run's report is a
+    target of its own (`results/profile/{run_id}/report.json`)."""
+    runs = resolve_runs(config)
+    largest: dict[tuple, str] = {}
+    for rid in sweep_run_ids(config, sweep_name):
+        run = runs[rid]
+        training = run["training"]
+        key = (
+            run["dataset"],
+            run["arch"],
+            run["size"],
+            run["seed"],
+            run["parallelism_name"],
+            training["lr"],
+            training["batch_size"],
+        )
+        if key not in largest or run["tokens"] > runs[largest[key]]["tokens"]:
+            largest[key] = rid
+    return list(largest.values())
+
+
 def moe_eval_dataset(config: dict, run: dict) -> str:
     """The dataset whose validation text scores a run's experts: `moe_analysis.eval_dataset`, else
     the run's own (so a single-source control can be scored on the mixture's sources)."""

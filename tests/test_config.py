@@ -9,6 +9,7 @@ import pytest
 from nanigpt.config import (
     ConfigError,
     load_config,
+    profiled_run_ids,
     resolve_runs,
     run_id_for,
     run_settings_json,
@@ -98,6 +99,20 @@ def test_run_ids_are_derived_from_parameters():
     run = runs["tiny_moe_c_t4096_single"]
     assert run["model"]["n_layer"] == 2 and run["model"]["moe"]["num_experts"] == 2
     assert run["arch_kind"] == "moe" and run["tokens"] == 4096
+
+
+def test_profiled_runs_are_each_models_largest_budget():
+    config = load_config("workflow/config/default.yaml")
+    runs = resolve_runs(config)
+    profiled = profiled_run_ids(config, "scaling")
+    sweep = config["sweeps"]["scaling"]
+    assert len(profiled) == len(sweep["archs"]) * len(sweep["sizes"])
+    assert {runs[rid]["tokens"] for rid in profiled} == {max(sweep["tokens"])}
+    assert {(runs[rid]["arch"], runs[rid]["size"]) for rid in profiled} == {
+        (arch, size) for arch in sweep["archs"] for size in sweep["sizes"]
+    }
+    seeded = profiled_run_ids(config, "scaling_seeds")  # each seed is a model of its own
+    assert len(seeded) == 2 * len(profiled)
 
 
 def test_changing_one_size_changes_only_its_runs_settings():

@@ -3,6 +3,7 @@ import json
 
 from nanigpt import commands
 from nanigpt.config import (
+    profiled_run_ids,
     resolve_runs,
     run_settings_json,
     sweep_run_ids,

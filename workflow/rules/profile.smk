@@ -11,7 +11,7 @@ PROFILE_FILES = (
 
 
 def profile_reports_of_sweep(sweep):
-    return [f"results/profile/{run_id}/report.json" for run_id in sweep_run_ids(config, sweep)]
+    return [f"results/profile/{run_id}/report.json" for run_id in profiled_run_ids(config, sweep)]
 
 
 rule hardware_ceilings:
