@@ -53,9 +53,9 @@ onerror:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenize.smk"
-include: "workflow/rules/train.smk"
 include: "workflow/rules/wsd.smk"
 include: "workflow/rules/grouped.smk"
+include: "workflow/rules/train.smk"  # after the two job planners: it trains the runs they do not
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/plots.smk"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +100,18 @@ def test_run_ids_are_derived_from_parameters():
     run = runs["tiny_moe_c_t4096_single"]
     assert run["model"]["n_layer"] == 2 and run["model"]["moe"]["num_experts"] == 2
     assert run["arch_kind"] == "moe" and run["tokens"] == 4096
+
+
+def test_c_yaml_loader_reads_the_configs_as_the_python_one():
+    import glob
+
+    import yaml
+
+    from nanigpt.config import load_yaml
+
+    for path in glob.glob("workflow/config/*.yaml") + ["workflow/schemas/config.schema.yaml"]:
+        text = Path(path).read_text()
+        assert load_yaml(text) == yaml.safe_load(text), path
 
 
 def test_profiled_runs_are_each_models_largest_budget():

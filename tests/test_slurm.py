@@ -9,8 +9,9 @@ scripts/slurm-local.sh, driven through workflow/profiles/slurm (snakemake-execut
 - A two-process torch.distributed job runs as ONE SLURM job with two tasks, started by
   `python -m nanigpt.launch` (srun + torchrun, rendezvous on the allocation's first node).
 
-The cluster tests need root (the daemons run as root) and slurm-wlm + munge, which the script
-installs with apt-get when they are missing; without root or apt they are skipped, saying why.
+The cluster tests need the SLURM executor plugin (`uv sync --group slurm`; `.ci/run` installs it),
+root (the daemons run as root) and slurm-wlm + munge, which the script installs with apt-get when
+they are missing; without any of these they are skipped, saying why.
 The launcher's planning is unit-tested here too, without a cluster.
 """
 
@@ -52,6 +53,10 @@ def _have(tool: str) -> bool:
 
 
 def cluster_skip_reason() -> str | None:
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        return "the SLURM executor plugin is not installed: `uv sync --group slurm`"
     if os.geteuid() != 0:
         return "not root: scripts/slurm-local.sh runs munged, slurmctld and slurmd as root"
     if not all(_have(t) for t in SLURM_TOOLS) and shutil.which("apt-get") is None:

@@ -50,8 +50,8 @@ def planning(repeats: int) -> list[dict]:
     rows = [_row("planning", "import nanigpt.config", time.perf_counter() - start, None)]
     t, config = _timed(lambda: cfg.load_config(cfg.DEFAULT_CONFIG_PATH), repeats)
     rows.append(_row("planning", "load_config (YAML + schema + checks)", t, None))
-    t, runs = _timed(lambda: cfg.resolve_runs(config), repeats)
-    rows.append(_row("planning", f"resolve_runs ({len(runs)} runs)", t, None))
+    t, runs = _timed(lambda: cfg.expand_runs(config), repeats)  # resolve_runs is memoised
+    rows.append(_row("planning", f"expand_runs ({len(runs)} runs)", t, None))
     t, _ = _timed(lambda: [cfg.run_settings_json(r) for r in runs.values()], repeats)
     rows.append(_row("planning", "run_settings_json (all runs)", t, None))
     start = time.perf_counter()

@@ -6,6 +6,11 @@
 # (the rerun resumes from it), and comm.json exists only for distributed runs.
 
 
+# The runs no WSD or grouped job trains. The constraint names them, so that no file of a job's run
+# is also matched by this rule (a candidate job per file, costing the dry run its time).
+PLAIN_RUN_IDS = [rid for rid in RUNS if rid not in WSD_JOB_OF and rid not in GROUP_OF]
+
+
 rule train_run:
     input:
         train=lambda w: shard_path(run_of(w), "train"),
@@ -21,6 +26,8 @@ rule train_run:
         f"{LOGS}/train_run/{{run_id}}.log",
     benchmark:
         f"{BENCHMARKS}/train_run/{{run_id}}.tsv"
+    wildcard_constraints:
+        run_id="|".join(PLAIN_RUN_IDS) or "(?!)",
     threads: config["training"]["threads"]
     resources:
         **train_resources(),
