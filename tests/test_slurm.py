@@ -1,8 +1,9 @@
 """The graph on a real SLURM cluster: a single-node cluster started on this machine by
 scripts/slurm-local.sh, driven through workflow/profiles/slurm (snakemake-executor-plugin-slurm).
 
-- The smoke graph through SLURM gives the same runs (losses to 1e-6; CPU training is seeded),
-  the same fits and the same figures as a local run; both wall times are printed and written to
+- The smoke graph's headline through SLURM gives the same runs (losses to 1e-6; CPU training is
+  seeded), the same fits and the same figures as the session's local build of the whole smoke
+  graph (tests/conftest.py `smoke_build`); the SLURM wall time is printed and written to
   $NANIGPT_SLURM_TIMINGS when that is set.
 - A job made to fail (tests/slurm_workflow, part 3) is reported with its log while the other jobs
   finish (--keep-going); after the fix, a rerun submits only what is missing.
@@ -130,11 +131,13 @@ def close(a, b, path: str = "") -> list[str]:
 
 
 def compare_builds(local: Path, slurm: Path) -> None:
-    runs_local = sorted(p.name for p in (local / "results/runs").iterdir())
+    """Every run, fit and figure of the SLURM build equals the local build's (which may hold more:
+    it is the whole graph, the SLURM build its headline)."""
     runs_slurm = sorted(p.name for p in (slurm / "results/runs").iterdir())
-    assert runs_local == runs_slurm
+    runs_local = {p.name for p in (local / "results/runs").iterdir()}
+    assert runs_slurm and set(runs_slurm) <= runs_local, set(runs_slurm) - runs_local
     diffs = []
-    for run in runs_local:
+    for run in runs_slurm:
         a = json.loads((local / "results/runs" / run / "summary.json").read_text())
         b = json.loads((slurm / "results/runs" / run / "summary.json").read_text())
         for d in (a, b):
@@ -152,34 +155,25 @@ def compare_builds(local: Path, slurm: Path) -> None:
     fits_b = json.loads((slurm / "results/scaling/fits.json").read_text())
     diffs += close(fits_a, fits_b, "fits.json")
     assert not diffs, "SLURM and local builds differ:\n" + "\n".join(diffs[:30])
-    figures = {str(p.relative_to(local)) for p in local.rglob("*.svg")}
-    assert figures and figures == {str(p.relative_to(slurm)) for p in slurm.rglob("*.svg")}
+    figures = {str(p.relative_to(slurm)) for p in (slurm / "results").rglob("*.svg")}
+    assert figures and figures <= {str(p.relative_to(local)) for p in local.rglob("*.svg")}
     for fig in figures:
         assert "<svg" in (slurm / fig).read_text()[:1000], fig
 
 
 @pytest.mark.slow
-def test_smoke_graph_through_slurm_matches_local(cluster, tmp_path):
-    raw = load_smoke()
-    local, slurm = tmp_path / "local", tmp_path / "slurm"
-    local.mkdir()
+def test_smoke_graph_through_slurm_matches_local(cluster, smoke_build, tmp_path):
+    slurm = tmp_path / "slurm"
     slurm.mkdir()
-    times = {}
-    for name, workdir, flags in [
-        ("local", local, ["--cores", "2"]),
-        ("slurm", slurm, ["--workflow-profile", str(PROFILE)]),
-    ]:
-        config = write_config(workdir / "smoke.yaml", raw)
-        started = time.monotonic()
-        snakemake(workdir, *flags, TARGET, config=config)
-        times[name] = round(time.monotonic() - started, 1)
-    print(f"smoke graph wall time: local {times['local']} s, through SLURM {times['slurm']} s")
+    config = write_config(slurm / "smoke.yaml", load_smoke())
+    started = time.monotonic()
+    snakemake(slurm, "--workflow-profile", str(PROFILE), TARGET, config=config)
+    times = {"slurm": round(time.monotonic() - started, 1)}
+    print(f"smoke headline through SLURM: {times['slurm']} s")
     if os.environ.get("NANIGPT_SLURM_TIMINGS"):
         Path(os.environ["NANIGPT_SLURM_TIMINGS"]).write_text(json.dumps(times) + "\n")
-    compare_builds(local, slurm)
-    again = snakemake(
-        slurm, "--workflow-profile", str(PROFILE), "-n", TARGET, config=slurm / "smoke.yaml"
-    )
+    compare_builds(smoke_build, slurm)
+    again = snakemake(slurm, "--workflow-profile", str(PROFILE), "-n", TARGET, config=config)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 

@@ -1,7 +1,8 @@
 """The graph as a user drives it: validation before any job, a full smoke build, incremental reruns.
 
 These tests run Snakemake on the smoke config in a scratch folder; the build is shared by the
-module (about a minute on 2 cores), each rerun check works on its own copy of the config.
+session (tests/conftest.py `smoke_build`, also the local side of tests/test_slurm.py's comparison),
+each rerun check works on its own copy of it.
 """
 
 from __future__ import annotations
@@ -59,15 +60,10 @@ STAGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    """A working directory in which the whole smoke graph has been built once."""
-    workdir = tmp_path_factory.mktemp("smoke")
-    config = write_config(workdir / "smoke.yaml", load_smoke())
-    started = time.monotonic()
-    snakemake(workdir, "--cores", "2", "all", config=config)
-    print(f"smoke graph built in {time.monotonic() - started:.1f} s")
-    return workdir
+@pytest.fixture
+def built(smoke_build) -> Path:
+    """A working directory in which the whole smoke graph has been built once (per session)."""
+    return smoke_build
 
 
 def copy_build(built: Path, dest: Path) -> Path:
@@ -154,10 +150,10 @@ def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
     rerun resumes from the run's last checkpoint instead of step 0, ending with complete outputs."""
     work = copy_build(built, tmp_path / "w")
     raw = load_smoke()
-    raw["sweeps"]["scaling"]["tokens"] = [1024, 2048, 4096, 200_000]
+    raw["sweeps"]["scaling"]["tokens"] = [1024, 2048, 4096, 50_000]
     config = write_config(work / "smoke.yaml", raw)
-    target = "results/runs/tiny_dense_c_t200k_single/summary.json"
-    run_dir = work / "results/runs/tiny_dense_c_t200k_single"
+    target = "results/runs/tiny_dense_c_t50k_single/summary.json"
+    run_dir = work / "results/runs/tiny_dense_c_t50k_single"
     cmd = [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
         "--configfile", str(config), "--cores", "1", target,
@@ -178,15 +174,15 @@ def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
         proc.wait()
     assert not (run_dir / "summary.json").exists()
     planned = {out for rule, out in planned_jobs(work, config, target)}
-    assert any("tiny_dense_c_t200k_single" in out for out in planned)
+    assert any("tiny_dense_c_t50k_single" in out for out in planned)
 
     snakemake(work, "--unlock", config=config)
     snakemake(work, "--cores", "1", "--rerun-incomplete", target, config=config)
-    log = (work / "results/logs/train_run/tiny_dense_c_t200k_single.log").read_text()
+    log = (work / "results/logs/train_run/tiny_dense_c_t50k_single.log").read_text()
     assert "resuming from" in log
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] > 0
-    assert summary["tokens_trained"] >= 200_000
+    assert summary["tokens_trained"] >= 50_000
 
 
 def test_report_holds_the_figures(built, tmp_path):
