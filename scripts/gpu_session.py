@@ -8,6 +8,11 @@ aggregate, fit and figures are then built here by the graph's own rules.
     python scripts/gpu_session.py plan workflow/config/h100.yaml --out .gpu/plan.json   # here
     python3 scripts/gpu_session.py sweep --plan .gpu/plan.json --out $OUT           # device
     python3 scripts/gpu_session.py throughput --out $OUT                            # device
+    python3 scripts/gpu_session.py pick-lr --probe P.json --plan S.json --out S2.json   # device
+
+`pick-lr` applies an lr probe's result within one call (the device is given back when idle): per
+size, the probe run of the lowest `final_val_bpb` gives its lr to every run of that size in the
+sweep's plan (what the CPU default's `sizes.*.lr` records by hand from `lr_probe`).
 
 `throughput` trains the dense GPT at GPT-2 124M and 350M shapes (seq 1024, bf16, compiled, random
 tokens with vocabulary 50304) for a short window to compare tokens/s and MFU with nanoGPT measured
@@ -342,14 +347,38 @@ def throughput(out: Path, work: Path, steps: int) -> None:
     pack(work, out / "throughput.tar.gz", timings)
 
 
+def pick_lr(probe_path: Path, plan_path: Path, out: Path, work: Path) -> dict:
+    """Per size, the lr of the probe's best run (lowest final_val_bpb), set on the plan's runs."""
+    probe = json.loads(probe_path.read_text())
+    losses: dict[str, dict[float, float]] = {}
+    for run_id, run in probe["runs"].items():
+        summary = work / f"results/runs/{run_id}/summary.json"
+        if summary.exists():
+            bpb = json.loads(summary.read_text())["final_val_bpb"]
+            losses.setdefault(run["size"], {})[run["training"]["lr"]] = bpb
+    picks = {size: min(by_lr, key=by_lr.get) for size, by_lr in losses.items()}
+    p = json.loads(plan_path.read_text())
+    for run in p["runs"].values():
+        if run["size"] in picks:
+            run["training"]["lr"] = picks[run["size"]]
+    unpicked = sorted({r["size"] for r in p["runs"].values()} - set(picks))
+    out.write_text(json.dumps(p, indent=1))
+    result = {"picks": picks, "losses": {k: {str(a): b for a, b in v.items()} for k, v in losses.items()},
+              "sizes_without_probe": unpicked}  # fmt: skip
+    print(f"lr picks {picks}; no probe result for {unpicked}", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["plan", "sweep", "throughput"])
+    parser.add_argument("mode", choices=["plan", "sweep", "throughput", "pick-lr"])
     parser.add_argument("config", nargs="?", help="(plan) the YAML config to resolve")
     parser.add_argument("--plan", type=Path, default=Path(".gpu/plan.json"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/nanigpt-gpu"))
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--probe", type=Path, help="(pick-lr) the lr probe's plan")
+    parser.add_argument("--picks", type=Path, help="(pick-lr) where to write the picks (JSON)")
     parser.add_argument("--only", help="(sweep) only runs whose id matches this regex")
     parser.add_argument("--deadline-s", type=float, default=480, help="(sweep) start no run after")
     parser.add_argument("--gpus", type=int, default=1, help="(sweep) GPUs to spread runs over")
@@ -362,6 +391,10 @@ def main() -> None:
         plan(args.config, args.out)
     elif args.mode == "sweep":
         sweep(args.plan, args.out, args.work, args.only, args.deadline_s, args.gpus, args.per_gpu)
+    elif args.mode == "pick-lr":
+        result = pick_lr(args.probe, args.plan, args.out, args.work)
+        if args.picks:
+            args.picks.write_text(json.dumps(result, indent=1) + "\n")
     else:
         throughput(args.out, args.work, args.steps)
 

@@ -4,12 +4,15 @@
 #
 #   bash scripts/h200_call.sh probe ceilings throughput kernels checkpoint    # call 1
 #   bash scripts/h200_call.sh sweep                                           # call 2
+#   bash scripts/h200_call.sh scaling_lr    # lr probe, its pick per size, the sweep at it (issue 16)
 #
 # What it needs beside the tracked tree (carried, all ignored by git):
 #   .nanogpt/model.py   karpathy/nanoGPT's model file, fetched (never committed)
 #   .whl/*.whl          Liger-Kernel (pure Python), installed into /tmp/site for the kernel bench
 #   .gpu/rs/nanigpt_rs  the Rust extension built here (abi3, loads on the device's python 3.12)
 #   .gpu/plan.json      `python scripts/gpu_session.py plan workflow/config/h200.yaml` (sweep)
+#   .gpu/plan_probe.json, .gpu/plan_sweep.json   the plans of docs/measurements/h200/scaling_lr/
+#                       probe.yaml and config.yaml (scaling_lr)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -69,6 +72,16 @@ for what in "$@"; do
     sweep)
       stage sweep python3 scripts/gpu_session.py sweep --plan .gpu/plan.json --out "$OUT" \
         --gpus 1 --per-gpu 4 --deadline-s 420
+      tail -15 "$OUT/sweep.log" ;;
+    scaling_lr)  # one call: the machine is given back when idle, so the pick happens on it
+      mkdir -p /tmp/probe_out
+      stage lr_probe python3 scripts/gpu_session.py sweep --plan .gpu/plan_probe.json \
+        --out /tmp/probe_out --gpus 1 --per-gpu 6 --deadline-s 150
+      stage pick_lr python3 scripts/gpu_session.py pick-lr --probe .gpu/plan_probe.json \
+        --plan .gpu/plan_sweep.json --out .gpu/plan_picked.json --picks "$OUT/lr_picks.json"
+      cat "$OUT/lr_picks.json"
+      stage sweep python3 scripts/gpu_session.py sweep --plan .gpu/plan_picked.json --out "$OUT" \
+        --gpus 1 --per-gpu 6 --deadline-s 300
       tail -15 "$OUT/sweep.log" ;;
     *)
       echo "unknown stage $what"; status=2 ;;

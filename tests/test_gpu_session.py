@@ -88,3 +88,26 @@ def test_replayed_commands_are_the_rules_commands():
     assert commands.shell(train).startswith(
         "python -m nanigpt.launch --nproc 4 -- nanigpt.train --run-config '{\"a\": 1}' --train t.bin"
     )
+
+
+def test_pick_lr_gives_each_size_its_best_probe_lr(gpu_session, tmp_path):
+    def run(size: str, lr: float) -> dict:
+        return {"size": size, "training": {"lr": lr}}
+
+    probe = {
+        "runs": {f"{s}_lr{i}": run(s, lr) for s in ("a", "b") for i, lr in enumerate((0.01, 0.03))}
+    }
+    losses = {"a_lr0": 1.5, "a_lr1": 1.2, "b_lr0": 0.9, "b_lr1": 1.4}
+    for run_id, bpb in losses.items():
+        (tmp_path / "results/runs" / run_id).mkdir(parents=True)
+        (tmp_path / "results/runs" / run_id / "summary.json").write_text(
+            json.dumps({"final_val_bpb": bpb})
+        )
+    sweep = {"runs": {"a_big": run("a", 0.003), "b_big": run("b", 0.003), "c_big": run("c", 0.003)}}
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    out = tmp_path / "picked.json"
+    result = gpu_session.pick_lr(tmp_path / "probe.json", tmp_path / "sweep.json", out, tmp_path)
+    assert result["picks"] == {"a": 0.03, "b": 0.01} and result["sizes_without_probe"] == ["c"]
+    lrs = {rid: r["training"]["lr"] for rid, r in json.loads(out.read_text())["runs"].items()}
+    assert lrs == {"a_big": 0.03, "b_big": 0.01, "c_big": 0.003}

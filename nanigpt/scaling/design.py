@@ -161,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokens", type=float, nargs="+", required=True, help="token budgets")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds per point")
     parser.add_argument("--sigma", type=float, nargs="*", default=[], help="relative seed noise")
-    parser.add_argument("--noise-from", default=None, help="runs.parquet with seed replicates")
+    parser.add_argument(
+        "--noise-from", default=None, help="runs.parquet with seed replicates (of --arch)"
+    )
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--bootstrap", type=int, default=60)
     parser.add_argument("--out", required=True, help="design.json to write")
@@ -172,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sigmas = list(args.sigma)
         noise = None
         if args.noise_from:
-            noise = seed_noise(pl.read_parquet(args.noise_from))
+            runs = pl.read_parquet(args.noise_from)
+            noise = seed_noise(runs.filter(pl.col("arch_kind") == args.arch))
             sigmas.append(noise["sigma"])
         if not sigmas:
             raise ValueError("give --sigma or --noise-from (runs with 2+ seeds per point)")
