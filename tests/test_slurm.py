@@ -135,8 +135,8 @@ def close(a, b, path: str = "") -> list[str]:
 
 
 def compare_builds(local: Path, slurm: Path) -> None:
-    """Every run, fit and figure of the SLURM build equals the local build's (which may hold more:
-    it is the whole graph, the SLURM build its headline)."""
+    """Every run of the SLURM build equals the local build's run of that id (summary and metrics;
+    the local build, the whole smoke graph, holds more runs)."""
     runs_slurm = sorted(p.name for p in (slurm / "results/runs").iterdir())
     runs_local = {p.name for p in (local / "results/runs").iterdir()}
     assert runs_slurm and set(runs_slurm) <= runs_local, set(runs_slurm) - runs_local
@@ -155,15 +155,7 @@ def compare_builds(local: Path, slurm: Path) -> None:
         cols = [c for c in ma.columns if re.search(r"loss|bpb|grad_norm|^lr$|^step$|tokens$", c)]
         assert any("loss" in c for c in cols), f"{run}: no loss column in {ma.columns}"
         diffs += close(ma.select(cols).to_dicts(), mb.select(cols).to_dicts(), f"{run}/metrics")
-    if (slurm / "results/scaling/fits.json").exists():  # when the SLURM target reaches the fit
-        fits_a = json.loads((local / "results/scaling/fits.json").read_text())
-        fits_b = json.loads((slurm / "results/scaling/fits.json").read_text())
-        diffs += close(fits_a, fits_b, "fits.json")
     assert not diffs, "SLURM and local builds differ:\n" + "\n".join(diffs[:30])
-    figures = {str(p.relative_to(slurm)) for p in (slurm / "results").rglob("*.svg")}
-    assert figures <= {str(p.relative_to(local)) for p in local.rglob("*.svg")}
-    for fig in figures:
-        assert "<svg" in (slurm / fig).read_text()[:1000], fig
 
 
 # Through SLURM, the smoke graph's data, tokenizer and token stages and one dense and one MoE run:
