@@ -3,8 +3,14 @@
 The trainer, the run config and the parallelism seams were reorganised behind this test: the
 per-step training loss, gradient norm, validation loss, auxiliary loss and MoE statistics of each
 run below were recorded from the code before that change (tests/golden/per_step.json, floats as
-`float.hex`) and must come out bit for bit the same on the CPU (1 thread, gloo). Families: one
-process dense and MoE; DDP (hand-written and torch's), ZeRO-1/2, FSDP2, tensor parallel (hand-written
+`float.hex`) on one machine's CPU (1 thread, gloo). They are compared within a relative 1e-5
+(absolute 1e-7 near zero), not bit for bit: CPU float results are bit-exact on one machine, but
+another processor (another SIMD width, another BLAS kernel) moves their last bits (seen: validation
+loss `0x1.3f3a12p+1` against the recorded `0x1.3f3a14p+1`, a relative 6e-8). A real change moves a
+loss by far more than 1e-5 within 6 steps; tests below hold that the comparison passes a 1e-7
+perturbation of the record and fails a 1e-3 change of one loss. Bit-for-bit comparisons stay where
+both sides run in one test on one machine (resume, kill, WSD branches, grouped against alone).
+Families: one process dense and MoE; DDP (hand-written and torch's), ZeRO-1/2, FSDP2, tensor parallel (hand-written
 and DTensor), expert parallel on 2 ranks; FSDP2 x TP and FSDP2 x EP on 4.
 
 To re-record after a change that is meant to change the numbers (never to make this pass):
@@ -30,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "per_step.json"
 HELPER = ROOT / "tests" / "distributed" / "golden_runs.py"
 STEPS = 6
+REL_TOL, ABS_TOL = 1e-5, 1e-7  # float noise across x86-64 CPUs is ~1e-7 relative after 6 steps
 COLUMNS = ("loss", "grad_norm", "aux_loss", "val_loss", "moe_dropped_frac", "moe_load_cv")
 SIZES = {  # the parallel dims of each strategy at the smallest world that exercises it
     "single": {},
@@ -98,11 +105,57 @@ def measured(tmp_path_factory) -> dict[str, list]:
     return result
 
 
+def differences(measured: list[dict], recorded: list[dict]) -> list[str]:
+    """Every (step, column) whose value moved beyond float noise, or appeared or vanished."""
+    if len(measured) != len(recorded):
+        return [f"{len(measured)} steps, {len(recorded)} recorded"]
+    out = []
+    for step, (now, then) in enumerate(zip(measured, recorded, strict=True)):
+        for column in COLUMNS:
+            a, b = now[column], then[column]
+            if a is None or b is None:
+                if a != b:
+                    out.append(f"step {step} {column}: {a} (recorded {b})")
+                continue
+            x, y = float.fromhex(a), float.fromhex(b)
+            if not math.isclose(x, y, rel_tol=REL_TOL, abs_tol=ABS_TOL):
+                out.append(
+                    f"step {step} {column}: {x!r} (recorded {y!r}, relative {abs(x - y) / abs(y):.1e})"
+                )
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES_1 + CASES_2 + CASES_4)
-def test_per_step_values_equal_the_recorded_ones_bit_for_bit(measured, case):
+def test_per_step_values_equal_the_recorded_ones_within_float_noise(measured, case):
     golden = json.loads(GOLDEN.read_text())
-    assert measured[case] == golden[case], f"{case}: the per-step values changed"
+    moved = differences(measured[case], golden[case])
+    assert not moved, f"{case}: the per-step values changed: " + "; ".join(moved)
+
+
+def _scaled(rows: list[dict], factor: float, only: tuple[int, str] | None = None) -> list[dict]:
+    """The record with every value (or one step's one column) multiplied by `factor`."""
+    out = []
+    for step, row in enumerate(rows):
+        new = dict(row)
+        for column, value in row.items():
+            if value is not None and (only is None or only == (step, column)):
+                new[column] = (float.fromhex(value) * factor).hex()
+        out.append(new)
+    return out
+
+
+def test_the_comparison_passes_float_noise_and_catches_a_real_change():
+    """The tolerance is loose enough for another CPU's last bits and tight enough for a change."""
+    golden = json.loads(GOLDEN.read_text())
+    for case, rows in golden.items():
+        assert differences(_scaled(rows, 1 + 1e-7), rows) == [], case
+        assert differences(_scaled(rows, 1 - 1e-7), rows) == [], case
+        loss = float.fromhex(rows[4]["loss"])
+        changed = _scaled(rows, (loss + 1e-3) / loss, only=(4, "loss"))
+        assert differences(changed, rows) == [
+            f"step 4 loss: {loss + 1e-3!r} (recorded {loss!r}, relative {1e-3 / loss:.1e})"
+        ], case
 
 
 def test_the_golden_runs_trained_and_differ_between_families():
