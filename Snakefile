@@ -72,6 +72,5 @@ rule all:
         ISOFLOP_TARGETS,
         "results/profile/summary.parquet",
         "results/profile/breakdown.svg",
-        "results/rust/tokenizer.svg" if "bench" in config else [],
-        "results/rust/checkpoint.svg" if "bench" in config else [],
+        BENCH_TARGETS,
         MOE_TARGETS,

@@ -258,31 +258,6 @@ def summarize(df):
     )
 
 
-def chart(summary, out: Path) -> None:
-    import altair as alt
-    import polars as pl
-
-    data = summary.with_columns((pl.col("state_bytes") / 1e6).alias("MB")).unpivot(
-        index=["MB", "method"],
-        on=["blocked_median_s", "durable_median_s"],
-        variable_name="what",
-        value_name="seconds",
-    )
-    base = alt.Chart(data.to_pandas()).encode(
-        x=alt.X("MB:Q", scale=alt.Scale(type="log"), title="state dict (MB)"),
-        y=alt.Y("seconds:Q", scale=alt.Scale(type="log"), title="seconds (median of repeats)"),
-        color="method:N",
-    )
-    figure = (
-        (base.mark_line() + base.mark_point())
-        .properties(width=260, height=220)
-        .facet(column=alt.Column("what:N", title=None))
-        .properties(title="Checkpoint: time the loop is blocked, and time until durable")
-    )
-    with atomic_path(out, keep_suffix=True) as tmp:
-        figure.save(str(tmp))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", type=float, nargs="*", default=[], help="synthetic sizes")
@@ -324,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     with atomic_path(args.out) as tmp:
         df.write_parquet(tmp)
-    chart(summary, args.out.with_suffix(".svg"))
+    from nanigpt.plots import save_chart
+    from nanigpt.plots.rust_bench import checkpoint_chart
+
+    save_chart(checkpoint_chart(summary), args.out.with_suffix(".svg"))
     return 0
 
 

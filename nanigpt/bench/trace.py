@@ -136,27 +136,6 @@ def _row(size, json_bytes, gz_bytes, method, repeat, seconds, reason) -> dict:
     }
 
 
-def chart(df: pl.DataFrame, out: Path) -> None:
-    import altair as alt
-
-    data = (
-        df.filter(pl.col("seconds").is_not_null())
-        .group_by("json_bytes", "method")
-        .agg(pl.col("mb_per_s").median())
-        .with_columns((pl.col("json_bytes") / 1e6).alias("MB"))
-    )
-    base = alt.Chart(data.to_pandas()).encode(
-        x=alt.X("MB:Q", scale=alt.Scale(type="log"), title="trace JSON (MB, uncompressed)"),
-        y=alt.Y("mb_per_s:Q", scale=alt.Scale(type="log"), title="MB/s (median of repeats)"),
-        color="method:N",
-    )
-    figure = (base.mark_line() + base.mark_point()).properties(
-        width=320, height=220, title="Trace step breakdown throughput"
-    )
-    with atomic_path(out, keep_suffix=True) as tmp:
-        figure.save(str(tmp))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", type=Path, required=True, help="a real trace.json.gz")
@@ -181,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     df = pl.DataFrame(rows)
     with atomic_path(args.out) as tmp:
         df.write_parquet(tmp)
-    chart(df, args.out.with_suffix(".svg"))
+    from nanigpt.plots import save_chart
+    from nanigpt.plots.rust_bench import trace_chart
+
+    save_chart(trace_chart(df), args.out.with_suffix(".svg"))
     print(df.group_by("target_mb", "method").agg(pl.col("mb_per_s").median()).sort("target_mb"))
     return 0
 

@@ -168,26 +168,6 @@ def orchestration_rows(df: pl.DataFrame | None) -> list[dict]:
     return [orch, hot]
 
 
-def chart(df: pl.DataFrame, out: Path) -> None:
-    import altair as alt
-
-    data = df.filter(pl.col("rust_vs_python").is_not_null()).select("stage", "rust_vs_python")
-    figure = (
-        alt.Chart(data.to_pandas())
-        .mark_bar()
-        .encode(
-            x=alt.X("rust_vs_python:Q", scale=alt.Scale(type="log"), title="Rust vs Python (x)"),
-            y=alt.Y("stage:N", title=None),
-        )
-        .properties(width=320, height=160, title="The Rust track: gain over the Python reference")
-    )
-    rule = (
-        alt.Chart(pl.DataFrame({"x": [2.0]}).to_pandas()).mark_rule(strokeDash=[4, 4]).encode(x="x")
-    )
-    with atomic_path(out, keep_suffix=True) as tmp:
-        (figure + rule).save(str(tmp))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", type=Path, nargs="*", default=[])
@@ -209,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     df = pl.DataFrame(rows, infer_schema_length=None)
     with atomic_path(args.out) as tmp:
         df.write_parquet(tmp)
-    chart(df, args.out.with_suffix(".svg"))
+    from nanigpt.plots import save_chart
+    from nanigpt.plots.rust_bench import verdict_chart
+
+    save_chart(verdict_chart(df), args.out.with_suffix(".svg"))
     with pl.Config(fmt_str_lengths=120, tbl_width_chars=250, tbl_rows=10):
         print(df.drop("note"))
     for r in rows:

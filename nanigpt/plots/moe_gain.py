@@ -117,8 +117,13 @@ def gain_chart(summary: list[dict[str, Any]], control: str | None, unit: str) ->
         ),
         tooltip=tooltip,
     )
+    tops: dict[tuple, dict[str, Any]] = {}  # one name per dataset and x, above its highest bar
+    for r in summary:
+        key = (r["dataset"], r["bits_per_param"])
+        if key not in tops or r["delta_hi"] > tops[key]["delta_hi"]:
+            tops[key] = r
     labels = (
-        base.transform_filter(alt.datum.line == summary[0]["line"])
+        alt.Chart(alt.Data(values=list(tops.values())))
         .mark_text(dy=-14, fontSize=10)
         .encode(x=x, y=alt.Y("delta_hi:Q"), text="dataset:N")
     )
