@@ -15,8 +15,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from nanigpt import snakelock
-from nanigpt.config import ConfigError, load_config, validate_config
+from nanigpt.graph import snakelock
+from nanigpt.graph.config import ConfigError, load_config, validate_config
 
 min_version("9.0")
 
@@ -32,7 +32,7 @@ except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
 
 # Locks left by a Snakemake killed with SIGKILL are removed when their owner is provably dead
-# (nanigpt/snakelock.py); the rerun of a killed run then resumes from its checkpoint
+# (nanigpt/graph/snakelock.py); the rerun of a killed run then resumes from its checkpoint
 # (profiles/default sets rerun-incomplete).
 for owner in snakelock.clear_stale_locks():
     print(f"removed the stale locks of a killed Snakemake ({owner})", file=sys.stderr)
@@ -53,9 +53,8 @@ onerror:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenize.smk"
-include: "workflow/rules/wsd.smk"
-include: "workflow/rules/grouped.smk"
-include: "workflow/rules/train.smk"  # after the two job planners: it trains the runs they do not
+include: "workflow/rules/jobs.smk"
+include: "workflow/rules/train.smk"  # after the job planner: it trains the runs no job does
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/plots.smk"

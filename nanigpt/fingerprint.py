@@ -10,7 +10,7 @@ process exits, one record per output is written under the working directory,
 
 listing every `nanigpt.*` module (and the `nanigpt_rs` extension) the process had loaded, with the
 sha256 of its source file. Only the modules a job imported count, not the whole tree: editing the
-MoE layer marks the MoE runs' outputs stale, not the tokenizer's. `python -m nanigpt.runs stale`
+MoE layer marks the MoE runs' outputs stale, not the tokenizer's. `python -m nanigpt.graph.runtable stale`
 compares the records with the files as they are now. Outputs outside the working directory (unit
 tests writing to temporary folders) are not recorded.
 

@@ -18,9 +18,9 @@ $SLURM_NTASKS, $SLURM_JOB_NODELIST, $SLURM_CPUS_ON_NODE) and, where a job step h
 under `srun -n1` and clears the job's SLURM variables), from `scontrol show job $SLURM_JOB_ID`.
 Nothing here knows about Snakemake or the trainer: any module with a `__main__` works.
 
-`world_size` is the one formula for how many processes a run's parallelism needs
-(dp * fsdp * tp * ep); the rules, the planner (`nanigpt.config`), the trainer's start-up check and
-`scripts/gpu_session.py` all call it. This module imports no torch, so the Snakefile can.
+How many processes a run needs is the parallel setting's to say
+(`nanigpt.parallel.setting.world_size`); `command` asks it, and validates the setting against the
+model first. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nanigpt.parallel.setting import validate_parallelism, world_size
+
 # SLURM variables that name the job itself; every other SLURM_* variable describes the step we run
 # in and must not leak into a nested srun as defaults.
 SLURM_IDENTITY = {
@@ -46,19 +48,6 @@ SLURM_IDENTITY = {
     "SLURM_SUBMIT_DIR",
     "SLURM_SUBMIT_HOST",
 }
-
-
-# The dims of a parallelism setting; their product is the number of processes
-# (`nanigpt.parallel.mesh` lays them out as a device mesh).
-PARALLEL_DIMS = ("dp", "fsdp", "tp", "ep")
-
-
-def world_size(parallelism: Mapping[str, Any]) -> int:
-    """Number of processes a parallelism setting needs: dp * fsdp * tp * ep (a missing dim is 1)."""
-    n = 1
-    for dim in PARALLEL_DIMS:
-        n *= parallelism.get(dim, 1)
-    return n
 
 
 class LaunchError(RuntimeError):
@@ -129,8 +118,6 @@ def command(
 ) -> list[str]:
     """argv for a run on this machine, its parallelism validated against its model first:
     `python -m module ...` for one process, torchrun with one process per rank otherwise."""
-    from nanigpt.parallel.apply import validate_parallelism  # torch: only when asked
-
     validate_parallelism(
         run.get("parallelism", {}),
         run["model"],

@@ -18,7 +18,7 @@ health (dropped fraction, router entropy, load coefficient of variation across e
 mean over MoE layers; null for dense models). A few steps are profiled (`nanigpt.measure.trace`);
 validation reports nats/token, bits/byte and the gap to the dataset's known entropy floor.
 
-Checkpoints (`nanigpt.checkpoint`): every `training.checkpoint_every` steps (default: 10 per run; 0
+Checkpoints (`nanigpt.training.checkpoint`): every `training.checkpoint_every` steps (default: 10 per run; 0
 turns them off) the run writes `checkpoint.pt` (`training.checkpoint_format: torch`, synchronous) or
 `checkpoint.safetensors` (`rust`: written on a Rust thread while training goes on); a trainer that starts and finds one with the same
 run fingerprint resumes from it (and logs the step), one with another fingerprint is ignored with a
@@ -35,10 +35,10 @@ distributed: per step predicted vs measured communication), and `summary.json` l
 failed run never leaves a summary behind. With `training.snapshot_every` > 0, also
 `snapshots/step_{steps_done:06d}.pt` in model.pt's format every that many steps.
 
-This module is the loop and its CLI; the run config is checked once by `nanigpt.runconfig`, and
+This module is the loop and its CLI; the run config is checked once by `nanigpt.training.config`, and
 each part of the loop lives in the `nanigpt.training` module that owns it: the step (shared with
-`nanigpt.parallel.bench`), the metrics recorder, the checkpoint policy, the profiler window, the
-data, process start-up and the reductions over ranks. The LR schedule is `nanigpt.schedule`.
+`nanigpt.bench.parallel`), the metrics recorder, the checkpoint policy, the profiler window, the
+data, process start-up and the reductions over ranks. The LR schedule is `nanigpt.training.schedule`.
 
     python -m nanigpt.train --run-config JSON_OR_@PATH --train train.bin --val val.bin \\
         --ground-truth ground_truth.json --out results/runs/RUN_ID
@@ -59,14 +59,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nanigpt import checkpoint
 from nanigpt.io import OutputWriteError, ensure_dir, read_json, write_json_atomic
 from nanigpt.measure.hardware import peak_bf16_flops
 from nanigpt.measure.provenance import collect_provenance
 from nanigpt.measure.timers import StepTimer
-from nanigpt.runconfig import RunConfig, RunConfigError, validate_run
-from nanigpt.schedule import lr_at
-from nanigpt.training.checkpointing import CHECKPOINT_STRATEGIES, Checkpointer
+from nanigpt.training.checkpoint.policy import CHECKPOINT_STRATEGIES, Checkpointer
+from nanigpt.training.checkpoint.torch_format import CheckpointError
+from nanigpt.training.config import RunConfig, RunConfigError
 from nanigpt.training.data import open_data, read_floor, run_inputs
 from nanigpt.training.metrics import (
     INTERCEPT_STEPS,
@@ -77,20 +76,9 @@ from nanigpt.training.metrics import (
 )
 from nanigpt.training.processes import start_processes
 from nanigpt.training.profiling import open_trace
-from nanigpt.training.ranks import collective_device, mean_over_ranks, save_weights
+from nanigpt.training.ranks import mean_over_ranks, save_weights
+from nanigpt.training.schedule import lr_at
 from nanigpt.training.step import PHASES, evaluate, train_step
-
-__all__ = [
-    "NonFiniteLossError",
-    "RunConfigError",
-    "build_model",
-    "collective_device",
-    "lr_at",
-    "main",
-    "train",
-    "train_step",
-    "validate_run",
-]
 
 log = logging.getLogger("nanigpt.train")
 
@@ -109,7 +97,8 @@ def parse_run_config(text: str) -> dict[str, Any]:
 
 def build_model(run: RunConfig | dict[str, Any]) -> tuple[torch.nn.Module, Any]:
     """The model of a run and its GPTConfig; a bad `model` section is a RunConfigError."""
-    from nanigpt.model.gpt import GPT, GPTConfig
+    from nanigpt.model.config import GPTConfig
+    from nanigpt.model.gpt import GPT
 
     if isinstance(run, RunConfig):
         return GPT(run.model), run.model
@@ -131,7 +120,8 @@ def _parallelize(model: torch.nn.Module, setting: Any, device: torch.device, wor
     """(Parallelized, ledger): the run's strategy applied to the model, and its ledger."""
     from nanigpt.parallel.apply import Parallelized, parallelize
     from nanigpt.parallel.ledger import Ledger
-    from nanigpt.parallel.mesh import ParallelSetting, build_mesh
+    from nanigpt.parallel.mesh import build_mesh
+    from nanigpt.parallel.setting import ParallelSetting
 
     ledger = Ledger(device)
     if world == 1:
@@ -299,7 +289,7 @@ def train(
 ) -> dict[str, Any]:
     """Train one run; write its outputs (module docstring) from rank 0; return the summary.
 
-    WSD cooldown branches (`nanigpt.wsd`): `branch_from` = (checkpoint, fingerprint) starts the run
+    WSD cooldown branches (`nanigpt.graph.jobs`): `branch_from` = (checkpoint, fingerprint) starts the run
     from another run's checkpoint, which must carry that fingerprint (the stable run's), when the
     run has no checkpoint of its own; `keep_checkpoints` = {step: path} also saves the training
     state after those steps (the last included) to files that outlive the run.
@@ -426,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunConfigError, FileNotFoundError) as e:
         print(f"nanigpt.train: error: {e}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, checkpoint.CheckpointError, ValueError, OutputWriteError) as e:
+    except (NonFiniteLossError, CheckpointError, ValueError, OutputWriteError) as e:
         print(f"nanigpt.train: error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -2,7 +2,7 @@
 
 Serves questions 1 and 4 on real hardware: the device machine has torch but no uv, Snakemake,
 polars or altair, so this script replays what the rules would run (`python -m nanigpt....`, each
-command line from `nanigpt.commands`, as the rules take theirs) from a plan resolved here beforehand, and packs the run folders into one archive to bring back; the
+command line from `nanigpt.graph.commands`, as the rules take theirs) from a plan resolved here beforehand, and packs the run folders into one archive to bring back; the
 aggregate, fit and figures are then built here by the graph's own rules.
 
     python scripts/gpu_session.py plan workflow/config/h100.yaml --out .gpu/plan.json   # here
@@ -31,8 +31,8 @@ import tarfile
 import time
 from pathlib import Path
 
-from nanigpt import commands
-from nanigpt.launch import world_size
+from nanigpt.graph import commands, paths
+from nanigpt.parallel.setting import world_size
 
 
 def sh(args: list[str], log: Path, env: dict | None = None) -> float:
@@ -50,13 +50,13 @@ def sh(args: list[str], log: Path, env: dict | None = None) -> float:
 
 
 def plan(config_path: str, out: Path) -> None:
-    from nanigpt.config import (
+    from nanigpt.graph.config import (
         load_config,
         moe_analysed_runs,
         resolve_runs,
         run_settings_json,
-        tokens_dir,
     )
+    from nanigpt.graph.paths import tokens_dir
 
     config = load_config(config_path)
     runs = resolve_runs(config)
@@ -103,9 +103,9 @@ def sweep(
     impl = p.get("tokenizer_impl", "rust")
     for name in sorted(needed):
         spec = p["datasets"][name]
-        syn = work / f"data/synthetic/{name}"
-        tok = work / f"data/tokenizer/{p['tokens_dirs'][name]}/tokenizer.json"
-        if (work / f"data/tokens/{p['tokens_dirs'][name]}/val.bin").exists():
+        syn = work / paths.SYNTHETIC / name
+        tok = work / paths.TOKENIZER / p["tokens_dirs"][name] / "tokenizer.json"
+        if (work / paths.tokens_folder(p["tokens_dirs"][name]) / "val.bin").exists():
             continue
         timings[f"data_{name}"] = sh(
             commands.build_dataset(name, spec, str(syn), python=py),
@@ -118,7 +118,7 @@ def sweep(
             logs / f"tokenizer_{name}.log",
         )
         for split in ("train", "val"):
-            shard = work / f"data/tokens/{p['tokens_dirs'][name]}/{split}.bin"
+            shard = work / paths.tokens_folder(p["tokens_dirs"][name]) / f"{split}.bin"
             timings[f"encode_{name}_{split}"] = sh(
                 commands.encode_tokens(
                     str(tok), str(syn / f"{split}.parquet"), impl, str(shard), python=py
@@ -195,7 +195,7 @@ def run_all(
     for run_id, run in order:
         if (work / f"results/runs/{run_id}/summary.json").exists():
             continue
-        tokdir = work / f"data/tokens/{p['tokens_dirs'][run['dataset']]}"
+        tokdir = work / paths.tokens_folder(p["tokens_dirs"][run["dataset"]])
         world = world_size(run["parallelism"])
         job = (
             run_id,
@@ -236,7 +236,7 @@ def analyse_moe(p: dict, work: Path, logs: Path, timings: dict, gpus: int) -> No
         out = work / f"results/moe/{rid}/specialization.json"
         if not (run_dir / "summary.json").exists() or out.exists():
             continue
-        tokdir = work / f"data/tokens/{p['tokens_dirs'][p['runs'][rid]['dataset']]}"
+        tokdir = work / paths.tokens_folder(p["tokens_dirs"][p["runs"][rid]["dataset"]])
         val = tokdir / "val.bin"
         if other != p["runs"][rid]["dataset"]:
             val = tokdir / f"val_of_{other}.bin"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from nanigpt.analysis.ceilings import device_slug, main, measure, peak_bandwidth, slugify
+from nanigpt.analysis.ceilings import device_slug, main, measure, peak_bandwidth
+from nanigpt.measure.hardware import slugify
 
 
 def test_measure_cpu_tiny():

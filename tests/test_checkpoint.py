@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nanigpt import checkpoint
-from nanigpt import train as train_module
-from nanigpt.checkpoint import CheckpointError
 from nanigpt.train import main, train
+from nanigpt.training.checkpoint import policy, torch_format
+from nanigpt.training.checkpoint import state as run_state
+from nanigpt.training.checkpoint.torch_format import CheckpointError
+from nanigpt.training.config import validate_run
 from tests.test_train import SEQ, make_run, write_tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +58,8 @@ class Killed(Exception):
 def test_round_trip_and_damage_is_detected(tmp_path):
     path = tmp_path / "checkpoint.pt"
     payload = {"step": 3, "model": {"w": torch.arange(6.0)}, "metrics": [{"loss": 1.5, "x": None}]}
-    checkpoint.save(path, payload)
-    loaded = checkpoint.load(path)
+    torch_format.save(path, payload)
+    loaded = policy.load(path)
     assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(6.0))
     assert loaded["metrics"] == [{"loss": 1.5, "x": None}]
     raw = path.read_bytes()
@@ -67,13 +68,13 @@ def test_round_trip_and_damage_is_detected(tmp_path):
     flipped[-10] ^= 0xFF
     path.write_bytes(bytes(flipped))
     with pytest.raises(CheckpointError, match=rf"{path}: corrupt: sha256"):
-        checkpoint.load(path)
+        policy.load(path)
     path.write_bytes(raw[: len(raw) - 100])
     with pytest.raises(CheckpointError, match=rf"{path}: truncated"):
-        checkpoint.load(path)
+        policy.load(path)
     torch.save(payload, path)  # a plain torch file: foreign
     with pytest.raises(CheckpointError, match=rf"{path}: not a naniGPT checkpoint"):
-        checkpoint.load(path)
+        policy.load(path)
 
 
 def test_rng_state_round_trip():
@@ -81,9 +82,9 @@ def test_rng_state_round_trip():
 
     import numpy as np
 
-    state = checkpoint.rng_state()
+    state = run_state.rng_state()
     first = (torch.rand(3), np.random.rand(3), random.random())
-    checkpoint.set_rng_state(state)
+    run_state.set_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and (first[1] == again[1]).all()
     assert first[2] == again[2]
@@ -108,17 +109,17 @@ def test_resume_is_bit_for_bit(data, tmp_path, monkeypatch, caplog):
     train(run, data["train"], data["val"], data["gt"], straight)
 
     resumed = tmp_path / "resumed"
-    real_save = checkpoint.save
+    real_save = torch_format.save
 
     def save_then_die(path, payload):
         real_save(path, payload)
         raise Killed
 
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    monkeypatch.setattr(torch_format, "save", save_then_die)
     with pytest.raises(Killed):
         train(run, data["train"], data["val"], data["gt"], resumed)
-    monkeypatch.setattr(checkpoint, "save", real_save)
-    assert checkpoint.load(resumed / "checkpoint.pt")["step"] == 6
+    monkeypatch.setattr(torch_format, "save", real_save)
+    assert policy.load(resumed / "checkpoint.pt")["step"] == 6
     assert not (resumed / "summary.json").exists()
     trace = (resumed / "trace.json.gz").read_bytes()  # the window (steps 1-2) closed before
 
@@ -138,11 +139,11 @@ def test_corrupt_checkpoint_stops_the_run_naming_the_file(data, tmp_path, capsys
     train(run, data["train"], data["val"], data["gt"], out)
     # a checkpoint of the same run, then damaged on disk
     path = out / "checkpoint.pt"
-    fingerprint = checkpoint.run_fingerprint(
-        train_module.validate_run(run),
+    fingerprint = run_state.run_fingerprint(
+        validate_run(run),
         {"train": data["train"], "val": data["val"], "ground_truth": data["gt"]},
     )
-    checkpoint.save(path, {"fingerprint": fingerprint, "step": 2})
+    torch_format.save(path, {"fingerprint": fingerprint, "step": 2})
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0x01
     path.write_bytes(bytes(raw))
@@ -158,7 +159,7 @@ def test_corrupt_checkpoint_stops_the_run_naming_the_file(data, tmp_path, capsys
 
 def test_checkpoint_of_other_settings_is_ignored_with_a_warning(data, tmp_path, caplog):
     out = tmp_path / "run"
-    checkpoint.save(out / "checkpoint.pt", {"fingerprint": "0" * 64, "step": 3})
+    torch_format.save(out / "checkpoint.pt", {"fingerprint": "0" * 64, "step": 3})
     with caplog.at_level(logging.INFO, logger="nanigpt.train"):
         summary = train(make_run(tokens=4 * 8 * SEQ), data["train"], data["val"], data["gt"], out)
     assert "other run settings or inputs" in caplog.text and "starting from step 0" in caplog.text
@@ -205,7 +206,7 @@ def test_kill_9_then_rerun_resumes_and_matches(data, tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()
-    step = checkpoint.load(out / "checkpoint.pt")["step"]
+    step = policy.load(out / "checkpoint.pt")["step"]
     assert 0 < step < 240
 
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)

@@ -1,4 +1,4 @@
-"""The Rust checkpoint writer (`nanigpt.checkpoint_rust`) against the torch.save reference.
+"""The Rust checkpoint writer (`nanigpt.training.checkpoint.rust_format`) against the torch.save reference.
 
 Every dtype the trainer saves round-trips bit-exactly and equals what the reference reader returns
 for the same payload; other tools (safetensors) read the file; damage is refused naming the file; a
@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanigpt import checkpoint, checkpoint_rust
-from nanigpt.checkpoint import CheckpointError
 from nanigpt.train import train
+from nanigpt.training.checkpoint import policy, torch_format
+from nanigpt.training.checkpoint import rust_format as checkpoint_rust
+from nanigpt.training.checkpoint import state as run_state
+from nanigpt.training.checkpoint.torch_format import CheckpointError
 from tests.test_checkpoint import Killed, _rows, _same_weights, _weights
 from tests.test_train import SEQ, make_run, write_tiny_data
 
@@ -60,7 +62,7 @@ def _payload() -> dict:
         "step": 7,
         "model": model,
         "optimizer": optimizer.state_dict(),  # int keys, step tensors, param groups
-        "rng": checkpoint.rng_state(),  # uint8 torch state, numpy int64 keys, python tuple
+        "rng": run_state.rng_state(),  # uint8 torch state, numpy int64 keys, python tuple
         "metrics": [{"loss": 1.5, "val_loss": None, "ok": True}],
         "wall_s": 0.1 + 0.2,
         "trace": torch.frombuffer(bytearray(b"\x1f\x8b trace"), dtype=torch.uint8),
@@ -89,14 +91,14 @@ def _equal(a, b) -> bool:
 @pytest.mark.parametrize("mmap", [False, True])
 def test_every_dtype_round_trips_bit_exactly_and_equals_the_reference(tmp_path, mmap):
     payload = _payload()
-    checkpoint.save(tmp_path / "checkpoint.pt", payload)
+    torch_format.save(tmp_path / "checkpoint.pt", payload)
     checkpoint_rust.save(tmp_path / "checkpoint.safetensors", payload)
-    reference = checkpoint.load(tmp_path / "checkpoint.pt")
+    reference = policy.load(tmp_path / "checkpoint.pt")
     ours = checkpoint_rust.load(tmp_path / "checkpoint.safetensors", mmap=mmap)
     assert _equal(ours, reference)
-    assert _equal(ours, {"format": checkpoint.FORMAT, **payload})
-    assert _equal(checkpoint.load(tmp_path / "checkpoint.safetensors"), reference)  # dispatch
-    checkpoint.set_rng_state(ours["rng"])  # the restored generator state is usable
+    assert _equal(ours, {"format": torch_format.FORMAT, **payload})
+    assert _equal(policy.load(tmp_path / "checkpoint.safetensors"), reference)  # dispatch
+    run_state.set_rng_state(ours["rng"])  # the restored generator state is usable
 
 
 def test_other_tools_read_the_file(tmp_path):
@@ -132,8 +134,8 @@ def test_truncated_or_bit_flipped_file_is_refused_naming_it(tmp_path):
 FULL = textwrap.dedent(
     """
     import resource, signal, sys, torch
-    from nanigpt import checkpoint_rust
-    from nanigpt.checkpoint import CheckpointError
+    from nanigpt.training.checkpoint import rust_format as checkpoint_rust
+    from nanigpt.training.checkpoint.torch_format import CheckpointError
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
     writer = checkpoint_rust.Writer()
@@ -170,7 +172,7 @@ def test_a_write_past_the_disk_limit_fails_in_one_line_and_keeps_the_old_file(tm
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from nanigpt import checkpoint_rust
+    from nanigpt.training.checkpoint import rust_format as checkpoint_rust
     big = {"step": 2, "model": {"w": torch.ones(64 << 20, dtype=torch.float32)}}
     writer = checkpoint_rust.Writer()
     while True:
@@ -226,8 +228,8 @@ def test_resume_from_a_rust_checkpoint_is_bit_for_bit(data, tmp_path, monkeypatc
     with pytest.raises(Killed):
         train(run, data["train"], data["val"], data["gt"], resumed)
     monkeypatch.setattr(checkpoint_rust.Writer, "save", real_save)
-    assert checkpoint.latest(resumed) == resumed / "checkpoint.safetensors"
-    assert checkpoint.load(resumed / "checkpoint.safetensors")["step"] == 6
+    assert policy.latest(resumed) == resumed / "checkpoint.safetensors"
+    assert policy.load(resumed / "checkpoint.safetensors")["step"] == 6
 
     torch_run = make_run(tokens=12 * 8 * SEQ, profile=True, checkpoint_every=6)
     torch_run["training"]["checkpoint_format"] = "torch"  # switching format still resumes
@@ -241,7 +243,7 @@ def test_resume_from_a_rust_checkpoint_is_bit_for_bit(data, tmp_path, monkeypatc
 
 
 def test_bad_format_setting_is_refused(data, tmp_path):
-    from nanigpt.train import RunConfigError, validate_run
+    from nanigpt.training.config import RunConfigError, validate_run
 
     with pytest.raises(RunConfigError, match="checkpoint_format"):
         validate_run(make_run(checkpoint_format="pickle"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nanigpt.config import (
+from nanigpt.graph.config import (
     ConfigError,
     load_config,
     profiled_run_ids,
@@ -107,7 +107,7 @@ def test_c_yaml_loader_reads_the_configs_as_the_python_one():
 
     import yaml
 
-    from nanigpt.config import load_yaml
+    from nanigpt.graph.config import load_yaml
 
     for path in glob.glob("workflow/config/*.yaml") + ["workflow/schemas/config.schema.yaml"]:
         text = Path(path).read_text()

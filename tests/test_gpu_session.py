@@ -32,7 +32,7 @@ def test_plan_lists_the_runs_and_the_moe_analysis_of_the_graph(gpu_session, tmp_
     out = tmp_path / "plan.json"
     gpu_session.plan(str(ROOT / "workflow/config/smoke.yaml"), out)
     plan = json.loads(out.read_text())
-    from nanigpt.config import load_config, resolve_runs
+    from nanigpt.graph.config import load_config, resolve_runs
 
     runs = resolve_runs(load_config(ROOT / "workflow/config/smoke.yaml"))
     assert set(plan["runs"]) == set(runs)
@@ -75,7 +75,7 @@ def test_large_archive_is_split_into_parts_that_join_back(gpu_session, tmp_path)
 
 
 def test_replayed_commands_are_the_rules_commands():
-    from nanigpt import commands
+    from nanigpt.graph import commands
 
     rule = commands.moe_specialization("r", "v.bin", "s.json", 64, counts="c.parquet")
     replayed = commands.moe_specialization("r", "v.bin", "s.json", 64, threads=4, python="py")

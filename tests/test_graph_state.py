@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from nanigpt import plancache, snakelock
-from nanigpt.config import load_config, resolve_runs
-from nanigpt.runs import UNVERSIONED, study_version, sweeps_labels
+from nanigpt.graph import plancache, snakelock
+from nanigpt.graph.config import load_config, resolve_runs
+from nanigpt.graph.runtable import UNVERSIONED, study_version, sweeps_labels
 from tests.workflow_util import SMOKE_CONFIG
 
 
@@ -90,8 +90,8 @@ def test_plan_cache_recomputes_when_the_code_changes(tmp_path, monkeypatch):
 def test_planning_a_cached_config_imports_neither_torch_nor_jsonschema(tmp_path):
     env = {**os.environ, "NANIGPT_CACHE_DIR": str(tmp_path)}
     script = (
-        "import sys; from nanigpt.config import load_config, resolve_runs;"
-        "from nanigpt.plancache import hardware_slug;"
+        "import sys; from nanigpt.graph.config import load_config, resolve_runs;"
+        "from nanigpt.graph.plancache import hardware_slug;"
         "resolve_runs(load_config()); hardware_slug('cpu');"
         "print(sorted(m for m in ('torch', 'jsonschema') if m in sys.modules))"
     )

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from nanigpt.config import REPO_ROOT, load_config, resolve_runs
 from nanigpt.data.shards import write_shard
 from nanigpt.data.synthetic import SyntheticSpec, knowledge_bits
+from nanigpt.graph.config import REPO_ROOT, load_config, resolve_runs
 from nanigpt.model.flops import count
 from nanigpt.train import train
 

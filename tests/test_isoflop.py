@@ -12,14 +12,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from nanigpt.config import (
+from nanigpt.graph.config import (
     ISOFLOP_MIN_SIZES,
     ConfigError,
     load_config,
     resolve_runs,
     run_settings_json,
     sweep_run_ids,
-    tokens_per_batch,
     validate_config,
 )
 from nanigpt.model.flops import count
@@ -27,6 +26,7 @@ from nanigpt.plots import isoflop as isoflop_plot
 from nanigpt.plots import loss_curves
 from nanigpt.scaling import isoflop
 from nanigpt.scaling.fit import FlopsPerToken, LawParams, allocation_exponents, compute_optimal
+from nanigpt.training.config import tokens_per_step
 from tests.workflow_util import load_smoke
 
 BUDGETS = [1.0e8, 2.0e8, 4.0e8]
@@ -49,7 +49,7 @@ def budget_sweep(raw: dict, budgets=BUDGETS, sizes=("a", "b", "c")) -> dict:
 
 def test_budget_tokens_are_the_trainers_flops_per_token_rounded_to_batches():
     config = validate_config(budget_sweep(load_smoke()))
-    batch = tokens_per_batch(config)
+    batch = tokens_per_step(config["training"])
     assert batch == 16 * 4  # seq_len x batch_size of the smoke config
     runs = resolve_runs(config)
     iso = [runs[rid] for rid in sweep_run_ids(config, "iso")]

@@ -1,4 +1,4 @@
-"""Grouped jobs (nanigpt.jobs): several plain runs trained in one process, bit-identical to each
+"""Grouped jobs (nanigpt.graph.jobs plans them, nanigpt.training.jobs trains them): several plain runs trained in one process, bit-identical to each
 trained alone, resumable run by run, opted into per sweep with `grouped: true`."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from nanigpt import jobs
 from nanigpt import train as train_module
-from nanigpt.config import DEFAULT_CONFIG_PATH, ConfigError, resolve_runs, validate_config
-from nanigpt.wsd import plan_jobs
+from nanigpt.graph.config import DEFAULT_CONFIG_PATH, ConfigError, resolve_runs, validate_config
+from nanigpt.graph.jobs import job_of, plan_grouped_jobs, plan_wsd_jobs
+from nanigpt.training import jobs
 from tests.test_train import DyingTrainStep, make_run, write_tiny_data
 
 
@@ -35,11 +35,11 @@ def _runs() -> list[dict]:
 
 
 def _job() -> dict:
-    return {"job_id": "tiny_s0_single_seed0", "dataset": "tiny", "runs": _runs()}
+    return {"kind": "grouped", "job_id": "tiny_s0_single_seed0", "dataset": "tiny", "runs": _runs()}
 
 
 def _run_job(data, out):
-    return jobs.run_group(_job(), data["train"], data["val"], data["gt"], out)
+    return jobs.train_job(_job(), data["train"], data["val"], data["gt"], out)
 
 
 def _rows(folder):
@@ -125,8 +125,8 @@ def test_grouped_key_is_validated_with_a_one_line_error():
 def test_default_config_groups_the_moe_sweeps_and_splits_the_isoflop_wsd_jobs_by_size():
     config = validate_config(_raw_default(), "default")
     runs = resolve_runs(config)
-    groups = jobs.plan_groups(config, runs)
-    of = jobs.group_of(groups)
+    groups = plan_grouped_jobs(config, runs)
+    of = job_of(groups)
     assert len(groups) == 8 and len(of) == 24
     assert groups["mix_s1_single_seed0"]["runs"][0]["run_id"] == "mix_dense_s1_t200k_single"
     for rid, jid in of.items():
@@ -134,7 +134,7 @@ def test_default_config_groups_the_moe_sweeps_and_splits_the_isoflop_wsd_jobs_by
         assert "sweeps" not in groups[jid]["runs"][0]  # what train_run gets: settings only
     # a sweep that does not opt in keeps its runs out of the jobs
     config["sweeps"] = {k: {**v, "grouped": False} for k, v in config["sweeps"].items()}
-    assert jobs.plan_groups(config, runs) == {}
-    iso = {jid: job for jid, job in plan_jobs(runs).items() if jid.startswith("iso_dense")}
+    assert plan_grouped_jobs(config, runs) == {}
+    iso = {jid: job for jid, job in plan_wsd_jobs(runs).items() if jid.startswith("iso_dense")}
     assert len(iso) == 5 and all(len(job["stables"]) == 1 for job in iso.values())
     assert all(len(job["stables"][0]["branches"]) == 3 for job in iso.values())

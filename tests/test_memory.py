@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nanigpt.analysis.memory import compare, measured_peak, predict
-from nanigpt.model.gpt import GPT, GPTConfig
+from nanigpt.model.config import GPTConfig
+from nanigpt.model.gpt import GPT
 
 DENSE = {
     "vocab_size": 64,

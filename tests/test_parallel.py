@@ -22,11 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from nanigpt.launch import command, world_size
-from nanigpt.parallel.apply import validate_parallelism
-from nanigpt.parallel.bench import DENSE, MOE
+from nanigpt.bench.parallel import DENSE, MOE
+from nanigpt.launch import command
 from nanigpt.parallel.cost_model import LinkModel, wire_bytes
-from nanigpt.parallel.mesh import ParallelSetting, default_strategy
+from nanigpt.parallel.setting import (
+    ParallelSetting,
+    default_strategy,
+    validate_parallelism,
+    world_size,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "tests" / "distributed" / "strategies.py"
@@ -318,7 +322,7 @@ def test_bench_cli_writes_every_strategy_and_its_chart(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "-m", "nanigpt.parallel.bench", "--out", str(out), "--steps", "4",
+        "-m", "nanigpt.bench.parallel", "--out", str(out), "--steps", "4",
         "--strategies", "ddp_manual,zero2,ep",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
@@ -336,14 +340,14 @@ def test_bench_cli_writes_every_strategy_and_its_chart(tmp_path):
     ddp = rows[("dense", "ddp_manual")]
     assert ddp["by_op"]["all_reduce:dp:grad"]["bytes"] == ddp["expected_bytes"]["all_reduce"]
     svg = tmp_path / "bench.svg"
-    chart = [sys.executable, "-m", "nanigpt.parallel.bench", "--chart-from", str(out), "--out", str(svg)]  # fmt: skip
+    chart = [sys.executable, "-m", "nanigpt.bench.parallel", "--chart-from", str(out), "--out", str(svg)]  # fmt: skip
     subprocess.run(chart, check=True, env=env, cwd=ROOT, timeout=120)
     text = svg.read_text()
     assert "exposed comm" in text and "ddp_manual" in text and "predicted (alpha-beta)" in text
 
 
 def test_bench_chart_refuses_a_missing_or_broken_file(tmp_path, capsys):
-    from nanigpt.parallel.bench import main
+    from nanigpt.bench.parallel import main
 
     with pytest.raises(SystemExit) as missing:
         main(["--chart-from", str(tmp_path / "none.json"), "--out", str(tmp_path / "x.svg")])

@@ -7,8 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from nanigpt.config import ConfigError, load_config, validate_config
 from nanigpt.data.realtext import RealTextError, RealTextSpec, main
+from nanigpt.graph.config import ConfigError, load_config, validate_config
 
 
 def test_builds_deterministic_labelled_splits(tmp_path):

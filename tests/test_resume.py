@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from nanigpt.config import resolve_runs, sweep_run_ids, validate_config
+from nanigpt.graph.config import resolve_runs, sweep_run_ids, validate_config
 from tests.workflow_util import REPO, TARGET, load_smoke, snakemake_env, write_config
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def workflow_tree(dest: Path, config: dict) -> Path:
 
 def checkpoints(runs: Path, pattern: str) -> list[Path]:
     """The finished checkpoints (either format: torch's or the Rust writer's) of matching runs."""
-    from nanigpt.checkpoint import FILES
+    from nanigpt.training.checkpoint.policy import FILES
 
     return [p for name in FILES.values() for p in runs.glob(f"{pattern}/{name}")]
 
@@ -96,7 +96,7 @@ def test_readme_command_resumes_every_killed_run(tmp_path):
     # On the built graph: the run table lists every declared run, with the benchmark of each job
     # run; nothing is stale; bumping the sweep's `version:` reruns exactly its runs.
     show = subprocess.run(
-        [sys.executable, "-m", "nanigpt.runs", "show", "--format", "csv"],
+        [sys.executable, "-m", "nanigpt.graph.runtable", "show", "--format", "csv"],
         cwd=tree, env=snakemake_env(), capture_output=True, text=True, check=True,
     )  # fmt: skip
     rows = {r["run_id"]: r for r in csv.DictReader(show.stdout.splitlines())}
@@ -106,7 +106,7 @@ def test_readme_command_resumes_every_killed_run(tmp_path):
     assert {rows[r]["state"] for r in headline} == {"done"}
     assert all(float(rows[r]["job_s"]) > 0 for r in headline - unfinished)
     stale = subprocess.run(
-        [sys.executable, "-m", "nanigpt.runs", "stale"],
+        [sys.executable, "-m", "nanigpt.graph.runtable", "stale"],
         cwd=tree, env=snakemake_env(), capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert stale.stdout == ""

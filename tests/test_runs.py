@@ -1,7 +1,7 @@
 """Stale results named, the run table, and one-line errors for outputs that cannot be written.
 
 The stale test runs two real CLIs from a copy of the `nanigpt` package (first on PYTHONPATH), edits
-a module of the copy that only one of them imported, and asks `nanigpt.runs stale`.
+a module of the copy that only one of them imported, and asks `nanigpt.graph.runtable stale`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanigpt import fingerprint, runs
-from nanigpt.config import load_config, sweep_run_ids
+from nanigpt import fingerprint
+from nanigpt.graph import runtable as runs
+from nanigpt.graph.config import load_config, resolve_runs, run_settings_json, sweep_run_ids
 from nanigpt.io import OutputWriteError, write_text_atomic
 from nanigpt.train import main as train_main
 from tests.test_train import make_run, write_tiny_data
@@ -69,10 +70,10 @@ def test_stale_lists_the_outputs_of_the_code_that_changed(tmp_path, capsys):
 
 def test_show_prints_every_declared_run_with_its_state(tmp_path, capsys):
     config = load_config(SMOKE_CONFIG)
-    declared = runs.resolve_runs(config)
+    declared = resolve_runs(config)
     run_dir = tmp_path / "results" / "runs" / "tiny_dense_a_t1024_single"
     run_dir.mkdir(parents=True)
-    settings = json.loads(runs.run_settings_json(declared["tiny_dense_a_t1024_single"]))
+    settings = json.loads(run_settings_json(declared["tiny_dense_a_t1024_single"]))
     (run_dir / "config.json").write_text(json.dumps({"run": settings}))
     (run_dir / "summary.json").write_text(json.dumps({"final_val_loss": 1.5, "wall_s": 2.0}))
     bench = tmp_path / "results" / "benchmarks" / "train_run"

@@ -7,7 +7,12 @@ import json
 
 import yaml
 
-from nanigpt.config import DEFAULT_CONFIG_PATH, resolve_runs, run_settings_json, validate_config
+from nanigpt.graph.config import (
+    DEFAULT_CONFIG_PATH,
+    resolve_runs,
+    run_settings_json,
+    validate_config,
+)
 
 
 def config_with_seeds(seeds: list[int] | None) -> dict:

@@ -14,7 +14,8 @@ import torch
 
 from nanigpt.analysis import specialization as spec
 from nanigpt.data.shards import Shard, write_shard
-from nanigpt.model.gpt import GPT, GPTConfig
+from nanigpt.model.config import GPTConfig
+from nanigpt.model.gpt import GPT
 from nanigpt.plots import moe as moe_plots
 from nanigpt.scaling import crossover
 

@@ -22,7 +22,10 @@ import torch
 
 from nanigpt import train as train_module
 from nanigpt.data.shards import write_shard
-from nanigpt.train import NonFiniteLossError, RunConfigError, lr_at, main, train, validate_run
+from nanigpt.train import main, train
+from nanigpt.training.config import RunConfigError, validate_run
+from nanigpt.training.metrics import NonFiniteLossError
+from nanigpt.training.schedule import lr_at
 
 VOCAB = 32
 SEQ = 16
@@ -321,7 +324,8 @@ def test_cli_end_to_end_writes_the_four_files(data, tmp_path):
     ]
     assert mtimes == sorted(mtimes)
     # model.pt: the full state_dict, loadable into a model rebuilt from config.json
-    from nanigpt.model.gpt import GPT, GPTConfig
+    from nanigpt.model.config import GPTConfig
+    from nanigpt.model.gpt import GPT
 
     rebuilt = GPT(GPTConfig.from_dict(config["run"]["model"]))
     rebuilt.load_state_dict(torch.load(out / "model.pt", weights_only=True))
@@ -396,7 +400,7 @@ def test_grad_clipping_on_the_device_matches_the_host_formula(max_norm):
     """Clipping without a host sync scales the gradients exactly as the host formula does."""
     from nanigpt.parallel.apply import Parallelized
     from nanigpt.parallel.ledger import Ledger
-    from nanigpt.parallel.mesh import ParallelSetting
+    from nanigpt.parallel.setting import ParallelSetting
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))

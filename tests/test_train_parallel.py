@@ -185,7 +185,7 @@ def test_killed_two_rank_ddp_run_resumes_from_rank_0s_checkpoint(data, tmp_path)
 def test_metrics_are_reduced_where_the_backend_reduces(monkeypatch):
     """NCCL reduces only CUDA tensors: the validation loss (a host float) must move to the GPU
     before the all_reduce. On 2 H100s it did not, and every NCCL run died at its first eval."""
-    from nanigpt.train import collective_device
+    from nanigpt.training.ranks import collective_device
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     assert collective_device("nccl") == torch.device("cuda", 1)

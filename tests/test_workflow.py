@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nanigpt import checkpoint
+from nanigpt.training.checkpoint import policy
 from tests.workflow_util import (
     REPO,
     TARGET,
@@ -165,7 +165,7 @@ def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
     try:
         deadline = time.monotonic() + 180
         # killed after its first checkpoint, in either format (torch's or the Rust writer's)
-        while not any((run_dir / name).exists() for name in checkpoint.FILES.values()):
+        while not any((run_dir / name).exists() for name in policy.FILES.values()):
             assert proc.poll() is None, "snakemake ended before the run checkpointed"
             assert time.monotonic() < deadline, "the run never checkpointed"
             time.sleep(0.1)

@@ -1,4 +1,4 @@
-"""Tests of WSD cooldown branches (nanigpt.wsd, nanigpt.schedule): core question 4's sweeps.
+"""Tests of WSD cooldown branches (nanigpt.graph.jobs, nanigpt.training.jobs, nanigpt.training.schedule): core question 4's sweeps.
 
 A branch must be the run it stands for (bit-identical on the CPU to a WSD run of its budget trained
 straight through), and a killed cooldown must rerun alone (the stable run and the finished
@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from nanigpt import train as train_module
-from nanigpt import wsd
-from nanigpt.config import load_config, resolve_runs
-from nanigpt.schedule import branch_step, lr_at
+from nanigpt.graph.config import load_config, resolve_runs
+from nanigpt.graph.jobs import job_of, plan_wsd_jobs
+from nanigpt.training import jobs as wsd
+from nanigpt.training.schedule import branch_step, lr_at
 from tests.test_train import DyingTrainStep, make_run, write_tiny_data
 
 TOKENS_PER_STEP = 16 * 8  # make_run's seq_len x batch_size
@@ -38,13 +39,13 @@ def _branch(steps: int) -> dict:
 
 
 def _job() -> dict:
-    jobs = wsd.plan_jobs({r["run_id"]: r for r in (_branch(s) for s in BUDGET_STEPS)})
+    jobs = plan_wsd_jobs({r["run_id"]: r for r in (_branch(s) for s in BUDGET_STEPS)})
     assert len(jobs) == 1
     return next(iter(jobs.values()))
 
 
 def _run_job(data, out):
-    return wsd.run_job(_job(), data["train"], data["val"], data["gt"], out)
+    return wsd.train_job(_job(), data["train"], data["val"], data["gt"], out)
 
 
 def test_wsd_lr_is_constant_then_decays_and_branches_share_the_stable_phase():
@@ -144,11 +145,11 @@ def test_config_cooldown_sweep_plans_one_stable_run_per_size_and_seed():
     assert (
         "mix_dense_s1_t16384_single_wsd" in runs and "mix_dense_s1_t16384_single_seed1_wsd" in runs
     )
-    jobs = wsd.plan_jobs(runs)
+    jobs = plan_wsd_jobs(runs)
     assert len(jobs) == 2  # one per seed
     for job in jobs.values():
         assert [len(s["branches"]) for s in job["stables"]] == [2, 2]
-    assert set(wsd.job_of(jobs)) == set(runs)
+    assert set(job_of(jobs)) == set(runs)
 
 
 @pytest.mark.slow
@@ -173,7 +174,7 @@ def test_snakemake_wsd_headline_and_a_killed_cooldown_rerunning_alone(tmp_path):
     shutil.rmtree(job / "runs" / lost)
     shutil.rmtree(tmp_path / "results/runs" / lost)
     (job / "done.json").unlink()
-    log = tmp_path / "results/logs/train_wsd_job/scaling_tiny_dense_single_seed1.log"
+    log = tmp_path / "results/logs/train_job/wsd/scaling_tiny_dense_single_seed1.log"
     log.unlink()
     # (the figures downstream exist, so ask for the lost run: a killed first build has neither)
     snakemake(tmp_path, "--cores", "1", f"results/runs/{lost}/summary.json", config=config)
@@ -183,7 +184,7 @@ def test_snakemake_wsd_headline_and_a_killed_cooldown_rerunning_alone(tmp_path):
 
 
 def test_lr_probe_ids_size_overrides_and_conflicting_run_ids():
-    from nanigpt.config import ConfigError
+    from nanigpt.graph.config import ConfigError
 
     config = copy.deepcopy(load_config())
     config["sizes"]["s1"].update(lr=0.02, batch_size=8)

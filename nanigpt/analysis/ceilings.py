@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from nanigpt.io import write_json_atomic
-from nanigpt.measure.hardware import peak_bf16_flops, slugify  # noqa: F401 (re-exported)
+from nanigpt.measure.hardware import peak_bf16_flops, slugify
 from nanigpt.measure.provenance import device_name, package_versions
 
 # Datasheet HBM bandwidth in bytes/s; first substring found in the upper-cased name wins.

@@ -46,7 +46,8 @@ import torch
 from nanigpt.data.loader import eval_starts
 from nanigpt.data.shards import Shard, ShardError, read_shard
 from nanigpt.io import atomic_path, read_json, write_json_atomic
-from nanigpt.model.gpt import GPT, GPTConfig
+from nanigpt.model.config import GPTConfig
+from nanigpt.model.gpt import GPT
 
 if TYPE_CHECKING:
     import polars as pl

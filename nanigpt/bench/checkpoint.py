@@ -2,12 +2,12 @@
 
 Serves the Rust track's checkpointing question (issue 20: "Rust makes a significant difference in
 ... checkpointing"). For state dicts of the given sizes, in one process, side by side:
-- `torch_sha256`: today's path, `nanigpt.checkpoint.save` (torch.save to memory, sha256, write,
+- `torch_sha256`: today's path, `nanigpt.training.checkpoint.torch_format.save` (torch.save to memory, sha256, write,
   fsync, rename): synchronous, so blocked == durable;
 - `safetensors`: `safetensors.torch.save_file` + fsync (synchronous);
 - `dcp_async`: `torch.distributed.checkpoint.async_save` (a gloo group of world size 1): blocked
   is the call (it stages the tensors to CPU), durable is when its future resolves;
-- `rust`: `nanigpt.checkpoint_rust.Writer.save` (snapshot into a reused staging buffer, pinned on
+- `rust`: `nanigpt.training.checkpoint.rust_format.Writer.save` (snapshot into a reused staging buffer, pinned on
   a GPU; write, xxh3-128, fsync, rename on a Rust thread): blocked is the call, durable is `wait`.
 The loop thread idles while a background write runs (it calls wait at once), so the durable times
 of the async methods are their best case; on a loaded machine a training loop would compete with
@@ -35,9 +35,11 @@ from typing import Any
 
 import torch
 
-from nanigpt import checkpoint, checkpoint_rust
 from nanigpt.io import atomic_path, write_json_atomic
 from nanigpt.measure.provenance import device_name
+from nanigpt.training.checkpoint import rust_format as checkpoint_rust
+from nanigpt.training.checkpoint import state as run_state
+from nanigpt.training.checkpoint import torch_format
 
 log = logging.getLogger("nanigpt.bench.checkpoint")
 METHODS = ("torch_sha256", "safetensors", "dcp_async", "rust")
@@ -61,13 +63,14 @@ def synthetic_state(size_mb: float, device: str) -> dict[str, Any]:
     }
     optimizer = {"state": state, "param_groups": [{"lr": 1e-3, "params": list(state)}]}
     return _to(
-        {"step": 10, "model": model, "optimizer": optimizer, "rng": checkpoint.rng_state()}, device
+        {"step": 10, "model": model, "optimizer": optimizer, "rng": run_state.rng_state()}, device
     )
 
 
 def model_state(name: str, device: str) -> dict[str, Any]:
     """The real GPT model of `name` (fp32) and its AdamW state after one step."""
-    from nanigpt.model.gpt import GPT, GPTConfig
+    from nanigpt.model.config import GPTConfig
+    from nanigpt.model.gpt import GPT
 
     cfg = {"vocab_size": 50257, "seq_len": 1024, "mlp_ratio": 4.0, "tied_embeddings": True}
     model = GPT(GPTConfig.from_dict({**cfg, **MODELS[name], "moe": None})).to(device)
@@ -79,7 +82,7 @@ def model_state(name: str, device: str) -> dict[str, Any]:
         "step": 1,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "rng": checkpoint.rng_state(),
+        "rng": run_state.rng_state(),
     }
 
 
@@ -133,7 +136,7 @@ def time_method(method: str, state: dict, folder: Path, writer, dcp) -> tuple[fl
     """(seconds the caller is blocked, seconds until the file is durable)."""
     start = time.perf_counter()
     if method == "torch_sha256":
-        checkpoint.save(folder / "checkpoint.pt", state)
+        torch_format.save(folder / "checkpoint.pt", state)
         elapsed = time.perf_counter() - start
         return elapsed, elapsed
     if method == "safetensors":
@@ -162,7 +165,7 @@ def verify(method: str, state: dict, folder: Path) -> bool:
     if method == "rust":
         loaded = checkpoint_rust.load(folder / "checkpoint.safetensors")
     elif method == "torch_sha256":
-        loaded = checkpoint.load(folder / "checkpoint.pt")
+        loaded = torch_format.load(folder / "checkpoint.pt")
     else:
         return None
     ours, theirs = tensors_of(state), tensors_of(loaded)

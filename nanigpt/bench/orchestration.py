@@ -3,7 +3,7 @@
 Serves the Rust track's last two rows (issue 20: "modest difference in orchestration, near-zero
 difference in the GPU-bound training hot path"). In one process:
 - planning: the Python a Snakemake invocation runs before scheduling, phase by phase (import of
-  nanigpt.config, `load_config` = YAML + schema validation + cross-checks, `resolve_runs`, and
+  nanigpt.graph.config, `load_config` = YAML + schema validation + cross-checks, `resolve_runs`, and
   the JSON of every run's settings the rules pass as params), and the wall time of a whole no-op
   dry run (`snakemake -n` on the default graph, in a subprocess) for scale;
 - hot path: the share of a profiled training step the host spends outside torch ops (Python between
@@ -45,9 +45,9 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
 
 def planning(repeats: int) -> list[dict]:
     start = time.perf_counter()
-    from nanigpt import config as cfg
+    from nanigpt.graph import config as cfg
 
-    rows = [_row("planning", "import nanigpt.config", time.perf_counter() - start, None)]
+    rows = [_row("planning", "import nanigpt.graph.config", time.perf_counter() - start, None)]
     t, config = _timed(lambda: cfg.load_config(cfg.DEFAULT_CONFIG_PATH), repeats)
     rows.append(_row("planning", "load_config (YAML + schema + checks)", t, None))
     t, runs = _timed(lambda: cfg.expand_runs(config), repeats)  # resolve_runs is memoised

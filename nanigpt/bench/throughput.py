@@ -106,7 +106,8 @@ def build(impl: str, shape: tuple[int, int, int, int], seq: int, vocab: int, dev
         counted = nanogpt_counted_flops_per_token(n_layer, d, vocab, seq)
         return model, optimizer, (lambda out: out[1]), counted, n_palm
     from nanigpt.model import flops
-    from nanigpt.model.gpt import GPT, GPTConfig
+    from nanigpt.model.config import GPTConfig
+    from nanigpt.model.gpt import GPT
 
     settings = {
         "vocab_size": vocab, "seq_len": seq, "n_layer": n_layer, "d_model": d, "n_head": n_head,

@@ -1,6 +1,6 @@
 """Tokenizer CLI: train BPE on a parquet corpus, then encode splits into token shards.
 
-Serves the graph's data stage (data/tokenizer/... and data/tokens/...) and the project question
+Serves the graph's data stage (the tokenizers and token shards of `nanigpt.graph.paths`) and the project question
 "does Rust matter in the data pipeline?" (`--impl rust`, the default, against `--impl python`).
 
     python -m nanigpt.data.tokenize train --input train.parquet --vocab-size V --out tokenizer.json

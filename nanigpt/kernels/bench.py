@@ -379,7 +379,8 @@ def peak_memory(call: Callable[[], Any], device: torch.device) -> int | None:
 
 def ceilings(device: torch.device, hardware: Path | None) -> dict[str, Any]:
     """Copy bandwidth and matmul FLOP/s: from results/hardware/{slug}.json, else measured here."""
-    from nanigpt.analysis.ceilings import measure_copy, measure_matmul, slugify
+    from nanigpt.analysis.ceilings import measure_copy, measure_matmul
+    from nanigpt.measure.hardware import slugify
 
     slug = "cpu" if device.type == "cpu" else slugify(device_name(device))
     path = hardware or Path("results/hardware") / f"{slug}.json"

@@ -1,9 +1,9 @@
 """The settings of a model, without torch: what a run's `model` section means, and its defaults.
 
 Serves every question that names a model by its settings (sizes, MoE routing, kernels): planning
-(`nanigpt.config`, the Snakefile) and `nanigpt.runconfig` read these classes without importing
+(`nanigpt.graph.config`, the Snakefile) and `nanigpt.training.config` read these classes without importing
 torch, and `nanigpt.model.gpt` / `nanigpt.model.moe` build the modules from them. The defaults here
-are the only ones: the workflow schema leaves these keys to them (see `nanigpt.runconfig`).
+are the only ones: the workflow schema leaves these keys to them (see `nanigpt.training.config`).
 """
 
 from __future__ import annotations

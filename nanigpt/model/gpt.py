@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanigpt.model.config import MLP_MULTIPLE, GPTConfig, MoEConfig  # noqa: F401 (re-exported)
+from nanigpt.model.config import GPTConfig
 from nanigpt.model.mlp import SwiGLU
 from nanigpt.model.moe import MoE
 

@@ -76,7 +76,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanigpt.model.config import GATES, MoEConfig  # noqa: F401 (re-exported)
+from nanigpt.model.config import MoEConfig
 from nanigpt.model.flops import register_grouped_mm_flops
 from nanigpt.model.mlp import SwiGLU
 

@@ -32,8 +32,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from nanigpt.parallel.ledger import Ledger
-from nanigpt.parallel.mesh import DIMS, ParallelSetting, data_rank
-from nanigpt.parallel.setting import validate_parallelism  # noqa: F401 (re-exported)
+from nanigpt.parallel.mesh import data_rank
+from nanigpt.parallel.setting import DIMS, ParallelSetting, validate_parallelism
 
 
 @dataclass
@@ -201,7 +201,7 @@ def _group(mesh, dims: tuple[str, ...]):
 
 
 # strategy -> (tensor-parallel implementation, data-parallel implementation). The dims a strategy
-# uses (`mesh.STRATEGIES`) and their degrees decide which steps run; these say how.
+# uses (`setting.STRATEGIES`) and their degrees decide which steps run; these say how.
 IMPLEMENTATIONS: dict[str, tuple[str | None, str | None]] = {
     "single": (None, None),
     "ddp_builtin": (None, "ddp_builtin"),

@@ -15,12 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from nanigpt.parallel.setting import (  # noqa: F401 (re-exported)
-    DIMS,
-    STRATEGIES,
-    ParallelSetting,
-    default_strategy,
-)
+from nanigpt.parallel.setting import DIMS, ParallelSetting
 
 
 def build_mesh(setting: ParallelSetting, device_type: str):

@@ -2,18 +2,31 @@
 
 Serves core question 2: one setting `{"dp", "fsdp", "tp", "ep", "strategy"}` names how the world is
 cut (`nanigpt.parallel.mesh` builds the device mesh from it). It lives apart from the mesh so that
-planning (`nanigpt.config`) and `nanigpt.runconfig` can read and check it without importing torch.
+planning (`nanigpt.graph.config`) and `nanigpt.training.config` can read and check it without importing torch.
+It is the one home of the parallel dims, their order and the world size (`world_size`): the
+launcher, the planner, the rules' resources and `scripts/gpu_session.py` ask it (torchtitan's
+`ParallelDims` owns the same).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nanigpt.launch import world_size  # the one formula (rules, planner, GPU script)
 from nanigpt.model.config import GPTConfig
 
+# The parallel dims, in the order the device mesh lays them out (outermost first).
 DIMS = ("dp", "fsdp", "ep", "tp")
+
+
+def world_size(parallelism: Mapping[str, Any]) -> int:
+    """Number of processes a parallelism setting needs: dp * fsdp * ep * tp (a missing dim is 1)."""
+    n = 1
+    for dim in DIMS:
+        n *= parallelism.get(dim, 1)
+    return n
+
 
 # strategy -> (dims it may use beyond 1, what it is)
 STRATEGIES: dict[str, tuple[tuple[str, ...], str]] = {

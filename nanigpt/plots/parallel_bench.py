@@ -6,7 +6,7 @@ measured (devices synced around each op), predicted by the alpha-beta model cali
 world group (`nanigpt.parallel.cost_model`), and blocked inside the step. Strategies that failed are
 listed under the title. The bench JSON is described in `docs/interfaces.md`.
 
-Drawn from a bench JSON by `python -m nanigpt.parallel.bench --chart-from X.json --out X.svg`.
+Drawn from a bench JSON by `python -m nanigpt.bench.parallel --chart-from X.json --out X.svg`.
 """
 
 from __future__ import annotations

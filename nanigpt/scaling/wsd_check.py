@@ -19,8 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from nanigpt.graph.jobs import RUN_SUFFIX
 from nanigpt.io import read_json, write_json_atomic
-from nanigpt.wsd import RUN_SUFFIX
 
 
 def compare(summaries: list[dict[str, Any]], loss: str = "final_val_bpb") -> dict[str, Any]:

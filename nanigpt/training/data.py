@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanigpt import checkpoint
 from nanigpt.data.loader import BatchLoader
 from nanigpt.data.shards import read_shard
 from nanigpt.io import read_json
-from nanigpt.runconfig import TrainingConfig
+from nanigpt.training.checkpoint.state import restore_loader, set_rng_state
+from nanigpt.training.config import TrainingConfig
 
 VAL_SEED = 0  # the validation batches' seed, whatever training.seed is
 
@@ -55,8 +55,8 @@ def open_data(paths: dict[str, Path], t: TrainingConfig, state: dict[str, Any] |
     """The loaders of a run; a resumed run's training loader and RNG state are restored."""
     train_loader = BatchLoader(paths["train"], t.seq_len, t.batch_size, t.seed, impl=t.loader_impl)
     if state is not None:
-        checkpoint.restore_loader(train_loader, state["loader"])
-        checkpoint.set_rng_state(state["rng"])
+        restore_loader(train_loader, state["loader"])
+        set_rng_state(state["rng"])
     val_shard = read_shard(paths["val"])
     if val_shard.byte_count <= 0:
         raise ValueError(f"--val shard {paths['val']} encodes 0 bytes: bits/byte is undefined")

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from nanigpt.parallel.setting import ParallelSetting
-from nanigpt.runconfig import RunConfig, RunConfigError
+from nanigpt.training.config import RunConfig, RunConfigError
 
 
 def resolve_device(name: str) -> torch.device:

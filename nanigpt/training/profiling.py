@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from nanigpt.measure.trace import TraceWindow
-from nanigpt.runconfig import ProfileConfig
+from nanigpt.training.config import ProfileConfig
 
 
 class NoTrace:

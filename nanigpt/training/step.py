@@ -3,7 +3,7 @@
 Serves project questions 1 and 2: a step is `grad_accum` micro-batches (forward, backward, no
 gradient communication until the last), the wait for outstanding gradient collectives (`comm`),
 then clipping and the optimizer, each timed by phase (`nanigpt.measure.timers`) without a host
-sync. `nanigpt.train` and `nanigpt.parallel.bench` call the same `train_step`, so the benchmark
+sync. `nanigpt.train` and `nanigpt.bench.parallel` call the same `train_step`, so the benchmark
 measures the trainer's step.
 """
 

@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from nanigpt.parallel.bench import (
+from nanigpt.bench.parallel import (
     DENSE,
     MOE,
     make_batches,
@@ -101,7 +101,7 @@ def _ep_expected(par, cfg, batch, device) -> int:
     same initial weights on every data rank's rows: per MoE layer, forward sends this rank's kept
     rows and sends back the rows it received; backward the same two in reverse; so
     2 * (rows sent + rows received) * d_model * 4 bytes, plus the counts (num_experts int64)."""
-    from nanigpt.parallel.bench import build_model
+    from nanigpt.bench.parallel import build_model
 
     ref = build_model(cfg, device)
     ep = par.setting.ep

@@ -1,20 +1,19 @@
 # Shared lookups: the runs the config declares, and the paths of each stage's outputs.
 import json
 
-from nanigpt import commands
-from nanigpt.config import (
+from nanigpt.graph import commands, paths
+from nanigpt.graph.config import (
     profiled_run_ids,
     resolve_runs,
     run_settings_json,
     sweep_run_ids,
-    tokens_dir,
 )
-from nanigpt.launch import world_size
-from nanigpt.runs import run_labels, study_version, sweeps_labels
+from nanigpt.parallel.setting import world_size
+from nanigpt.graph.runtable import run_labels, study_version, sweeps_labels
 
 RUNS = resolve_runs(config)
 LOGS = "results/logs"
-BENCHMARKS = "results/benchmarks"  # one TSV per job: wall s, peak RSS (MB), I/O (nanigpt.runs show)
+BENCHMARKS = "results/benchmarks"  # one TSV per job: wall s, peak RSS (MB), I/O (nanigpt.graph.runtable show)
 
 
 wildcard_constraints:
@@ -38,20 +37,20 @@ def run_of(wildcards):
 
 
 def shard_path(run, split):
-    return f"data/tokens/{tokens_dir(config, run['dataset'])}/{split}.bin"
+    return paths.shard(config, run["dataset"], split)
 
 
 def summaries_of_sweep(sweep):
-    return [f"results/runs/{run_id}/summary.json" for run_id in sweep_run_ids(config, sweep)]
+    return [paths.run_summary(run_id) for run_id in sweep_run_ids(config, sweep)]
 
 
 # Resources of each job, read by cluster executors (workflow/profiles/slurm) and ignored by a
 # local run. Training asks for one task per process of the run's parallelism (dp*fsdp*tp*ep,
-# `nanigpt.launch.world_size`), each with `training.threads` CPUs, and one GPU per process when
+# `nanigpt.parallel.setting.world_size`), each with `training.threads` CPUs, and one GPU per process when
 # `training.device` is cuda; a multi-process run is marked `mpi` so the SLURM jobstep does not wrap
 # it in `srun -n1`, and `python -m nanigpt.launch` places the processes (srun + torchrun). The rules
 # that scripts/gpu_session.py replays (data, tokenizer, shards, training, specialization) take
-# their command line, a `cmd` param, from `nanigpt.commands`. Everything else is a small CPU job. Override any value per rule with the profile's `set-resources`.
+# their command line, a `cmd` param, from `nanigpt.graph.commands`. Everything else is a small CPU job. Override any value per rule with the profile's `set-resources`.
 TRAIN_ON_GPU = config["training"]["device"] == "cuda"
 TRAIN_MEM_MB_PER_PROCESS = 16000 if TRAIN_ON_GPU else 2000
 TRAIN_RUNTIME_MIN = 720 if TRAIN_ON_GPU else 60

@@ -1,5 +1,5 @@
 # Stages 4 and 5 for budget sweeps (core question 4, Chinchilla approach 2): IsoFLOP profiles of
-# the sweeps named under `isoflop.sweeps` (each declares `budgets:`, training FLOPs; nanigpt.config
+# the sweeps named under `isoflop.sweeps` (each declares `budgets:`, training FLOPs; nanigpt.graph.config
 # derives each run's tokens), and the loss curves of every run of the headline sweep and of those:
 #   results/scaling/runs_{sweep}.parquet    one row per run of the sweep (nanigpt.scaling.aggregate)
 #   results/scaling/isoflop_{sweep}.json    a parabola in ln N per budget, N_opt and D_opt power laws

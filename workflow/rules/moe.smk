@@ -11,7 +11,12 @@
 #     minus dense against the datasets' knowledge bits per parameter, with seed ranges;
 #   max_tokens: tokens analysed per model; bootstrap: replicates of the crossover fits.
 # Snapshots over training come from `training.snapshot_every` (the trainer writes them).
-from nanigpt.config import moe_analysed_runs, moe_eval_dataset
+from nanigpt.graph.config import (
+    moe_analysed_runs,
+    moe_eval_dataset,
+    moe_mi_run_ids,
+    sweeps_run_ids,
+)
 
 MOE_ANALYSIS = config.get("moe_analysis") or {}
 MOE_SWEEPS = list(MOE_ANALYSIS.get("sweeps") or [])
@@ -21,37 +26,6 @@ MOE_CROSSOVER = dict(MOE_ANALYSIS.get("crossover") or {})
 MOE_EXPERTS = dict(MOE_ANALYSIS.get("experts") or {})
 MOE_KNOWLEDGE = dict(MOE_ANALYSIS.get("knowledge") or {})
 
-for _where, _sweeps in [
-    ("sweeps", MOE_SWEEPS),
-    ("control_sweep", [MOE_CONTROL_SWEEP] if MOE_CONTROL_SWEEP else []),
-    *[(f"load.{k}", v) for k, v in MOE_LOAD.items()],
-    *[(f"crossover.{k}", v) for k, v in MOE_CROSSOVER.items()],
-    *[(f"experts.{k}", v) for k, v in MOE_EXPERTS.items()],
-    *[(f"knowledge.{k}", v) for k, v in MOE_KNOWLEDGE.items()],
-]:
-    for _sweep in _sweeps:
-        if _sweep not in config["sweeps"]:
-            raise WorkflowError(
-                f"moe_analysis.{_where}: unknown sweep '{_sweep}' "
-                f"(defined: {', '.join(config['sweeps'])})"
-            )
-
-if MOE_ANALYSIS.get("eval_dataset") and MOE_ANALYSIS["eval_dataset"] not in config["datasets"]:
-    raise WorkflowError(
-        f"moe_analysis.eval_dataset: unknown dataset '{MOE_ANALYSIS['eval_dataset']}' "
-        f"(defined: {', '.join(config['datasets'])})"
-    )
-
-
-def moe_run_ids(sweep):
-    """The MoE runs of a sweep at the base seed (dense runs have no router to analyse; the
-    specialization of other seeds is not scored, to keep the analysis' cost)."""
-    return [
-        rid
-        for rid in sweep_run_ids(config, sweep)
-        if RUNS[rid]["arch_kind"] == "moe" and RUNS[rid]["seed"] == config["training"]["seed"]
-    ]
-
 
 def moe_val_shard(wildcards):
     """The labelled shard a run is scored on, encoded with the run's own tokenizer."""
@@ -59,26 +33,11 @@ def moe_val_shard(wildcards):
     other = moe_eval_dataset(config, run)
     if other == run["dataset"]:
         return shard_path(run, "val")
-    return f"data/tokens/{tokens_dir(config, run['dataset'])}/val_of_{other}.bin"
-
-
-def moe_mi_run_ids():
-    """Control runs and the mixture runs of the same (arch, size, tokens), else every MoE run."""
-    control = moe_run_ids(MOE_CONTROL_SWEEP) if MOE_CONTROL_SWEEP else []
-    keys = {(RUNS[r]["arch"], RUNS[r]["size"], RUNS[r]["tokens"]) for r in control}
-    mixture = [r for s in MOE_SWEEPS for r in moe_run_ids(s)]
-    matched = [r for r in mixture if (RUNS[r]["arch"], RUNS[r]["size"], RUNS[r]["tokens"]) in keys]
-    return sorted(set((matched or mixture) + control))
+    return paths.cross_shard(config, run["dataset"], other)
 
 
 def spec_files(run_ids):
     return [f"results/moe/{rid}/specialization.json" for rid in run_ids]
-
-
-def run_ids_of(sweeps, moe_only):
-    """Run ids of several sweeps, each once, in config order."""
-    of_sweep = moe_run_ids if moe_only else (lambda s: sweep_run_ids(config, s))
-    return list(dict.fromkeys(rid for s in sweeps for rid in of_sweep(s)))
 
 
 MOE_TARGETS = (
@@ -97,7 +56,7 @@ rule encode_val_of_dataset:
         tokenizer="data/tokenizer/{tokdir}/tokenizer.json",
         text="data/synthetic/{other}/val.parquet",
     output:
-        "data/tokens/{tokdir}/val_of_{other}.bin",
+        paths.CROSS_SHARD,
     log:
         f"{LOGS}/encode_val_of_dataset/{{tokdir}}-{{other}}.log",
     benchmark:
@@ -134,7 +93,7 @@ rule moe_specialization:
         max_tokens=MOE_ANALYSIS.get("max_tokens", 65536),
         cmd=lambda w, input, output: commands.shell(
             commands.moe_specialization(
-                f"results/runs/{w.run_id}",
+                paths.run_dir(w.run_id),
                 input.val,
                 output.json,
                 MOE_ANALYSIS.get("max_tokens", 65536),
@@ -167,7 +126,7 @@ rule moe_heatmap:
 
 rule moe_mi_vs_step:
     input:
-        spec_files(moe_mi_run_ids()),
+        spec_files(moe_mi_run_ids(config)),
     output:
         report(
             "results/moe/mi_vs_step.svg",
@@ -186,7 +145,7 @@ rule moe_mi_vs_step:
 
 rule moe_load_vs_capacity:
     input:
-        lambda w: spec_files(run_ids_of(MOE_LOAD[w.name], moe_only=True)),
+        lambda w: spec_files(sweeps_run_ids(config, MOE_LOAD[w.name], moe_only=True)),
     output:
         report(
             "results/moe/load_vs_capacity_{name}.svg",
@@ -207,7 +166,7 @@ rule moe_load_vs_capacity:
 
 rule moe_experts:
     input:
-        lambda w: spec_files(run_ids_of(MOE_EXPERTS[w.name], moe_only=True)),
+        lambda w: spec_files(sweeps_run_ids(config, MOE_EXPERTS[w.name], moe_only=True)),
     output:
         report(
             "results/moe/experts_{name}.svg",
@@ -229,8 +188,8 @@ rule moe_experts:
 rule moe_crossover:
     input:
         lambda w: [
-            f"results/runs/{rid}/summary.json"
-            for rid in run_ids_of(MOE_CROSSOVER[w.name], moe_only=False)
+            paths.run_summary(rid)
+            for rid in sweeps_run_ids(config, MOE_CROSSOVER[w.name], moe_only=False)
         ],
     output:
         svg=report(
@@ -258,8 +217,8 @@ rule moe_crossover:
 rule moe_gain_vs_data:
     input:
         summaries=lambda w: [
-            f"results/runs/{rid}/summary.json"
-            for rid in run_ids_of(MOE_KNOWLEDGE[w.name], moe_only=False)
+            paths.run_summary(rid)
+            for rid in sweeps_run_ids(config, MOE_KNOWLEDGE[w.name], moe_only=False)
         ],
         truths=lambda w: sorted(
             {

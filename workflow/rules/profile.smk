@@ -1,6 +1,6 @@
 # Stage 4b: where does the time of a step go? The device's measured ceilings, then one profile
 # report per run (phase and kernel breakdown, MFU, roofline, memory), then the headline sweep's.
-from nanigpt.plancache import hardware_slug  # no torch import on a CPU machine
+from nanigpt.graph.plancache import hardware_slug  # no torch import on a CPU machine
 
 HARDWARE_DEVICE = hardware_slug(config["training"]["device"])
 HARDWARE_JSON = f"results/hardware/{HARDWARE_DEVICE}.json"

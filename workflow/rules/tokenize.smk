@@ -37,7 +37,7 @@ rule encode_tokens:
         tokenizer="data/tokenizer/{tokdir}/tokenizer.json",
         text=lambda w: f"data/synthetic/{dataset_of_tokdir(w)}/{w.split}.parquet",
     output:
-        "data/tokens/{tokdir}/{split}.bin",
+        paths.SHARD,
     log:
         f"{LOGS}/encode_tokens/{{tokdir}}-{{split}}.log",
     benchmark:

@@ -6,22 +6,18 @@
 # (the rerun resumes from it), and comm.json exists only for distributed runs.
 
 
-# The runs no WSD or grouped job trains. The constraint names them, so that no file of a job's run
+# The runs no job of several runs trains. The constraint names them, so that no file of a job's run
 # is also matched by this rule (a candidate job per file, costing the dry run its time).
-PLAIN_RUN_IDS = [rid for rid in RUNS if rid not in WSD_JOB_OF and rid not in GROUP_OF]
+PLAIN_RUN_IDS = [rid for rid in RUNS if rid not in JOB_OF]
 
 
 rule train_run:
     input:
         train=lambda w: shard_path(run_of(w), "train"),
         val=lambda w: shard_path(run_of(w), "val"),
-        truth=lambda w: f"data/synthetic/{run_of(w)['dataset']}/ground_truth.json",
+        truth=lambda w: paths.ground_truth(run_of(w)["dataset"]),
     output:
-        config="results/runs/{run_id}/config.json",
-        metrics="results/runs/{run_id}/metrics.parquet",
-        trace="results/runs/{run_id}/trace.json.gz",
-        model="results/runs/{run_id}/model.pt",
-        summary="results/runs/{run_id}/summary.json",
+        **paths.run_outputs(),
     log:
         f"{LOGS}/train_run/{{run_id}}.log",
     benchmark:
@@ -42,7 +38,7 @@ rule train_run:
                 input.train,
                 input.val,
                 input.truth,
-                f"results/runs/{w.run_id}",
+                paths.run_dir(w.run_id),
             )
         ),
     shell:

@@ -1,7 +1,7 @@
 """One run, typed: the settings a training run depends on, checked once, without torch.
 
 Serves the contract "a run is named by its parameters" (`docs/interfaces.md`, "A run"): every run
-of the graph is one `RunConfig`, built from the dict `nanigpt.config.resolve_runs` writes (and
+of the graph is one `RunConfig`, built from the dict `nanigpt.graph.config.resolve_runs` writes (and
 `--run-config` passes to `nanigpt.train`) and refused here, naming the key, the value and what was
 expected, before any process starts. Its parts are the model (`nanigpt.model.config.GPTConfig`,
 with its `MoEConfig`), the parallelism (`nanigpt.parallel.setting.ParallelSetting`), the training
@@ -11,7 +11,9 @@ classes.
 Defaults live once: the model's in `nanigpt.model.config`, the profiler window's in the workflow
 schema (`workflow/schemas/config.schema.yaml`, read here), the optional training keys' below.
 `as_dict()` is the dict the run was built from (with the profile filled in): what `config.json`
-records and what `nanigpt.checkpoint.run_fingerprint` hashes, so both are unchanged by the typing.
+records and what `nanigpt.training.checkpoint.state.run_fingerprint` hashes, so both are unchanged
+by the typing. `run_settings` and `tokens_per_step` are the one home of a run's settings without
+the planner's bookkeeping and of the tokens one optimizer step takes, for planner and trainer alike.
 """
 
 from __future__ import annotations
@@ -26,17 +28,43 @@ from typing import Any
 
 from nanigpt.model.config import GPTConfig
 from nanigpt.parallel.setting import ParallelSetting, validate_parallelism
-from nanigpt.schedule import DEFAULT_WSD_DECAY_FRAC, SCHEDULES
+from nanigpt.training.schedule import DEFAULT_WSD_DECAY_FRAC, SCHEDULES, branch_step
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
-CHECKPOINT_FORMATS = ("torch", "rust")  # nanigpt.checkpoint.FILES
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+CHECKPOINT_FORMATS = ("torch", "rust")  # nanigpt.training.checkpoint.policy.FILES
 DEFAULT_CHECKPOINT_FORMAT = "rust"  # training.checkpoint_format unset (README: checkpoint bench)
 DEFAULT_CHECKPOINTS_PER_RUN = 10  # training.checkpoint_every unset: every 10% of the steps
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# Keys the planner adds to a resolved run that are bookkeeping, not settings: the sweeps that list
+# the run and the FLOP budget it spends in each (`nanigpt.graph.config.expand_runs`).
+BOOKKEEPING = ("sweeps", "budgets")
+
+
 class RunConfigError(ValueError):
     """The run config is missing a key or has a value of the wrong type or range."""
+
+
+def run_settings(run: dict[str, Any]) -> dict[str, Any]:
+    """A resolved run without its bookkeeping keys: the settings the trainer gets and Snakemake
+    compares (`nanigpt.graph.config.run_settings_json`), and what a checkpoint fingerprints."""
+    return {k: v for k, v in run.items() if k not in BOOKKEEPING}
+
+
+def tokens_per_step(training: dict[str, Any]) -> int:
+    """Tokens of one optimizer step (the global batch) of a run's or a config's `training`
+    section: seq_len x batch_size x grad_accum (grad_accum 1 where the section leaves it out)."""
+    return training["seq_len"] * training["batch_size"] * training.get("grad_accum", 1)
+
+
+def branch_step_of(run: dict[str, Any]) -> int:
+    """The stable-run step a WSD budget run branches from (`nanigpt.training.schedule.branch_step`
+    of its steps, warmup and cooldown fraction): for the planner, which sizes the stable run to the
+    latest branch point, and the job that trains the branches alike."""
+    t = run["training"]
+    steps = math.ceil(run["tokens"] / tokens_per_step(t))
+    return branch_step(steps, t["warmup_steps"], t["decay_frac"])
 
 
 @functools.cache
@@ -283,7 +311,9 @@ class RunConfig:
     def tokens_per_step(self) -> int:
         """Tokens of one optimizer step: the global batch, seq_len x batch_size x grad_accum."""
         t = self.training
-        return t.seq_len * t.batch_size * t.grad_accum
+        return tokens_per_step(
+            {"seq_len": t.seq_len, "batch_size": t.batch_size, "grad_accum": t.grad_accum}
+        )
 
     @property
     def steps(self) -> int:
@@ -305,7 +335,7 @@ class RunConfig:
 
     @property
     def lr_schedule(self) -> dict[str, Any]:
-        """`nanigpt.schedule.lr_at`'s settings of this run (all but the step and the steps)."""
+        """`nanigpt.training.schedule.lr_at`'s settings of this run (all but the step and the steps)."""
         t = self.training
         return {
             "lr": t.lr,

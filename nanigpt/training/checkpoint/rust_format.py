@@ -1,7 +1,7 @@
 """Checkpoints written by Rust on a background thread: the training loop waits only for a snapshot.
 
 Serves the Rust track's checkpointing question (issue 20): how long does saving a checkpoint block
-training, against the synchronous reference `nanigpt.checkpoint.save` (torch.save + sha256)?
+training, against the synchronous reference `torch_format.save` (torch.save + sha256)?
 Here Python copies every tensor of the payload into one contiguous staging buffer (pinned host
 memory when the tensors live on a GPU) and hands it to `nanigpt_rs.save_checkpoint`, which writes,
 hashes, fsyncs and renames the file on its own thread with the GIL released.
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 import nanigpt_rs
-from nanigpt.checkpoint import FORMAT, CheckpointError
+from nanigpt.training.checkpoint.torch_format import FORMAT, CheckpointError
 
 SKELETON_KEY = "nanigpt_skeleton"
 FORMAT_KEY = "nanigpt_format"

@@ -61,7 +61,7 @@ def train_run(
     out: str,
     python: str = "python",
 ) -> list[str]:
-    """Train one run through the launcher, as `nproc` processes (`nanigpt.launch.world_size`)."""
+    """Train one run through the launcher, as `nproc` processes (`nanigpt.parallel.setting.world_size`)."""
     return [python, "-m", "nanigpt.launch", "--nproc", str(nproc), "--", "nanigpt.train",
             "--run-config", run_json, "--train", str(train), "--val", str(val),
             "--ground-truth", str(truth), "--out", str(out)]  # fmt: skip

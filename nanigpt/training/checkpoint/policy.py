@@ -1,18 +1,19 @@
-"""When a run saves and resumes its training state: the checkpoint policy of `nanigpt.train`.
+"""When a run saves and resumes its training state, and in which format: the checkpoint policy.
 
 Serves the contract that a killed run resumes where it stopped, bit for bit on the CPU
-(docs/interfaces.md, "A run"), and WSD's one stable run per family (`nanigpt.wsd`, Hägele et al.
+(docs/interfaces.md, "A run"), and WSD's one stable run per family (`nanigpt.training.jobs`, Hägele et al.
 2024): every `checkpoint_every` steps the run saves its state in its format (`torch`, synchronous;
-`rust`, written on a Rust thread while training goes on: `nanigpt.checkpoint_rust.Writer`), and at
+`rust`, written on a Rust thread while training goes on: `rust_format.Writer`), and at
 the steps a WSD family branches from, a branch point in the torch format. A checkpoint with the
 run's fingerprint resumes it; one with another is ignored with a warning; a corrupt one stops the
-run (`nanigpt.checkpoint.CheckpointError`). Only the replicated strategies checkpoint (rank 0 holds
+run (`torch_format.CheckpointError`). Only the replicated strategies checkpoint (rank 0 holds
 the whole state); under sharded ones checkpointing is off, with the reason logged.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,20 +21,41 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nanigpt import checkpoint
-from nanigpt.runconfig import RunConfig
+from nanigpt.training.checkpoint import state as run_state
+from nanigpt.training.checkpoint import torch_format
+from nanigpt.training.checkpoint.torch_format import CheckpointError
+from nanigpt.training.config import RunConfig
 
 log = logging.getLogger("nanigpt.train")
 
 # Strategies whose full training state sits on rank 0 (replicated weights and optimizer state).
 CHECKPOINT_STRATEGIES = ("single", "ddp_builtin", "ddp_manual")
+# The file of each `training.checkpoint_format`.
+FILES = {"torch": "checkpoint.pt", "rust": "checkpoint.safetensors"}
+
+
+def latest(out_dir: str | os.PathLike) -> Path | None:
+    """The most recently written checkpoint of a run folder, of either format; None if none."""
+    found = [p for p in (Path(out_dir) / name for name in FILES.values()) if p.exists()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and verify a checkpoint of either format, by its suffix (`torch_format.load`, or
+    `rust_format.load` for `.safetensors`: xxh3-128 verified in Rust)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from nanigpt.training.checkpoint import rust_format  # the Rust extension: only when asked
+
+        return rust_format.load(path)
+    return torch_format.load(path)
 
 
 def branch_state(path: Path, fingerprint: str) -> dict[str, Any]:
     """The stable run's checkpoint a cooldown branch starts from (checked: its fingerprint)."""
-    state = checkpoint.load(path)  # CheckpointError on a missing, foreign or corrupt file
+    state = load(path)  # CheckpointError on a missing, foreign or corrupt file
     if state["fingerprint"] != fingerprint:
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"{path}: written by other stable-run settings or inputs (fingerprint "
             f"{state['fingerprint'][:12]} != {fingerprint[:12]}); rerun the stable run"
         )
@@ -58,10 +80,10 @@ class Checkpointer:
     ):
         self.cfg, self.is_main, self.keep = cfg, is_main, keep or {}
         self.format = cfg.training.checkpoint_format
-        self.path = out_dir / checkpoint.FILES[self.format]
+        self.path = out_dir / FILES[self.format]
         self.out_dir = out_dir
-        self.resume_path = checkpoint.latest(out_dir) or self.path
-        self.fingerprint = checkpoint.run_fingerprint(cfg.as_dict(), inputs)
+        self.resume_path = latest(out_dir) or self.path
+        self.fingerprint = run_state.run_fingerprint(cfg.as_dict(), inputs)
         self.enabled = strategy in CHECKPOINT_STRATEGIES
         self.every = cfg.checkpoint_every if self.enabled else 0
         self.writer: Any = None
@@ -77,7 +99,7 @@ class Checkpointer:
         """The state to resume from: this run's checkpoint, else the branch's; None: from step 0."""
         state = None
         if self.enabled and self.resume_path.exists():
-            state = checkpoint.load(self.resume_path)  # CheckpointError: never silently restart
+            state = load(self.resume_path)  # CheckpointError: never silently restart
             if state["fingerprint"] != self.fingerprint:
                 if self.is_main:
                     message = (
@@ -94,7 +116,7 @@ class Checkpointer:
             agree = torch.tensor([start_step, -start_step], dtype=torch.int64, device=device)
             dist.all_reduce(agree, op=dist.ReduceOp.MAX)
             if agree[0] != -agree[1]:
-                raise checkpoint.CheckpointError(
+                raise CheckpointError(
                     f"{self.resume_path}: ranks disagree on the step to resume from "
                     f"({-int(agree[1])}..{int(agree[0])})"
                 )
@@ -102,7 +124,7 @@ class Checkpointer:
 
     def bind(self, **state: Any) -> None:
         """model, optimizer, loader, rows, trace, trace_path, setting, wall (seconds so far)."""
-        from nanigpt.checkpoint_rust import Writer
+        from nanigpt.training.checkpoint.rust_format import Writer
 
         self.state = state
         self.writer = Writer()
@@ -138,15 +160,15 @@ class Checkpointer:
                 "schedule": cfg.training.schedule,
                 "decay_frac": cfg.training.decay_frac,
             },
-            "rng": checkpoint.rng_state(),
-            "loader": checkpoint.loader_state(s["loader"], steps_done * cfg.training.grad_accum),
+            "rng": run_state.rng_state(),
+            "loader": run_state.loader_state(s["loader"], steps_done * cfg.training.grad_accum),
             "metrics": s["rows"],
             "wall_s": s["wall"](),
             "trace": trace_bytes,
             "parallelism": s["setting"].as_dict(),
         }
         if branch_point is not None or self.format == "torch":
-            size = checkpoint.save(branch_point or self.path, payload)
+            size = torch_format.save(branch_point or self.path, payload)
             message = f"{cfg.run_id}: checkpoint at step {steps_done} ({size / 1e6:.1f} MB)"
         else:  # the loop waits for the snapshot only; the write's error surfaces at the next wait
             started = time.perf_counter()
@@ -166,5 +188,5 @@ class Checkpointer:
         """The run is complete: model.pt holds the weights; its checkpoints go."""
         if self.writer is not None:
             self.writer.wait()  # a write still in flight would land after the deletion
-        for name in checkpoint.FILES.values():
+        for name in FILES.values():
             (self.out_dir / name).unlink(missing_ok=True)

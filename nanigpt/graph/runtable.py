@@ -1,7 +1,7 @@
 """The run table: which runs does the config declare, what did they measure, which are stale?
 
-`python -m nanigpt.runs show [--sweep S] [--only-changed] [--format table|csv|parquet]` lists every
-run the config declares (`nanigpt.config.resolve_runs`, the same runs the graph trains) with its
+`python -m nanigpt.graph.runtable show [--sweep S] [--only-changed] [--format table|csv|parquet]` lists every
+run the config declares (`nanigpt.graph.config.resolve_runs`, the same runs the graph trains) with its
 settings (flattened: `model.d_model`, `training.lr`, ...), its results from `summary.json` (final
 validation loss, gap to the data's floor, tokens/s, MFU, FLOPs, wall time), the job's benchmark
 (`results/benchmarks/train_run/{run_id}.tsv`: Snakemake's wall seconds and peak RSS) and its state:
@@ -14,7 +14,7 @@ validation loss, gap to the data's floor, tokens/s, MFU, FLOPs, wall time), the 
 - `to run`: none of the above.
 
 `--only-changed` keeps only the columns whose value differs between the rows shown (as DVC's
-`exp show --only-changed`). `python -m nanigpt.runs stale` lists every output of the working
+`exp show --only-changed`). `python -m nanigpt.graph.runtable stale` lists every output of the working
 directory whose recorded code (`.nanigpt/code/`) has changed, with the modules that did.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nanigpt import fingerprint
-from nanigpt.config import (
+from nanigpt.graph.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     load_config,
@@ -279,7 +279,7 @@ def _load(configfile: str | None, workdir: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nanigpt.runs", description=__doc__.split("\n")[0]
+        prog="python -m nanigpt.graph.runtable", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="every declared run: settings, results, state")
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = only_changed(rows)
         write_rows(rows, args.format, args.out)
     except (ConfigError, ValueError, OSError) as e:
-        print(f"nanigpt.runs: error: {e}", file=sys.stderr)
+        print(f"nanigpt.graph.runtable: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -16,7 +16,7 @@ N ranks on a dense and an MoE model for a few steps and writes one JSON with, pe
 The same functions (`run_case`, `reference_losses`, `make_batches`) drive the tests' equivalence
 checks (tests/distributed/strategies.py).
 
-    torchrun --standalone --nproc-per-node 2 -m nanigpt.parallel.bench --out results/parallel/bench.json
+    torchrun --standalone --nproc-per-node 2 -m nanigpt.bench.parallel --out results/parallel/bench.json
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ import torch.distributed as dist
 from nanigpt.measure.timers import StepTimer
 from nanigpt.parallel.cost_model import DEFAULTS, calibrate
 from nanigpt.parallel.ledger import Ledger
-from nanigpt.parallel.mesh import ParallelSetting, build_mesh, init_distributed
+from nanigpt.parallel.mesh import build_mesh, init_distributed
+from nanigpt.parallel.setting import ParallelSetting
 from nanigpt.training.step import PHASES, train_step
 
-log = logging.getLogger("nanigpt.parallel.bench")
+log = logging.getLogger("nanigpt.bench.parallel")
 
 DENSE = {
     "vocab_size": 64,
@@ -97,7 +98,8 @@ def make_batches(
 
 
 def build_model(model_cfg: dict, device, seed: int = 0):
-    from nanigpt.model.gpt import GPT, GPTConfig
+    from nanigpt.model.config import GPTConfig
+    from nanigpt.model.gpt import GPT
 
     torch.manual_seed(seed)
     model = GPT(GPTConfig.from_dict(model_cfg)).to(device)

@@ -63,8 +63,8 @@ def _write(cache: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(cache, f, sort_keys=True)
+        with os.fdopen(fd, "w") as f:  # keys unsorted: a cached config keeps its sweeps' order
+            json.dump(cache, f)
         os.replace(tmp, path)
     except OSError:
         pass  # a cache that cannot be written only costs time

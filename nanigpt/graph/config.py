@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from nanigpt.launch import world_size
 from nanigpt.model.config import model_default, moe_defaults
+from nanigpt.parallel.setting import validate_parallelism, world_size
+from nanigpt.training.config import run_settings, tokens_per_step
 
 if TYPE_CHECKING:
     import jsonschema
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "workflow" / "config" / "default.yaml"
 
@@ -110,10 +111,10 @@ def validate_config(raw: Any, source: str = "config") -> dict:
     """Validate against the JSON schema, fill defaults, then check cross-references.
 
     A config validated before (same content, same schema, same validating code) is taken from
-    `nanigpt.plancache`, so planning an unchanged graph skips jsonschema; errors are not cached."""
+    `nanigpt.graph.plancache`, so planning an unchanged graph skips jsonschema; errors are not cached."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config must be a mapping, got {type(raw).__name__}")
-    from nanigpt.plancache import cached
+    from nanigpt.graph.plancache import cached
 
     schema_sha = hashlib.sha256(SCHEMA_PATH.read_bytes()).hexdigest()
     key = f"{schema_sha}:{json.dumps(raw, sort_keys=True, default=str)}"
@@ -209,7 +210,7 @@ def _check_references(config: dict, source: str) -> None:
         if sweep.get("grouped") and "cooldown" in sweep:
             raise ConfigError(
                 f"{source}: sweeps.{name}: 'grouped' and 'cooldown' together: a WSD sweep's runs "
-                f"already train in one job (nanigpt.wsd); drop 'grouped'"
+                f"already train in one job (nanigpt.graph.jobs); drop 'grouped'"
             )
     for entry in config.get("bench", {}).get("datasets", []):
         if entry not in config["datasets"]:
@@ -246,15 +247,13 @@ def _check_references(config: dict, source: str) -> None:
 def _check_parallelism(config: dict, source: str) -> None:
     """Every (parallelism, arch, size) a sweep combines must be able to run: the strategy uses only
     its dims, tp divides the heads and the MLP width, ep divides the experts (and needs an MoE), the
-    batch splits over the data-parallel ranks (`nanigpt.parallel.apply.validate_parallelism`)."""
+    batch splits over the data-parallel ranks (`nanigpt.parallel.setting.validate_parallelism`)."""
     checked = set()
     for sweep_name, sweep in config["sweeps"].items():
         for par in sweep["parallelism"]:
             setting = config["parallelism"][par]
             if world_size(setting) == 1 and "strategy" not in setting:
                 continue  # one process: nothing to check (and no torch import when planning)
-            from nanigpt.parallel.apply import validate_parallelism
-
             for arch in sweep["archs"]:
                 for size in sweep["sizes"]:
                     if (par, arch, size) in checked:
@@ -277,14 +276,8 @@ def _check_parallelism(config: dict, source: str) -> None:
 ISOFLOP_MIN_SIZES = 3
 
 
-def tokens_per_batch(config: dict) -> int:
-    """Tokens of one optimizer step (the trainer's global batch): seq_len x batch_size x grad_accum."""
-    t = config["training"]
-    return t["seq_len"] * t["batch_size"] * t.get("grad_accum", 1)
-
-
 def _count_train_flops_per_token(model_json: str) -> int:
-    from nanigpt.model.flops import count  # imports torch: only configs with `budgets` pay for it
+    from nanigpt.model.flops import count  # torch-free; only configs with `budgets` count FLOPs
 
     model = json.loads(model_json)
     return int(count(model, seq_len=model["seq_len"]).train_flops_per_token)
@@ -292,7 +285,7 @@ def _count_train_flops_per_token(model_json: str) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _train_flops_per_token(model_json: str) -> int:
-    from nanigpt.plancache import cached  # keeps torch out of planning once counted
+    from nanigpt.graph.plancache import cached  # keeps torch out of planning once counted
 
     return cached(
         "train_flops_per_token", model_json, lambda: _count_train_flops_per_token(model_json)
@@ -307,10 +300,10 @@ def train_flops_per_token(model: dict) -> int:
 
 def budget_tokens(config: dict, sweep_name: str, arch: str, size: str, budget: float) -> int:
     """Tokens that spend `budget` training FLOPs on (arch, size): budget / flops_per_token,
-    rounded half up to a whole number of batches (`tokens_per_batch`), so the trainer runs exactly
+    rounded half up to a whole number of batches (`tokens_per_step`), so the trainer runs exactly
     that many tokens and the run's counted FLOPs miss the budget by at most half a batch's worth.
     A budget that does not buy one batch is refused, naming the sweep, size and budget."""
-    batch = tokens_per_batch(config)
+    batch = tokens_per_step(config["training"])
     fpt = train_flops_per_token(
         _model_settings(config, config["sweeps"][sweep_name]["dataset"], size, arch)
     )
@@ -404,10 +397,6 @@ def run_id_for(dataset: str, arch: str, size: str, tokens: int, parallelism: str
 
 def vocab_size_for(config: dict, dataset: str) -> int:
     return config["tokenizer"]["vocab_size"]
-
-
-def tokens_dir(config: dict, dataset: str) -> str:
-    return f"{dataset}-v{vocab_size_for(config, dataset)}"
 
 
 def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
@@ -517,12 +506,11 @@ def expand_runs(config: dict) -> dict[str, dict]:
 
 
 def _as_wsd_branch(config: dict, run: dict, sweep: dict, smallest_tokens: int) -> None:
-    """Make `run` a WSD cooldown branch (`nanigpt.wsd`): id suffix `_wsd`, a linear cooldown over
+    """Make `run` a WSD cooldown branch (`nanigpt.graph.jobs`): id suffix `_wsd`, a linear cooldown over
     the sweep's `cooldown` fraction, and a warmup of `warmup_frac` of the smallest budget's steps,
     the same for every budget (the branches share one stable run)."""
     run["run_id"] += "_wsd"
-    t = run["training"]
-    smallest_steps = math.ceil(smallest_tokens / (t["seq_len"] * t["batch_size"] * t["grad_accum"]))
+    smallest_steps = math.ceil(smallest_tokens / tokens_per_step(run["training"]))
     run["training"].update(
         schedule="wsd",
         decay_frac=sweep["cooldown"],
@@ -575,19 +563,49 @@ def moe_analysed_runs(config: dict) -> dict[str, str]:
     return {
         rid: moe_eval_dataset(config, runs[rid])
         for sweep in sweeps
+        for rid in moe_run_ids(config, sweep)
+    }
+
+
+def moe_run_ids(config: dict, sweep: str) -> list[str]:
+    """The MoE runs of a sweep at the base seed (dense runs have no router to analyse; the
+    specialization of other seeds is not scored, to keep the analysis' cost)."""
+    runs = resolve_runs(config)
+    return [
+        rid
         for rid in sweep_run_ids(config, sweep)
         if runs[rid]["arch_kind"] == "moe" and runs[rid]["seed"] == config["training"]["seed"]
-    }
+    ]
+
+
+def moe_mi_run_ids(config: dict) -> list[str]:
+    """The runs of the MI-over-training figure: the control sweep's MoE runs and the mixture
+    sweeps' runs of the same (arch, size, tokens), else every MoE run of `moe_analysis.sweeps`."""
+    spec = config.get("moe_analysis") or {}
+    runs = resolve_runs(config)
+    control = moe_run_ids(config, spec["control_sweep"]) if spec.get("control_sweep") else []
+    keys = {(runs[r]["arch"], runs[r]["size"], runs[r]["tokens"]) for r in control}
+    mixture = [r for s in spec.get("sweeps") or [] for r in moe_run_ids(config, s)]
+    matched = [r for r in mixture if (runs[r]["arch"], runs[r]["size"], runs[r]["tokens"]) in keys]
+    return sorted(set((matched or mixture) + control))
+
+
+def sweeps_run_ids(config: dict, sweeps: list[str], moe_only: bool) -> list[str]:
+    """Run ids of several sweeps (only their `moe_run_ids` when `moe_only`), each once, in config
+    order."""
+    of_sweep = (
+        (lambda s: moe_run_ids(config, s)) if moe_only else (lambda s: sweep_run_ids(config, s))
+    )
+    return list(dict.fromkeys(rid for s in sweeps for rid in of_sweep(s)))
 
 
 def run_settings_json(run: dict) -> str:
     """The run's settings as canonical JSON (what the trainer gets and what Snakemake compares)."""
-    settings = {k: v for k, v in run.items() if k not in ("sweeps", "budgets")}
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return json.dumps(run_settings(run), sort_keys=True, separators=(",", ":"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m nanigpt.config [CONFIG]`: validate a config and list the runs it declares."""
+    """`python -m nanigpt.graph.config [CONFIG]`: validate a config and list the runs it declares."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -1,0 +1,90 @@
+# Stage 3b: jobs that train several runs in one process (nanigpt.graph.jobs plans them, one
+# planner for both kinds; nanigpt.training.jobs trains either kind, the job's spec naming it):
+# - wsd: a sweep with `cooldown:`; one job per (dataset, arch, seed, parallelism, training
+#   settings; and size in a sweep of FLOP budgets) trains its stable runs and each budget's
+#   cooldown branch into results/wsd/{job_id}/;
+# - grouped: a sweep with `grouped: true`; one job per (dataset, size, seed, parallelism) of world
+#   size 1 trains its runs in turn into results/jobs/{job_id}/.
+# A job's folder is deliberately not an output (its checkpoints and finished runs are not), so a
+# killed job's rerun skips what is finished. A tiny job per run links its files into
+# results/runs/{run_id}/, the same outputs as train_run's.
+from nanigpt.graph.jobs import job_of, plan_jobs
+
+JOBS = plan_jobs(config, RUNS)
+JOB_OF = job_of(JOBS)
+
+
+def job_named(wildcards):
+    job = JOBS.get(wildcards.job_id)
+    if job is None or paths.JOB_FOLDERS[job["kind"]] != wildcards.job_folder:
+        raise WorkflowError(
+            f"unknown job 'results/{wildcards.job_folder}/{wildcards.job_id}': the config declares "
+            f"{', '.join(paths.job_dir(j) for j in JOBS.values()) or 'none'}"
+        )
+    return job
+
+
+def job_shard(wildcards, split):
+    return paths.shard(config, job_named(wildcards)["dataset"], split)
+
+
+rule train_job:
+    input:
+        train=lambda w: job_shard(w, "train"),
+        val=lambda w: job_shard(w, "val"),
+        truth=lambda w: paths.ground_truth(job_named(w)["dataset"]),
+    output:
+        paths.JOB_DONE,
+    log:
+        f"{LOGS}/train_job/{{job_folder}}/{{job_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_job/{{job_folder}}/{{job_id}}.tsv"
+    wildcard_constraints:
+        job_folder="|".join(paths.JOB_FOLDERS.values()),
+    threads: config["training"]["threads"]
+    resources:
+        **({"gpu": 1} if TRAIN_ON_GPU else {}),
+        cpus_per_task=config["training"]["threads"],
+        mem_mb=TRAIN_MEM_MB_PER_PROCESS,
+        runtime=TRAIN_RUNTIME_MIN,
+    params:
+        job=lambda w: json.dumps(job_named(w), sort_keys=True, separators=(",", ":")),
+    shell:
+        "python -m nanigpt.training.jobs train --job {params.job:q} --train {input.train}"
+        " --val {input.val} --ground-truth {input.truth}"
+        " --out results/{wildcards.job_folder}/{wildcards.job_id} > {log} 2>&1"
+
+
+rule publish_job_run:
+    input:
+        lambda w: paths.job_done(JOBS[JOB_OF[w.run_id]]),
+    output:
+        **paths.run_outputs(),
+    wildcard_constraints:
+        run_id="|".join(JOB_OF) or "(?!)",
+    resources:
+        **SMALL_JOB,
+    params:
+        run=lambda w: run_settings_json(run_of(w)),
+        src=lambda w: paths.job_run_dir(JOBS[JOB_OF[w.run_id]], w.run_id),
+        dst=lambda w: paths.run_dir(w.run_id),
+    shell:
+        "python -m nanigpt.training.jobs publish --src {params.src} --dst {params.dst}"
+
+
+ruleorder: publish_job_run > train_run
+
+
+# Does a cooldown branch match a cosine run of equal length (Hägele et al. 2024)? Seed by seed,
+# over the sweeps `wsd_check.sweeps` (one cosine, one WSD, same sizes, tokens and seeds).
+rule wsd_vs_cosine:
+    input:
+        lambda w: [s for sweep in config["wsd_check"]["sweeps"] for s in summaries_of_sweep(sweep)],
+    output:
+        "results/scaling/wsd_vs_cosine.json",
+    log:
+        f"{LOGS}/wsd_vs_cosine.log",
+    resources:
+        **SMALL_JOB,
+    shell:
+        "python -m nanigpt.scaling.wsd_check --out {output} {input} > {log} 2>&1"
