@@ -11,8 +11,14 @@ from nanigpt.config import (
 )
 from nanigpt.launch import world_size
 from nanigpt.runs import run_labels, study_version, sweeps_labels
+from nanigpt.scaling import predict as heldout
 
 RUNS = resolve_runs(config)
+# Runs the fit must predict before they train (`scaling.held_out`, nanigpt.scaling.predict).
+try:
+    HELD_OUT = heldout.held_out_run_ids(config, RUNS)
+except heldout.HeldOutError as error:
+    raise WorkflowError(f"invalid config: {error}") from None
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"  # one TSV per job: wall s, peak RSS (MB), I/O (nanigpt.runs show)
 
@@ -39,6 +45,12 @@ def run_of(wildcards):
 
 def shard_path(run, split):
     return f"data/tokens/{tokens_dir(config, run['dataset'])}/{split}.bin"
+
+
+def prediction_gate(run_ids):
+    """A training job's extra input: the prediction file when it trains a held-out run, so
+    the graph runs the prediction first (DESIGN.md: a prediction comes before its run)."""
+    return heldout.gate(HELD_OUT, run_ids)
 
 
 def summaries_of_sweep(sweep):

@@ -27,6 +27,7 @@ rule train_grouped_job:
         train=lambda w: group_shard(w, "train"),
         val=lambda w: group_shard(w, "val"),
         truth=lambda w: f"data/synthetic/{group_job(w)['dataset']}/ground_truth.json",
+        prediction=lambda w: prediction_gate(r["run_id"] for r in group_job(w)["runs"]),
     output:
         "results/jobs/{job_id}/done.json",
     log:

@@ -16,6 +16,7 @@ rule train_run:
         train=lambda w: shard_path(run_of(w), "train"),
         val=lambda w: shard_path(run_of(w), "val"),
         truth=lambda w: f"data/synthetic/{run_of(w)['dataset']}/ground_truth.json",
+        prediction=lambda w: prediction_gate([w.run_id]),
     output:
         config="results/runs/{run_id}/config.json",
         metrics="results/runs/{run_id}/metrics.parquet",

@@ -26,6 +26,9 @@ rule train_wsd_job:
         train=lambda w: wsd_shard(w, "train"),
         val=lambda w: wsd_shard(w, "val"),
         truth=lambda w: f"data/synthetic/{wsd_job(w)['dataset']}/ground_truth.json",
+        prediction=lambda w: prediction_gate(
+            b["run_id"] for s in wsd_job(w)["stables"] for b in s["branches"]
+        ),
     output:
         "results/wsd/{job_id}/done.json",
     log:
