@@ -49,7 +49,7 @@ def sh(args: list[str], log: Path, env: dict | None = None) -> float:
     return seconds
 
 
-def plan(config_path: str, out: Path) -> None:
+def plan(config_path: str, out: Path, prediction: Path | None = None) -> None:
     from nanigpt.config import (
         load_config,
         moe_analysed_runs,
@@ -57,9 +57,14 @@ def plan(config_path: str, out: Path) -> None:
         run_settings_json,
         tokens_dir,
     )
+    from nanigpt.scaling.predict import held_out_gate_for_plan
 
     config = load_config(config_path)
-    runs = resolve_runs(config)
+    runs = dict(resolve_runs(config))
+    # As the graph's prediction_gate: held-out runs are planned only beside the prediction made
+    # before them (nanigpt.scaling.predict), whose sha256 the plan records.
+    kept, prediction_sha = held_out_gate_for_plan(config, runs, prediction)
+    runs = {rid: runs[rid] for rid in kept}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -74,6 +79,7 @@ def plan(config_path: str, out: Path) -> None:
                     for rid, other in moe_analysed_runs(config).items()
                 ],
                 "moe_max_tokens": (config.get("moe_analysis") or {}).get("max_tokens", 65536),
+                "prediction_sha256": prediction_sha,
             },
             indent=1,
         )
@@ -377,6 +383,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/nanigpt-gpu"))
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--prediction", type=Path,
+        help="(plan) prediction.json made before the held-out runs: without it they are left out",
+    )  # fmt: skip
     parser.add_argument("--probe", type=Path, help="(pick-lr) the lr probe's plan")
     parser.add_argument("--picks", type=Path, help="(pick-lr) where to write the picks (JSON)")
     parser.add_argument("--only", help="(sweep) only runs whose id matches this regex")
@@ -388,7 +398,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     if args.mode == "plan":
-        plan(args.config, args.out)
+        plan(args.config, args.out, args.prediction)
     elif args.mode == "sweep":
         sweep(args.plan, args.out, args.work, args.only, args.deadline_s, args.gpus, args.per_gpu)
     elif args.mode == "pick-lr":

@@ -4,6 +4,7 @@ order that makes the forecast come first."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 
@@ -132,3 +133,21 @@ def test_the_graph_trains_held_out_runs_only_after_the_prediction(tmp_path):
     assert held and all(PREDICTION in inputs[o] for o in held)
     assert all(PREDICTION not in inputs[o] for o in inputs if o not in held)
     assert "rule predict_held_out:" in text
+
+
+def test_a_device_plan_holds_held_out_runs_back_until_the_prediction_exists(tmp_path):
+    """scripts/gpu_session.py plans without Snakemake: the same order, by the same lookup."""
+    from nanigpt.scaling.predict import held_out_gate_for_plan
+
+    config = load_config()
+    runs = expand_runs(config)
+    held = set(held_out_run_ids(config, runs))
+    kept, sha = held_out_gate_for_plan(config, runs, None)
+    assert sha is None and held and not held & set(kept) and len(kept) == len(runs) - len(held)
+    stale = tmp_path / "prediction.json"
+    stale.write_text(json.dumps({"held_out": [{"run_id": "other"}]}))
+    with pytest.raises(HeldOutError, match="does not predict"):
+        held_out_gate_for_plan(config, runs, stale)
+    stale.write_text(json.dumps({"held_out": [{"run_id": r} for r in held]}))
+    kept, sha = held_out_gate_for_plan(config, runs, stale)
+    assert set(kept) == set(runs) and len(sha) == 64

@@ -132,6 +132,33 @@ def gate(held_out: Iterable[str], run_ids: Iterable[str]) -> list[str]:
     return [PREDICTION] if set(held_out).intersection(run_ids) else []
 
 
+def held_out_gate_for_plan(
+    config: dict, runs: dict[str, dict], prediction: str | Path | None
+) -> tuple[list[str], str | None]:
+    """The graph's order for a plan made without Snakemake (scripts/gpu_session.py): the run ids
+    to plan, and the prediction's sha256. Without a prediction file the held-out runs are left
+    out; with one, it must predict every held-out run."""
+    import hashlib
+
+    held = set(held_out_run_ids(config, runs))
+    if not held:
+        return list(runs), None
+    if prediction is None:
+        print(
+            f"left out {len(held)} held-out run(s) of '{config['scaling']['held_out']}': plan "
+            f"them with --prediction {PREDICTION} once the fit has predicted them",
+            file=sys.stderr,
+        )
+        return [rid for rid in runs if rid not in held], None
+    data = Path(prediction).read_bytes()
+    predicted = {row["run_id"] for row in json.loads(data)["held_out"]}
+    if held - predicted:
+        raise HeldOutError(
+            f"{prediction} does not predict held-out run(s) {sorted(held - predicted)[:3]}"
+        )
+    return list(runs), hashlib.sha256(data).hexdigest()
+
+
 # --- predict ------------------------------------------------------------------------------------
 
 
