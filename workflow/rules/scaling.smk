@@ -73,7 +73,9 @@ rule check_prediction:
         figure=report(
             "results/scaling/prediction_check.svg",
             category="Scaling",
-            labels={"figure": "held-out prediction"},
+            labels=sweeps_labels(
+                config, [config["scaling"].get("held_out") or config["scaling"]["sweep"]]
+            ),
         ),
     log:
         f"{LOGS}/check_prediction.log",
@@ -95,7 +97,7 @@ rule advise:
         figure=report(
             "results/scaling/advice.svg",
             category="Scaling",
-            labels={"figure": "budget advisor"},
+            labels=sweeps_labels(config, [config["scaling"]["sweep"]]),
         ),
     log:
         f"{LOGS}/advise.log",
