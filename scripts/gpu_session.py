@@ -354,20 +354,27 @@ def throughput(out: Path, work: Path, steps: int) -> None:
 
 
 def pick_lr(probe_path: Path, plan_path: Path, out: Path, work: Path) -> dict:
-    """Per size, the lr of the probe's best run (lowest final_val_bpb), set on the plan's runs."""
+    """Per size, the lr of the probe's best run (lowest final_val_bpb), set on the plan's runs;
+    per (arch, size) when the probe holds several archs (each arch its own pick: keys
+    `arch/size`)."""
     probe = json.loads(probe_path.read_text())
+    per_arch = len({run.get("arch") for run in probe["runs"].values()}) > 1
+
+    def key(run: dict) -> str:
+        return f"{run.get('arch')}/{run['size']}" if per_arch else run["size"]
+
     losses: dict[str, dict[float, float]] = {}
     for run_id, run in probe["runs"].items():
         summary = work / f"results/runs/{run_id}/summary.json"
         if summary.exists():
             bpb = json.loads(summary.read_text())["final_val_bpb"]
-            losses.setdefault(run["size"], {})[run["training"]["lr"]] = bpb
-    picks = {size: min(by_lr, key=by_lr.get) for size, by_lr in losses.items()}
+            losses.setdefault(key(run), {})[run["training"]["lr"]] = bpb
+    picks = {k: min(by_lr, key=by_lr.get) for k, by_lr in losses.items()}
     p = json.loads(plan_path.read_text())
     for run in p["runs"].values():
-        if run["size"] in picks:
-            run["training"]["lr"] = picks[run["size"]]
-    unpicked = sorted({r["size"] for r in p["runs"].values()} - set(picks))
+        if key(run) in picks:
+            run["training"]["lr"] = picks[key(run)]
+    unpicked = sorted({key(r) for r in p["runs"].values()} - set(picks))
     out.write_text(json.dumps(p, indent=1))
     result = {"picks": picks, "losses": {k: {str(a): b for a, b in v.items()} for k, v in losses.items()},
               "sizes_without_probe": unpicked}  # fmt: skip
