@@ -68,6 +68,7 @@ rule all:
     input:
         "results/scaling/moe_vs_dense.svg",
         "results/scaling/fit_residuals.svg",
+        SCALING_TARGETS,
         ISOFLOP_TARGETS,
         "results/profile/summary.parquet",
         "results/profile/breakdown.svg",

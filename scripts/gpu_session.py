@@ -49,7 +49,7 @@ def sh(args: list[str], log: Path, env: dict | None = None) -> float:
     return seconds
 
 
-def plan(config_path: str, out: Path) -> None:
+def plan(config_path: str, out: Path, prediction: Path | None = None) -> None:
     from nanigpt.graph.config import (
         load_config,
         moe_analysed_runs,
@@ -57,9 +57,14 @@ def plan(config_path: str, out: Path) -> None:
         run_settings_json,
     )
     from nanigpt.graph.paths import tokens_dir
+    from nanigpt.scaling.predict import held_out_gate_for_plan
 
     config = load_config(config_path)
-    runs = resolve_runs(config)
+    runs = dict(resolve_runs(config))
+    # As the graph's prediction_gate: held-out runs are planned only beside the prediction made
+    # before them (nanigpt.scaling.predict), whose sha256 the plan records.
+    kept, prediction_sha = held_out_gate_for_plan(config, runs, prediction)
+    runs = {rid: runs[rid] for rid in kept}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -74,6 +79,7 @@ def plan(config_path: str, out: Path) -> None:
                     for rid, other in moe_analysed_runs(config).items()
                 ],
                 "moe_max_tokens": (config.get("moe_analysis") or {}).get("max_tokens", 65536),
+                "prediction_sha256": prediction_sha,
             },
             indent=1,
         )
@@ -348,20 +354,27 @@ def throughput(out: Path, work: Path, steps: int) -> None:
 
 
 def pick_lr(probe_path: Path, plan_path: Path, out: Path, work: Path) -> dict:
-    """Per size, the lr of the probe's best run (lowest final_val_bpb), set on the plan's runs."""
+    """Per size, the lr of the probe's best run (lowest final_val_bpb), set on the plan's runs;
+    per (arch, size) when the probe holds several archs (each arch its own pick: keys
+    `arch/size`)."""
     probe = json.loads(probe_path.read_text())
+    per_arch = len({run.get("arch") for run in probe["runs"].values()}) > 1
+
+    def key(run: dict) -> str:
+        return f"{run.get('arch')}/{run['size']}" if per_arch else run["size"]
+
     losses: dict[str, dict[float, float]] = {}
     for run_id, run in probe["runs"].items():
         summary = work / f"results/runs/{run_id}/summary.json"
         if summary.exists():
             bpb = json.loads(summary.read_text())["final_val_bpb"]
-            losses.setdefault(run["size"], {})[run["training"]["lr"]] = bpb
-    picks = {size: min(by_lr, key=by_lr.get) for size, by_lr in losses.items()}
+            losses.setdefault(key(run), {})[run["training"]["lr"]] = bpb
+    picks = {k: min(by_lr, key=by_lr.get) for k, by_lr in losses.items()}
     p = json.loads(plan_path.read_text())
     for run in p["runs"].values():
-        if run["size"] in picks:
-            run["training"]["lr"] = picks[run["size"]]
-    unpicked = sorted({r["size"] for r in p["runs"].values()} - set(picks))
+        if key(run) in picks:
+            run["training"]["lr"] = picks[key(run)]
+    unpicked = sorted({key(r) for r in p["runs"].values()} - set(picks))
     out.write_text(json.dumps(p, indent=1))
     result = {"picks": picks, "losses": {k: {str(a): b for a, b in v.items()} for k, v in losses.items()},
               "sizes_without_probe": unpicked}  # fmt: skip
@@ -377,6 +390,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/nanigpt-gpu"))
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--prediction", type=Path,
+        help="(plan) prediction.json made before the held-out runs: without it they are left out",
+    )  # fmt: skip
     parser.add_argument("--probe", type=Path, help="(pick-lr) the lr probe's plan")
     parser.add_argument("--picks", type=Path, help="(pick-lr) where to write the picks (JSON)")
     parser.add_argument("--only", help="(sweep) only runs whose id matches this regex")
@@ -388,7 +405,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     if args.mode == "plan":
-        plan(args.config, args.out)
+        plan(args.config, args.out, args.prediction)
     elif args.mode == "sweep":
         sweep(args.plan, args.out, args.work, args.only, args.deadline_s, args.gpus, args.per_gpu)
     elif args.mode == "pick-lr":

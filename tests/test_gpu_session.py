@@ -111,3 +111,27 @@ def test_pick_lr_gives_each_size_its_best_probe_lr(gpu_session, tmp_path):
     assert result["picks"] == {"a": 0.03, "b": 0.01} and result["sizes_without_probe"] == ["c"]
     lrs = {rid: r["training"]["lr"] for rid, r in json.loads(out.read_text())["runs"].items()}
     assert lrs == {"a_big": 0.03, "b_big": 0.01, "c_big": 0.003}
+
+
+def test_pick_lr_picks_per_arch_when_the_probe_holds_several(gpu_session, tmp_path):
+    """h200_study.yaml probes dense and MoE: each arch gets its own lr per size."""
+
+    def run(arch: str, lr: float) -> dict:
+        return {"arch": arch, "size": "a", "training": {"lr": lr}}
+
+    probe = {"runs": {f"{a}_lr{i}": run(a, lr) for a in ("dense", "moe")
+                      for i, lr in enumerate((0.01, 0.03))}}  # fmt: skip
+    losses = {"dense_lr0": 1.5, "dense_lr1": 1.2, "moe_lr0": 0.9, "moe_lr1": 1.4}
+    for run_id, bpb in losses.items():
+        (tmp_path / "results/runs" / run_id).mkdir(parents=True)
+        (tmp_path / "results/runs" / run_id / "summary.json").write_text(
+            json.dumps({"final_val_bpb": bpb})
+        )
+    sweep = {"runs": {"d": run("dense", 0.003), "m": run("moe", 0.003)}}
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    out = tmp_path / "picked.json"
+    result = gpu_session.pick_lr(tmp_path / "probe.json", tmp_path / "sweep.json", out, tmp_path)
+    assert result["picks"] == {"dense/a": 0.03, "moe/a": 0.01}
+    lrs = {rid: r["training"]["lr"] for rid, r in json.loads(out.read_text())["runs"].items()}
+    assert lrs == {"d": 0.03, "m": 0.01}

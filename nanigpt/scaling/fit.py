@@ -663,6 +663,9 @@ def fit_arch(
     for name in PARAM_NAMES:
         entry[name] = getattr(law.params, name)
         entry[f"{name}_ci"] = list(law.ci(name))
+    # The replicates themselves (rows of E, A, B, alpha, beta): what a prediction or the budget
+    # advisor (nanigpt.scaling.predict, nanigpt.scaling.advise) needs for its own intervals.
+    entry["bootstrap_params"] = law.bootstrap
     if {"flops_total", "flops_6nd"} <= set(table.columns):
         ratio = table["flops_total"].to_numpy() / table["flops_6nd"].to_numpy()
         entry["flops_counted_over_6nd"] = {
@@ -682,7 +685,7 @@ def fit_arch(
         "seed": seed,
         "ci_level": ci_level,
     }
-    entry["fixed_floor"] = _side_fit(table, n_column, floor, True, **fit_kw)
+    entry["fixed_floor"] = _side_fit(table, n_column, floor, True, keep_bootstrap=True, **fit_kw)
     if FLOPS_AXIS in table.columns and n_column != FLOPS_AXIS:
         entry["by_flops_per_token"] = {
             "free": _side_fit(table, FLOPS_AXIS, floor, False, **fit_kw),
@@ -709,6 +712,27 @@ def known_floor(table: pl.DataFrame, loss_column: str) -> float | None:
     return float(floor) if floor is not None and math.isfinite(floor) else None
 
 
+def law_from_entry(entry: dict[str, Any]) -> LawFit:
+    """A fits.json entry (a free fit, or its `fixed_floor`) back as a LawFit with its bootstrap
+    replicates (`bootstrap_params`; none in a fits.json written before they were kept)."""
+    if "error" in entry:
+        raise FitError(f"the fit was refused: {entry['error']}")
+    params = LawParams(*(float(entry[p]) for p in PARAM_NAMES))
+    rows = np.asarray(entry.get("bootstrap_params") or [], dtype=float).reshape(-1, 5)
+    theta = np.array(
+        [math.log(params.A), math.log(params.B), math.log(params.E), params.alpha, params.beta]
+    )
+    return LawFit(
+        params=params,
+        theta=theta,
+        n_points=int(entry.get("n_points", 0)),
+        objective=float(entry.get("objective", math.nan)),
+        bootstrap=rows,
+        n_bootstrap=len(rows),
+        ci_level=float(entry.get("ci_level", 0.95)),
+    )
+
+
 def law_summary(law: LawFit) -> dict[str, Any]:
     out: dict[str, Any] = {"n_points": law.n_points, "n_bootstrap": law.n_bootstrap}
     for name in PARAM_NAMES:
@@ -727,9 +751,11 @@ def _side_fit(
     bootstrap: int,
     seed: int,
     ci_level: float,
+    keep_bootstrap: bool = False,
 ) -> dict[str, Any]:
     """A fit beside the main one: another model-scale axis, or E fixed at the known floor (the
-    four-parameter fit; `{"error": ...}` when there is no floor or the fit is refused)."""
+    four-parameter fit; `{"error": ...}` when there is no floor or the fit is refused);
+    `keep_bootstrap` keeps its replicates (`bootstrap_params`)."""
     out: dict[str, Any] = {"n_column": n_column, "E_fixed": fix_e}
     if fix_e and floor is None:
         return {**out, "error": "no known floor for this loss (bits/byte on synthetic data only)"}
@@ -743,7 +769,10 @@ def _side_fit(
         )  # fmt: skip
     except FitError as e:
         return {**out, "error": str(e)}
-    return {**out, **law_summary(law), "n_range": [float(n.min()), float(n.max())]}
+    out = {**out, **law_summary(law), "n_range": [float(n.min()), float(n.max())]}
+    if keep_bootstrap:
+        out["bootstrap_params"] = law.bootstrap
+    return out
 
 
 # The crossover is searched from the runs' smallest budget to this many times their largest: far

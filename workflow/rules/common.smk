@@ -10,8 +10,14 @@ from nanigpt.graph.config import (
 )
 from nanigpt.parallel.setting import world_size
 from nanigpt.graph.runtable import run_labels, study_version, sweeps_labels
+from nanigpt.scaling import predict as heldout
 
 RUNS = resolve_runs(config)
+# Runs the fit must predict before they train (`scaling.held_out`, nanigpt.scaling.predict).
+try:
+    HELD_OUT = heldout.held_out_run_ids(config, RUNS)
+except heldout.HeldOutError as error:
+    raise WorkflowError(f"invalid config: {error}") from None
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"  # one TSV per job: wall s, peak RSS (MB), I/O (nanigpt.graph.runtable show)
 
@@ -38,6 +44,12 @@ def run_of(wildcards):
 
 def shard_path(run, split):
     return paths.shard(config, run["dataset"], split)
+
+
+def prediction_gate(run_ids):
+    """A training job's extra input: the prediction file when it trains a held-out run, so
+    the graph runs the prediction first (DESIGN.md: a prediction comes before its run)."""
+    return heldout.gate(HELD_OUT, run_ids)
 
 
 def summaries_of_sweep(sweep):

@@ -8,7 +8,7 @@
 # A job's folder is deliberately not an output (its checkpoints and finished runs are not), so a
 # killed job's rerun skips what is finished. A tiny job per run links its files into
 # results/runs/{run_id}/, the same outputs as train_run's.
-from nanigpt.graph.jobs import job_of, plan_jobs
+from nanigpt.graph.jobs import job_of, job_run_ids, plan_jobs
 
 JOBS = plan_jobs(config, RUNS)
 JOB_OF = job_of(JOBS)
@@ -33,6 +33,7 @@ rule train_job:
         train=lambda w: job_shard(w, "train"),
         val=lambda w: job_shard(w, "val"),
         truth=lambda w: paths.ground_truth(job_named(w)["dataset"]),
+        prediction=lambda w: prediction_gate(job_run_ids(job_named(w))),
     output:
         paths.JOB_DONE,
     log:

@@ -36,3 +36,93 @@ rule fit_scaling:
         "python -m nanigpt.scaling.fit --runs {input} --out {output} --loss {params.loss}"
         " --n-column {params.n_column} --bootstrap {params.bootstrap} --seed {params.seed}"
         " > {log} 2>&1"
+
+
+# A pre-registered prediction (`scaling.held_out`, nanigpt.scaling.predict): the fit above, which
+# sees no held-out run, forecasts each held-out run's loss with a bootstrap interval; the held-out
+# runs' training jobs list prediction.json among their inputs (prediction_gate), so the graph
+# trains them only after the forecast exists, and the verdict sets forecast beside measurement.
+import shlex
+
+HELD_OUT_POINTS = heldout.held_out_points(config, RUNS) if HELD_OUT else []
+
+
+rule predict_held_out:
+    input:
+        fits="results/scaling/fits.json",
+        runs="results/scaling/runs.parquet",
+    output:
+        heldout.PREDICTION,
+    log:
+        f"{LOGS}/predict_held_out.log",
+    resources:
+        **SMALL_JOB,
+    params:
+        points=json.dumps(HELD_OUT_POINTS, sort_keys=True, separators=(",", ":")),
+    shell:
+        "python -m nanigpt.scaling.predict predict --fits {input.fits} --runs {input.runs}"
+        " --held-out {params.points:q} --out {output} > {log} 2>&1"
+
+
+rule check_prediction:
+    input:
+        prediction=heldout.PREDICTION,
+        summaries=[f"results/runs/{run_id}/summary.json" for run_id in HELD_OUT],
+    output:
+        check="results/scaling/prediction_check.json",
+        figure=report(
+            "results/scaling/prediction_check.svg",
+            category="Scaling",
+            labels=sweeps_labels(
+                config, [config["scaling"].get("held_out") or config["scaling"]["sweep"]]
+            ),
+        ),
+    log:
+        f"{LOGS}/check_prediction.log",
+    resources:
+        **SMALL_JOB,
+    shell:
+        "python -m nanigpt.scaling.predict check --prediction {input.prediction}"
+        " --out {output.check} --figure {output.figure} {input.summaries} > {log} 2>&1"
+
+
+# The budget advisor (`scaling.advice`, nanigpt.scaling.advise): FLOP-optimal and wall-clock-
+# optimal size at the configured budgets, from the fit and the runs' measured tokens/s.
+rule advise:
+    input:
+        fits="results/scaling/fits.json",
+        runs="results/scaling/runs.parquet",
+    output:
+        advice="results/scaling/advice.json",
+        figure=report(
+            "results/scaling/advice.svg",
+            category="Scaling",
+            labels=sweeps_labels(config, [config["scaling"]["sweep"]]),
+        ),
+    log:
+        f"{LOGS}/advise.log",
+    resources:
+        **SMALL_JOB,
+    params:
+        flops=" ".join(f"{c:g}" for c in config["scaling"].get("advice", {}).get("flops", [])),
+        arch=config["scaling"].get("advice", {}).get("arch", "dense"),
+        device=(
+            f"--device {shlex.quote(config['scaling']['advice']['device'])}"
+            if config["scaling"].get("advice", {}).get("device")
+            else ""
+        ),
+    shell:
+        "python -m nanigpt.scaling.advise --fits {input.fits} --runs {input.runs}"
+        " --flops {params.flops} --arch {params.arch} {params.device}"
+        " --out {output.advice} --figure {output.figure} > {log} 2>&1"
+
+
+SCALING_TARGETS = (
+    ["results/scaling/prediction_check.json", "results/scaling/prediction_check.svg"]
+    if HELD_OUT
+    else []
+) + (
+    ["results/scaling/advice.json", "results/scaling/advice.svg"]
+    if config["scaling"].get("advice")
+    else []
+)

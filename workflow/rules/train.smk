@@ -16,6 +16,7 @@ rule train_run:
         train=lambda w: shard_path(run_of(w), "train"),
         val=lambda w: shard_path(run_of(w), "val"),
         truth=lambda w: paths.ground_truth(run_of(w)["dataset"]),
+        prediction=lambda w: prediction_gate([w.run_id]),
     output:
         **paths.run_outputs(),
     log:
