@@ -74,3 +74,5 @@ rule all:
         "results/rust/tokenizer.svg" if "bench" in config else [],
         "results/rust/checkpoint.svg" if "bench" in config else [],
         MOE_TARGETS,
+    message:
+        "build every target of the config"

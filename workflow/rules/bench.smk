@@ -21,6 +21,8 @@ rule bench_tokenizer:
         ),
         vocab=config.get("bench", {}).get("vocab_size", 2048),
         python_mb=config.get("bench", {}).get("python_mb", 0.3),
+    message:
+        "benchmark the Rust BPE tokenizer against the Python reference"
     shell:
         "python -m nanigpt.bench.tokenizer {params.inputs} --vocab-size {params.vocab}"
         " --python-mb {params.python_mb} --out {output.table} > {log} 2>&1"
@@ -49,6 +51,8 @@ rule plot_rust_bench:
         f"{BENCHMARKS}/plot_rust_bench.tsv"
     resources:
         **SMALL_JOB,
+    message:
+        "plot the Rust tokenizer benchmark"
     shell:
         "python -m nanigpt.plots.rust_bench --bench {input} --out {output} > {log} 2>&1"
 
@@ -69,6 +73,8 @@ rule bench_kernels:
         f"{LOGS}/bench_kernels.log",
     resources:
         **SMALL_JOB,
+    message:
+        "benchmark the Triton kernels against their PyTorch references"
     shell:
         "python -m nanigpt.kernels.bench --out {output.json} > {log} 2>&1"
 
@@ -85,6 +91,8 @@ rule bench_checkpoint:
     params:
         sizes=" ".join(str(s) for s in config.get("bench", {}).get("checkpoint_mb", [10, 50])),
         repeats=config.get("bench", {}).get("checkpoint_repeats", 3),
+    message:
+        "benchmark the checkpoint writers (torch, Rust, async DCP)"
     shell:
         "python -m nanigpt.bench.checkpoint --sizes-mb {params.sizes} --repeats {params.repeats}"
         " --out {output.table} > {log} 2>&1"

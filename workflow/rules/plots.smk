@@ -20,6 +20,8 @@ rule plot_moe_vs_dense:
         f"{BENCHMARKS}/plot_moe_vs_dense.tsv"
     resources:
         **SMALL_JOB,
+    message:
+        "plot the headline: MoE against dense, with the fits"
     shell:
         "python -m nanigpt.plots.moe_vs_dense --runs {input.runs} --fits {input.fits}"
         " --ground-truth {input.truth} --out {output} > {log} 2>&1"
@@ -41,6 +43,8 @@ rule plot_fit_residuals:
         f"{BENCHMARKS}/plot_fit_residuals.tsv"
     resources:
         **SMALL_JOB,
+    message:
+        "plot the scaling fit's residuals"
     shell:
         "python -m nanigpt.plots.fit_residuals --runs {input.runs} --fits {input.fits}"
         " --out {output} > {log} 2>&1"
