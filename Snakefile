@@ -74,3 +74,5 @@ rule all:
         "results/profile/breakdown.svg",
         BENCH_TARGETS,
         MOE_TARGETS,
+    message:
+        "build every target of the config"

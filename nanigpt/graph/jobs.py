@@ -29,6 +29,7 @@ import hashlib
 import json
 from typing import Any
 
+from nanigpt.graph import paths
 from nanigpt.graph.config import ConfigError
 from nanigpt.parallel.setting import world_size
 from nanigpt.training.config import BOOKKEEPING, branch_step_of, run_settings, tokens_per_step
@@ -144,6 +145,18 @@ def plan_jobs(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dict[s
     return {**wsd, **grouped}
 
 
+def job_spec(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """What `paths.job_spec(job)` holds: the job, and the input files it trains on (`inputs`:
+    train and val shards, ground truth), so that its command line needs only the spec and `--out`."""
+    dataset = job["dataset"]
+    inputs = {
+        "train": paths.shard(config, dataset, "train"),
+        "val": paths.shard(config, dataset, "val"),
+        "ground_truth": paths.ground_truth(dataset),
+    }
+    return {**job, "inputs": inputs}
+
+
 def job_run_ids(job: dict[str, Any]) -> list[str]:
     """The ids of the runs a job publishes: a WSD job's branches, a grouped job's runs."""
     if job["kind"] == "wsd":
@@ -154,3 +167,29 @@ def job_run_ids(job: dict[str, Any]) -> list[str]:
 def job_of(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Each run a job trains, mapped to its job id."""
     return {rid: jid for jid, job in jobs.items() for rid in job_run_ids(job)}
+
+
+def _counted(values: list[Any], noun: str) -> str:
+    distinct = list(dict.fromkeys(values))
+    return f"{len(distinct)} {noun}{'s' if len(distinct) != 1 else ''}"
+
+
+def what_a_job_trains(job: dict[str, Any]) -> str:
+    """The job in words, for its rule's `message:`: "5 sizes x 4 budgets of dense on mix, seed 0
+    (WSD)" or "6 runs (2 archs x 3 budgets) of size s1 on mix, seed 0"."""
+    if job["kind"] == "wsd":
+        branches = [b for s in job["stables"] for b in s["branches"]]
+        first = branches[0]
+        return (
+            f"{_counted([b['size'] for b in branches], 'size')} x "
+            f"{_counted([b['tokens'] for b in branches], 'budget')} of "
+            f"{', '.join(dict.fromkeys(b['arch'] for b in branches))} on {first['dataset']}, "
+            f"seed {first['training']['seed']} (WSD: {len(job['stables'])} stable run(s) and their cooldowns)"
+        )
+    runs = job["runs"]
+    first = runs[0]
+    return (
+        f"{len(runs)} runs ({_counted([r['arch'] for r in runs], 'arch')} x "
+        f"{_counted([r['tokens'] for r in runs], 'budget')}) of size {first['size']} on "
+        f"{first['dataset']}, seed {first['training']['seed']}, one process"
+    )

@@ -1,4 +1,4 @@
-"""Every path of the graph's files, written once: shards, ground truth, run folders, jobs.
+"""Every path of the graph's files, written once: shards, ground truth, run folders, jobs, specs.
 
 Serves the contract "every result is a file that Snakemake can rebuild from declared inputs"
 (DESIGN.md): the rules (`workflow/rules/*.smk`), the planner and `scripts/gpu_session.py` (which
@@ -20,6 +20,9 @@ RUNS = "results/runs"  # results/runs/{run_id}/: one run's files (RUN_FILES)
 # a folder that is not a rule's output (but for done.json), so a killed job keeps its finished runs
 # and checkpoints.
 JOB_FOLDERS = {"wsd": "wsd", "grouped": "jobs"}
+# Settings as files (`nanigpt.graph.specs`): results/specs/{wsd,jobs}/{job_id}.json (`--job @`),
+# results/specs/runs/{run_id}.json (`--run-config @`).
+SPECS = "results/specs"
 
 # Wildcard patterns of rule inputs and outputs.
 SHARD = f"{TOKENS}/{{tokdir}}/{{split}}.bin"
@@ -80,3 +83,13 @@ def job_done(job: dict[str, Any]) -> str:
 def job_run_dir(job: dict[str, Any], run_id: str) -> str:
     """Where a job trains one of its runs, before `publish` links it into `run_dir(run_id)`."""
     return f"{job_dir(job)}/runs/{run_id}"
+
+
+def job_spec(job: dict[str, Any]) -> str:
+    """A job's settings as a file, for `python -m nanigpt.training.jobs train --job @PATH`."""
+    return f"{SPECS}/{JOB_FOLDERS[job['kind']]}/{job['job_id']}.json"
+
+
+def run_spec(run_id: str) -> str:
+    """A run's settings as a file, for `python -m nanigpt.train --run-config @PATH`."""
+    return f"{SPECS}/runs/{run_id}.json"

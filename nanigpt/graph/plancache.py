@@ -23,6 +23,7 @@ from typing import Any
 
 from nanigpt import fingerprint
 
+PACKAGE = Path(__file__).resolve().parents[1]  # this checkout's nanigpt/
 _memo: dict[str, str | None] = {}  # file -> sha256, once per process
 _loaded: dict[str, Any] | None = None
 
@@ -73,6 +74,9 @@ def _write(cache: dict[str, Any]) -> None:
 def cached(kind: str, key: str, compute: Callable[[], Any]) -> Any:
     """`compute()` (a JSON value), or the cached value of (`kind`, `key`) if its code is unchanged."""
     cache = _read()
+    # One cache file serves every checkout on the machine; an entry is this checkout's own (the
+    # code that computed it elsewhere may differ from ours, though each is unchanged there).
+    key = f"{PACKAGE}:{key}"
     entry = cache.get(kind, {}).get(key)
     if entry is not None and _fresh(entry):
         return copy.deepcopy(entry["value"])  # callers may change what they get

@@ -25,6 +25,8 @@ fingerprint: a killed cooldown reruns alone (from its own rolling checkpoint if 
 from the stable run's checkpoint at its branch point), a killed stable or grouped run resumes from
 its rolling checkpoint, as a run of its own does.
 
+    python -m nanigpt.training.jobs train --job @results/specs/wsd/JOB_ID.json \\
+        --out results/wsd/JOB_ID                      # the graph's spec names its inputs
     python -m nanigpt.training.jobs train --job JSON_OR_@PATH --train train.bin --val val.bin \\
         --ground-truth ground_truth.json --out results/wsd/JOB_ID
     python -m nanigpt.training.jobs publish --src results/wsd/JOB_ID/runs/RUN_ID \\
@@ -207,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train the job's runs, skipping finished ones")
     p_train.add_argument("--job", required=True, help="job JSON, or @path to it")
-    p_train.add_argument("--train", required=True)
-    p_train.add_argument("--val", required=True)
-    p_train.add_argument("--ground-truth", required=True)
+    p_train.add_argument("--train", help="train shard (default: the spec's inputs.train)")
+    p_train.add_argument("--val", help="val shard (default: the spec's inputs.val)")
+    p_train.add_argument("--ground-truth", help="default: the spec's inputs.ground_truth")
     p_train.add_argument("--out", required=True, help="the job's folder")
     p_pub = sub.add_parser("publish", help="link a finished run's files into its run folder")
     p_pub.add_argument("--src", required=True)
@@ -221,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             publish(Path(args.src), Path(args.dst))
             return 0
         job = parse_job(args.job)
-        train_job(job, Path(args.train), Path(args.val), Path(args.ground_truth), Path(args.out))
+        given = {"train": args.train, "val": args.val, "ground_truth": args.ground_truth}
+        inputs = {k: v or job.get("inputs", {}).get(k) for k, v in given.items()}
+        missing = [f"--{k.replace('_', '-')}" for k, v in inputs.items() if not v]
+        if missing:
+            raise ValueError(f"give {', '.join(missing)}, or a job spec with `inputs`")
+        train_job(job, *(Path(v) for v in inputs.values()), Path(args.out))
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,5 +20,7 @@ rule synthetic_data:
                 w.dataset, config["datasets"][w.dataset], f"data/synthetic/{w.dataset}"
             )
         ),
+    message:
+        "build dataset {wildcards.dataset} (text, source labels, ground truth)"
     shell:
         "{params.cmd} > {log} 2>&1"

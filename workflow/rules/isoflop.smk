@@ -49,6 +49,8 @@ rule aggregate_sweep:
         sweep=SWEEP_NAME,
     resources:
         **SMALL_JOB,
+    message:
+        "collect the runs of sweep {wildcards.sweep} into one table"
     shell:
         "python -m nanigpt.scaling.aggregate --out {output} {input} > {log} 2>&1"
 
@@ -70,6 +72,8 @@ rule isoflop_fit:
         budgets=isoflop_budgets,
         loss=ISOFLOP.get("loss", "final_val_bpb"),
         n_column=ISOFLOP.get("n_column", "params_non_embedding_active"),
+    message:
+        "fit IsoFLOP parabolas of sweep {wildcards.sweep}"
     shell:
         "python -m nanigpt.scaling.isoflop --runs {input} --out {output} --loss {params.loss}"
         " --n-column {params.n_column} --budgets {params.budgets} > {log} 2>&1"
@@ -95,6 +99,8 @@ rule plot_isoflop:
         **SMALL_JOB,
     params:
         title=lambda w: f"IsoFLOP profiles of sweep {w.sweep} (Chinchilla approach 2)",
+    message:
+        "plot the IsoFLOP profiles of a sweep"
     shell:
         "python -m nanigpt.plots.isoflop --isoflop {input} --title {params.title:q}"
         " --out {output} > {log} 2>&1"
@@ -122,6 +128,8 @@ rule plot_loss_curves:
     params:
         run_dirs=run_dirs_of_sweep,
         title=lambda w: f"Loss curves of sweep {w.sweep}: every run",
+    message:
+        "plot the loss curves of a sweep"
     shell:
         "python -m nanigpt.plots.loss_curves --title {params.title:q} --out {output}"
         " {params.run_dirs} > {log} 2>&1"

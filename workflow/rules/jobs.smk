@@ -8,10 +8,15 @@
 # A job's folder is deliberately not an output (its checkpoints and finished runs are not), so a
 # killed job's rerun skips what is finished. A tiny job per run links its files into
 # results/runs/{run_id}/, the same outputs as train_run's.
-from nanigpt.graph.jobs import job_of, job_run_ids, plan_jobs
+from nanigpt.graph.jobs import job_of, job_run_ids, job_spec, plan_jobs, what_a_job_trains
+from nanigpt.graph.specs import write_spec
 
 JOBS = plan_jobs(config, RUNS)
 JOB_OF = job_of(JOBS)
+# Each job's settings as a file, rewritten only when they change (nanigpt.graph.specs): the
+# command line names it, and a changed spec reruns its job.
+for _job in JOBS.values():
+    write_spec(paths.job_spec(_job), job_spec(config, _job))
 
 
 def job_named(wildcards):
@@ -30,6 +35,7 @@ def job_shard(wildcards, split):
 
 rule train_job:
     input:
+        spec=lambda w: paths.job_spec(job_named(w)),
         train=lambda w: job_shard(w, "train"),
         val=lambda w: job_shard(w, "val"),
         truth=lambda w: paths.ground_truth(job_named(w)["dataset"]),
@@ -49,10 +55,11 @@ rule train_job:
         mem_mb=TRAIN_MEM_MB_PER_PROCESS,
         runtime=TRAIN_RUNTIME_MIN,
     params:
-        job=lambda w: json.dumps(job_named(w), sort_keys=True, separators=(",", ":")),
+        what=lambda w: what_a_job_trains(job_named(w)),
+    message:
+        "train {params.what}"
     shell:
-        "python -m nanigpt.training.jobs train --job {params.job:q} --train {input.train}"
-        " --val {input.val} --ground-truth {input.truth}"
+        "python -m nanigpt.training.jobs train --job @{input.spec}"
         " --out results/{wildcards.job_folder}/{wildcards.job_id} > {log} 2>&1"
 
 
@@ -69,6 +76,8 @@ rule publish_job_run:
         run=lambda w: run_settings_json(run_of(w)),
         src=lambda w: paths.job_run_dir(JOBS[JOB_OF[w.run_id]], w.run_id),
         dst=lambda w: paths.run_dir(w.run_id),
+    message:
+        "publish run {wildcards.run_id} from its job's folder"
     shell:
         "python -m nanigpt.training.jobs publish --src {params.src} --dst {params.dst}"
 
@@ -87,5 +96,7 @@ rule wsd_vs_cosine:
         f"{LOGS}/wsd_vs_cosine.log",
     resources:
         **SMALL_JOB,
+    message:
+        "compare WSD cooldown branches with cosine runs of equal length"
     shell:
         "python -m nanigpt.scaling.wsd_check --out {output} {input} > {log} 2>&1"

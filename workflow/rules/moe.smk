@@ -72,6 +72,8 @@ rule encode_val_of_dataset:
                 input.tokenizer, input.text, config["tokenizer"]["impl"], output[0]
             )
         ),
+    message:
+        "encode {wildcards.other}'s validation text with tokenizer {wildcards.tokdir}"
     shell:
         "{params.cmd} > {log} 2>&1"
 
@@ -100,6 +102,8 @@ rule moe_specialization:
                 counts=output.counts,
             )
         ),
+    message:
+        "score the experts of run {wildcards.run_id} against the known sources"
     shell:
         "{params.cmd} > {log} 2>&1"
 
@@ -120,6 +124,8 @@ rule moe_heatmap:
         f"{BENCHMARKS}/moe_heatmap/{{run_id}}.tsv"
     resources:
         **SMALL_JOB,
+    message:
+        "draw the expert x source heatmap of run {wildcards.run_id}"
     shell:
         "python -m nanigpt.plots.moe heatmap --spec {input} --out {output} > {log} 2>&1"
 
@@ -139,6 +145,8 @@ rule moe_mi_vs_step:
         f"{BENCHMARKS}/moe_mi_vs_step.tsv"
     resources:
         **SMALL_JOB,
+    message:
+        "plot expert-source mutual information over training"
     shell:
         "python -m nanigpt.plots.moe mi --spec {input} --out {output} > {log} 2>&1"
 
@@ -160,6 +168,8 @@ rule moe_load_vs_capacity:
         name="|".join(MOE_LOAD) or "(?!)",
     resources:
         **SMALL_JOB,
+    message:
+        "plot expert load against capacity ({wildcards.name})"
     shell:
         "python -m nanigpt.plots.moe load --spec {input} --out {output} > {log} 2>&1"
 
@@ -181,6 +191,8 @@ rule moe_experts:
         name="|".join(MOE_EXPERTS) or "(?!)",
     resources:
         **SMALL_JOB,
+    message:
+        "plot specialization against the expert count ({wildcards.name})"
     shell:
         "python -m nanigpt.plots.moe experts --spec {input} --out {output} > {log} 2>&1"
 
@@ -209,6 +221,8 @@ rule moe_crossover:
     params:
         loss=config["scaling"]["loss"],
         bootstrap=MOE_ANALYSIS.get("bootstrap", 20),
+    message:
+        "fit where MoE overtakes dense ({wildcards.name})"
     shell:
         "python -m nanigpt.plots.moe crossover --summaries {input} --out {output.svg}"
         " --fits-out {output.fits} --loss {params.loss} --bootstrap {params.bootstrap} > {log} 2>&1"
@@ -241,6 +255,8 @@ rule moe_gain_vs_data:
         **SMALL_JOB,
     params:
         loss=config["scaling"]["loss"],
+    message:
+        "plot the MoE gain against the data's knowledge bits ({wildcards.name})"
     shell:
         "python -m nanigpt.plots.moe_gain --summaries {input.summaries}"
         " --ground-truth {input.truths} --out {output.svg} --json-out {output.json}"
@@ -251,3 +267,5 @@ rule moe_figures:
     # `snakemake moe_figures`: every MoE analysis output of the configured sweeps.
     input:
         MOE_TARGETS,
+    message:
+        "build every MoE figure"

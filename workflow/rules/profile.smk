@@ -26,6 +26,8 @@ rule hardware_ceilings:
         **(SMALL_JOB | ({"gpu": 1} if TRAIN_ON_GPU else {})),
     params:
         device=config["training"]["device"],
+    message:
+        "measure this machine's matmul and copy ceilings ({wildcards.device})"
     shell:
         "python -m nanigpt.analysis.ceilings --device {params.device} --threads {threads}"
         " --out {output} > {log} 2>&1"
@@ -58,6 +60,8 @@ rule profile_run:
         f"{BENCHMARKS}/profile_run/{{run_id}}.tsv"
     resources:
         **SMALL_JOB,
+    message:
+        "profile run {wildcards.run_id}: step breakdown, MFU, roofline"
     shell:
         "python -m nanigpt.analysis.report --run-dir results/runs/{wildcards.run_id}"
         " --hardware {input.hardware} --out-dir results/profile/{wildcards.run_id} > {log} 2>&1"
@@ -79,6 +83,8 @@ rule profile_summary:
         f"{BENCHMARKS}/profile_summary.tsv"
     resources:
         **SMALL_JOB,
+    message:
+        "collect every run's profile into one table"
     shell:
         "python -m nanigpt.analysis.report aggregate --reports {input}"
         " --out {output.summary} --chart {output.chart} > {log} 2>&1"

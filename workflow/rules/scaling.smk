@@ -12,6 +12,8 @@ rule aggregate_runs:
         f"{BENCHMARKS}/aggregate_runs.tsv"
     resources:
         **SMALL_JOB,
+    message:
+        "collect the scaling sweep's runs into one table"
     shell:
         "python -m nanigpt.scaling.aggregate --out {output} {input} > {log} 2>&1"
 
@@ -32,6 +34,8 @@ rule fit_scaling:
         n_column=config["scaling"]["n_column"],
         bootstrap=config["scaling"]["bootstrap"],
         seed=config["scaling"]["seed"],
+    message:
+        "fit the scaling laws with their uncertainty"
     shell:
         "python -m nanigpt.scaling.fit --runs {input} --out {output} --loss {params.loss}"
         " --n-column {params.n_column} --bootstrap {params.bootstrap} --seed {params.seed}"

@@ -28,6 +28,8 @@ rule train_tokenizer:
                 input[0], tokdir_vocab(w), config["tokenizer"]["impl"], output[0]
             )
         ),
+    message:
+        "train the BPE tokenizer {wildcards.tokdir}"
     shell:
         "{params.cmd} > {log} 2>&1"
 
@@ -51,5 +53,7 @@ rule encode_tokens:
                 input.tokenizer, input.text, config["tokenizer"]["impl"], output[0]
             )
         ),
+    message:
+        "encode the {wildcards.split} split into token shards ({wildcards.tokdir})"
     shell:
         "{params.cmd} > {log} 2>&1"

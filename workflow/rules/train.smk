@@ -5,14 +5,20 @@
 # are deliberately not outputs: Snakemake must not delete the checkpoint of a failed or killed run
 # (the rerun resumes from it), and comm.json exists only for distributed runs.
 
+from nanigpt.graph.specs import write_spec
+from nanigpt.training.config import run_settings
 
 # The runs no job of several runs trains. The constraint names them, so that no file of a job's run
 # is also matched by this rule (a candidate job per file, costing the dry run its time).
 PLAIN_RUN_IDS = [rid for rid in RUNS if rid not in JOB_OF]
+# Each run's settings as a file, rewritten only when they change (nanigpt.graph.specs).
+for _rid in PLAIN_RUN_IDS:
+    write_spec(paths.run_spec(_rid), run_settings(RUNS[_rid]))
 
 
 rule train_run:
     input:
+        spec=lambda w: paths.run_spec(w.run_id),
         train=lambda w: shard_path(run_of(w), "train"),
         val=lambda w: shard_path(run_of(w), "val"),
         truth=lambda w: paths.ground_truth(run_of(w)["dataset"]),
@@ -34,7 +40,7 @@ rule train_run:
         version=lambda w: study_version(config, run_of(w)),  # the sweeps' `version:` keys
         cmd=lambda w, input: commands.shell(
             commands.train_run(
-                run_settings_json(run_of(w)),
+                f"@{input.spec}",
                 train_tasks(w),
                 input.train,
                 input.val,
@@ -42,5 +48,7 @@ rule train_run:
                 paths.run_dir(w.run_id),
             )
         ),
+    message:
+        "train run {wildcards.run_id} ({params.world} process(es))"
     shell:
         "{params.cmd} > {log} 2>&1"

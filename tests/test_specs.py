@@ -1,0 +1,67 @@
+"""Job specs as files (issue 26): a rule names its job's spec file, rewritten only when the job's
+settings change, and a job of 500 runs plans and starts, its command line short."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from nanigpt.graph import paths
+from nanigpt.graph.config import REPO_ROOT
+from nanigpt.graph.jobs import job_spec, plan_wsd_jobs, what_a_job_trains
+from nanigpt.graph.specs import spec_text, write_spec
+from nanigpt.training.jobs import parse_job
+from tests.test_train import make_run, write_tiny_data
+
+TOKENS_PER_STEP = 16 * 8  # make_run's seq_len x batch_size
+
+
+def test_a_spec_is_rewritten_only_when_its_settings_change(tmp_path):
+    path = tmp_path / "specs" / "job.json"
+    assert write_spec(path, {"b": 1, "a": [1, 2]})
+    assert path.read_text() == spec_text({"a": [1, 2], "b": 1})
+    os.utime(path, (1, 1))  # a spec written long ago
+    assert not write_spec(path, {"a": [1, 2], "b": 1})  # same settings: left alone
+    assert path.stat().st_mtime == 1
+    assert write_spec(path, {"a": [1, 2], "b": 2}) and path.stat().st_mtime > 1
+    assert not list(path.parent.glob(".*"))  # no temporary file left behind
+
+
+def test_a_wsd_job_of_500_runs_plans_and_starts_from_its_spec_file(tmp_path):
+    data = write_tiny_data(tmp_path / "data")
+    branches = {}
+    for steps in range(10, 510):
+        run = make_run(
+            tokens=steps * TOKENS_PER_STEP, schedule="wsd", decay_frac=0.2, warmup_steps=2,
+            checkpoint_every=0,
+        )  # fmt: skip
+        run["run_id"] = f"tiny_dense_s0_t{steps}_single_wsd"
+        branches[run["run_id"]] = run
+    (job,) = plan_wsd_jobs(branches).values()
+    assert sum(len(s["branches"]) for s in job["stables"]) == 500
+    assert what_a_job_trains(job).startswith("1 size x 500 budgets of dense on tiny, seed 0")
+    spec = tmp_path / paths.job_spec(job)
+    config = {"tokenizer": {"vocab_size": 512}}
+    write_spec(spec, {**job_spec(config, job), "inputs": {k: str(data[k]) for k in ("train", "val")}
+                      | {"ground_truth": str(data["gt"])}})  # fmt: skip
+    assert parse_job(f"@{spec}")["job_id"] == job["job_id"]
+    argv = [sys.executable, "-m", "nanigpt.training.jobs", "train", "--job", f"@{spec}",
+            "--out", str(tmp_path / "job")]  # fmt: skip
+    assert len(" ".join(argv[1:])) < 300 + len(str(tmp_path)) * 2  # inline JSON was ~400 kB
+    assert spec.stat().st_size > 200_000  # what the argv no longer carries
+    # Start it: the CLI reads the spec and begins the stable phase; then stop it.
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    started, deadline = False, time.monotonic() + 60
+    try:
+        for line in proc.stderr:
+            if "stable phase to step" in line:
+                started = True
+                break
+            assert time.monotonic() < deadline
+    finally:
+        proc.kill()
+        proc.wait()
+    assert started, shlex.join(argv)
