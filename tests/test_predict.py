@@ -110,8 +110,8 @@ def test_a_held_out_sweep_sharing_runs_with_the_fit_is_refused():
 
 
 def test_the_graph_trains_held_out_runs_only_after_the_prediction(tmp_path):
-    """Dry run of the verdict on the smoke config with a held-out WSD sweep: the held-out job
-    lists prediction.json as an input, the fitted sweep's jobs do not."""
+    """The DAG of the verdict on the smoke config with a held-out WSD sweep: the held-out job
+    follows the prediction (prediction.json is its input), the fitted sweep's jobs do not."""
     config = load_smoke()
     config["sizes"]["d"] = {"n_layer": 2, "d_model": 48, "n_head": 2}
     config["sweeps"]["held"] = {
@@ -119,20 +119,16 @@ def test_the_graph_trains_held_out_runs_only_after_the_prediction(tmp_path):
     }  # fmt: skip
     config["scaling"]["held_out"] = "held"
     path = write_config(tmp_path / "held.yaml", config)
-    result = snakemake(
-        tmp_path, "-n", "--cores", "1", "results/scaling/prediction_check.json", config=path
-    )
-    text = result.stdout + result.stderr
-    blocks = re.split(r"\n(?=rule \w+:)", text)
-    inputs = {
-        re.search(r"output: ([^,\n]+)", b).group(1): re.search(r"input: ([^\n]*)", b).group(1)
-        for b in blocks
-        if b.startswith("rule train_") and "input:" in b
-    }
-    held = [o for o in inputs if "held_" in o]
-    assert held and all(PREDICTION in inputs[o] for o in held)
-    assert all(PREDICTION not in inputs[o] for o in inputs if o not in held)
-    assert "rule predict_held_out:" in text
+    dot = snakemake(
+        tmp_path, "--dag", "dot", "results/scaling/prediction_check.json", config=path
+    ).stdout
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "([^"]*)"', dot, flags=re.M))
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", dot, flags=re.M)
+    (predict,) = [n for n, label in labels.items() if label.startswith("predict_held_out")]
+    trains = {n for n, label in labels.items() if label.startswith("train_")}
+    held = {n for n in trains if "job_id: held_" in labels[n]}
+    after_prediction = {b for a, b in edges if a == predict and b in trains}
+    assert held and after_prediction == held, (labels, edges)
 
 
 def test_a_device_plan_holds_held_out_runs_back_until_the_prediction_exists(tmp_path):
