@@ -119,3 +119,15 @@ def test_fp8_loss_stays_near_bf16():
             losses[precision] = float(m(idx, torch.roll(idx, -1, 1)).loss)
     assert abs(losses["fp8"] - losses["bf16"]) < 0.05 * losses["bf16"]
     assert abs(losses["fp8_lm_head"] - losses["bf16"]) < 0.05 * losses["bf16"]
+
+
+def test_fp8_loss_runs_differ_only_in_precision():
+    from nanigpt.bench.fp8_loss import BEST_BF16, run_dict
+    from nanigpt.runconfig import RunConfig
+
+    runs = [
+        RunConfig.from_dict(run_dict("r", "gpt2_124M_b32", 10, {**BEST_BF16, "precision": p}))
+        for p in ("bf16", "fp8")
+    ]
+    assert runs[0].model.precision == "bf16" and runs[1].model.precision == "fp8"
+    assert runs[0].training == runs[1].training and runs[0].model.fused_projections
