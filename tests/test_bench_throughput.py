@@ -90,3 +90,76 @@ def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         throughput.main(["--out", "x.json", "--impls", "nanogpt", "--preset", "cpu"])
     assert "--nanogpt-dir" in capsys.readouterr().err
+
+
+def _row(shape, impl, samples):
+    samples = list(samples)
+    tps = sorted(samples)[len(samples) // 2]
+    return {"shape": shape, "impl": impl, "tokens_per_s": tps, "tokens_per_s_samples": samples,
+            "mfu_palm": 0.4, "mfu_counted": 0.41, "peak_mem_gib": 1.0, "device": "cpu",
+            "kernel_categories": {"wall_share": {"matmul": 1.0}}}  # fmt: skip
+
+
+def test_waterfall_gain_within_the_window_spread_is_no_gain(tmp_path: Path):
+    from nanigpt.bench import waterfall
+
+    rows = [
+        _row("s", "nanogpt", [100, 101, 102]),
+        _row("s", "wf_baseline", [95, 96, 97]),
+        _row("s", "wf_fused_projections", [106, 107, 108]),  # +11%, spread ~2%: a gain
+        _row("s", "wf_fusable_rope_norm", [105, 107.5, 109]),  # +0.5%, spread ~4%: none
+    ]
+    skipped = [{"shape": "s", "impl": "wf_fp8", "reason": "no CUDA GPU"}]
+    steps = {s["step"]: s for s in waterfall.summarize(rows, skipped)}
+    assert "gain" not in steps["baseline"] and steps["baseline"]["vs_nanogpt"] == 96 / 101
+    assert steps["fused_projections"]["significant"] is True
+    assert steps["fused_projections"]["gain"] == pytest.approx(107 / 96 - 1)
+    assert steps["fusable_rope_norm"]["significant"] is False
+    assert steps["fp8"] == {
+        "shape": "s",
+        "step": "fp8",
+        "status": "skipped",
+        "reason": "no CUDA GPU",
+    }
+    assert steps["attention_backend"]["status"] == "skipped"  # not measured: said so, not hidden
+    svg = waterfall.draw(
+        {"meta": {"device": "cpu"}, "steps": list(steps.values())}, tmp_path / "w.svg"
+    )
+    assert svg.read_text().lstrip().startswith("<svg")
+
+
+def test_waterfall_steps_are_cumulative():
+    from nanigpt.bench import waterfall
+
+    model, harness = waterfall.settings_at("fp8_lm_head")
+    assert model == {"fused_projections": True, "fusable_rope_norm": True,
+                     "attention_backend": waterfall.MEASURED, "precision": "fp8_lm_head"}  # fmt: skip
+    assert harness == {"cuda_graphs": True}
+    assert waterfall.settings_at("baseline") == ({}, {})
+    with pytest.raises(ValueError, match="waterfall step"):
+        waterfall.settings_at("turbo")
+
+
+@pytest.mark.slow
+def test_waterfall_harness_on_the_cpu(tmp_path: Path):
+    (tmp_path / "ng").mkdir()
+    (tmp_path / "ng" / "model.py").write_text(FAKE_NANOGPT)
+    out = tmp_path / "waterfall.json"
+    code = throughput.main(
+        ["--waterfall", "--preset", "cpu", "--out", str(out), "--nanogpt-dir", str(tmp_path / "ng"),
+         "--impls", "nanogpt,wf_fused_projections,wf_fp8", "--steps", "1",
+         "--windows", "2", "--warmup", "0", "--profile-steps", "0", "--no-compile"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert sorted(r["impl"] for r in result["rows"]) == ["nanogpt", "wf_fused_projections"]
+    assert (
+        result["skipped"][0]["impl"] == "wf_fp8" and "no CUDA GPU" in result["skipped"][0]["reason"]
+    )
+    assert result["attention"]["tiny_b4"]["chosen"] in ("flash", "efficient", "math")
+    fused = next(r for r in result["rows"] if r["impl"] == "wf_fused_projections")
+    assert fused["settings"]["fused_projections"] is True
+    steps = {s["step"]: s for s in result["steps"]}
+    assert steps["baseline"]["status"] == "skipped" and steps["nanogpt"]["vs_nanogpt"] == 1.0
+    assert steps["fused_projections"]["vs_nanogpt"] > 0
+    assert out.with_suffix(".svg").exists()

@@ -28,6 +28,18 @@ separately, e.g. into the ignored `.nanogpt/`) with `--nanogpt-dir`.
         --nanogpt-dir .nanogpt --impls nanogpt,ours_torch,ours_triton
 
 On the CPU, `--preset cpu` runs tiny shapes so the harness itself is tested.
+
+`--waterfall` (issue 30) measures, per shape and beside nanoGPT, our GPT at each cumulative step of
+`nanigpt.bench.waterfall.STEPS`: baseline, +fused projections, +fusable RoPE/norm, +attention
+backend (the SDPA backend that ran fastest on this device, timed here first, forward and backward,
+at the shape's attention size), +CUDA graphs (`torch.compile(mode="reduce-overhead")`: forward and
+backward replayed as graphs; the clip and AdamW step stay outside), +fp8 lm_head, +fp8 everywhere
+(torchao float8, rowwise). A step that cannot run here (fp8 without an fp8 GPU) is recorded as
+skipped with its reason. The JSON holds the rows, the attention timings and the per-step table
+(gain over the step before, its window spread, the verdict); the SVG beside it draws the table.
+
+    python -m nanigpt.bench.throughput --waterfall --nanogpt-dir .nanogpt \
+        --out results/throughput/waterfall.json
 """
 
 from __future__ import annotations
@@ -57,7 +69,7 @@ GPU_SHAPES = {
 CPU_SHAPES = {"tiny_b4": (2, 64, 4, 4)}
 GPU_SEQ, CPU_SEQ = 1024, 64
 GPU_VOCAB, CPU_VOCAB = 50304, 512
-IMPLS = ("nanogpt", "ours_torch", "ours_triton")
+IMPLS = ("nanogpt", "ours_torch", "ours_triton")  # plus the waterfall's wf_<step> (waterfall.py)
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 0.1, 1.0
 
 
@@ -89,9 +101,18 @@ def nanogpt_counted_flops_per_token(n_layer: int, d: int, vocab: int, seq: int) 
     return 3 * forward + int(3.5 * scores)  # matmuls 1 + 2 (bwd); scores 1 + 2.5
 
 
-def build(impl: str, shape: tuple[int, int, int, int], seq: int, vocab: int, device, nanogpt_dir):
-    """(model, optimizer, loss_fn, counted FLOPs per token, N for the PaLM formula)."""
+def known_impl(impl: str) -> bool:
+    from nanigpt.bench.waterfall import step_of
+
+    return impl in IMPLS or step_of(impl) is not None
+
+
+def build(impl: str, shape: tuple[int, int, int, int], seq: int, vocab: int, device, nanogpt_dir,
+          attention_backend: str = "auto"):  # fmt: skip
+    """(model, optimizer, loss_fn, counted FLOPs per token, N for the PaLM formula, settings)."""
     import torch
+
+    from nanigpt.bench.waterfall import MEASURED, settings_at, step_of
 
     n_layer, d, n_head, _ = shape
     if impl == "nanogpt":
@@ -104,7 +125,7 @@ def build(impl: str, shape: tuple[int, int, int, int], seq: int, vocab: int, dev
         optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, device.type)
         n_palm = model.get_num_params()  # nanoGPT's estimate_mfu: position embeddings left out
         counted = nanogpt_counted_flops_per_token(n_layer, d, vocab, seq)
-        return model, optimizer, (lambda out: out[1]), counted, n_palm
+        return model, optimizer, (lambda out: out[1]), counted, n_palm, {}
     from nanigpt.model import flops
     from nanigpt.model.config import GPTConfig
     from nanigpt.model.gpt import GPT
@@ -113,8 +134,14 @@ def build(impl: str, shape: tuple[int, int, int, int], seq: int, vocab: int, dev
         "vocab_size": vocab, "seq_len": seq, "n_layer": n_layer, "d_model": d, "n_head": n_head,
         "mlp_ratio": 8 / 3, "tied_embeddings": True, "moe": None,
     }  # fmt: skip
+    step = step_of(impl)
     if impl == "ours_triton":
         settings["kernels"] = "triton"
+    elif step is not None:
+        options = settings_at(step)[0]
+        if options.get("attention_backend") == MEASURED:
+            options["attention_backend"] = attention_backend
+        settings.update(options)
     elif impl != "ours_torch":
         raise BenchError(f"--impls: unknown implementation {impl!r}; expected one of {IMPLS}")
     cfg = GPTConfig.from_dict(settings)
@@ -127,7 +154,15 @@ def build(impl: str, shape: tuple[int, int, int, int], seq: int, vocab: int, dev
     fused = True if device.type == "cuda" else None
     optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, **({"fused": fused} if fused else {}))
     acc = flops.count(cfg)
-    return model, optimizer, (lambda out: out.loss), acc.train_flops_per_token, acc.params.total
+    chosen = {k: v for k, v in settings.items() if k not in ("vocab_size", "seq_len", "moe")}
+    return (
+        model,
+        optimizer,
+        (lambda out: out.loss),
+        acc.train_flops_per_token,
+        acc.params.total,
+        chosen,
+    )
 
 
 def _autocast(device):
@@ -183,10 +218,19 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    model, optimizer, loss_of, counted, n_palm = build(
-        args.impl, shape, seq, vocab, device, args.nanogpt_dir
+    from nanigpt.bench.waterfall import settings_at, step_of
+
+    step_name = step_of(args.impl)
+    harness = settings_at(step_name)[1] if step_name else {}
+    cuda_graphs = bool(harness.get("cuda_graphs")) and device.type == "cuda" and args.compile
+    model, optimizer, loss_of, counted, n_palm, settings = build(
+        args.impl, shape, seq, vocab, device, args.nanogpt_dir, args.attention_backend
     )
-    step_model = torch.compile(model) if args.compile else model
+    if args.compile:
+        mode = "reduce-overhead" if cuda_graphs else None
+        step_model = torch.compile(model, mode=mode)
+    else:
+        step_model = model
     gen = torch.Generator(device="cpu").manual_seed(1)
     batches = []  # contiguous inputs and targets, as a data loader hands them over
     for _ in range(4):
@@ -195,18 +239,22 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
 
     def step(i: int) -> torch.Tensor:
         x, y = batches[i % len(batches)]
+        if cuda_graphs:  # a new step: the graphs' output buffers may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(device):
             loss = loss_of(step_model(x, y))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss.detach().clone() if cuda_graphs else loss.detach()
 
     started = time.monotonic()
-    losses = [step(i) for i in range(2)]  # compiles forward and backward
+    losses = [step(i) for i in range(3 if cuda_graphs else 2)]  # compiles (and records graphs)
     _sync(device)
     compile_s = time.monotonic() - started
+    if device.type == "cuda":  # leave the device's memory to the processes timed meanwhile
+        torch.cuda.empty_cache()
     if args.ready_dir:
         (args.ready_dir / f"{args.impl}.ready").write_text("")
     _wait_for(args.ready_dir, args.ready_count)
@@ -224,6 +272,8 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
             _sync(device)
             windows.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        # CUDA graphs allocate their pool while recording (before the reset): reserved shows it
+        reserved = torch.cuda.memory_reserved(device) if device.type == "cuda" else None
         categories = profile_categories(step, device, args.profile_steps)
     tokens_per_step = batch * seq
     tps_samples = [args.steps * tokens_per_step / w for w in windows]
@@ -241,6 +291,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
         "mfu_palm": palm_per_token * tps / peak_flops if peak_flops else None,
         "mfu_counted": counted * tps / peak_flops if peak_flops else None,
         "peak_mem_gib": peak / 2**30 if peak is not None else None,
+        "reserved_mem_gib": reserved / 2**30 if reserved is not None else None,
         "params_palm": n_palm,
         "flops_per_token_palm": palm_per_token,
         "flops_per_token_counted": counted,
@@ -252,6 +303,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
         "seq_len": seq,
         "device": device_name(device),
         "kernel_categories": categories,
+        "settings": {**settings, "cuda_graphs": cuda_graphs} if settings else None,
     }
 
 
@@ -298,13 +350,14 @@ def presets(name: str) -> tuple[dict[str, tuple[int, int, int, int]], int, int]:
     raise BenchError(f"--preset {name!r}: expected gpu or cpu")
 
 
-def _child_argv(args: argparse.Namespace, impl: str, shape: str, row: Path, sync: Path) -> list:
+def _child_argv(args: argparse.Namespace, impl: str, shape: str, row: Path, sync: Path,
+                count: int, attention: str) -> list:  # fmt: skip
     argv = [
         sys.executable, "-m", "nanigpt.bench.throughput", "--one", "--impl", impl,
         "--shape", shape, "--preset", args.preset, "--row-out", str(row),
         "--steps", str(args.steps), "--windows", str(args.windows), "--warmup", str(args.warmup),
         "--profile-steps", str(args.profile_steps), "--lock", str(sync / "lock"),
-        "--ready-dir", str(sync), "--ready-count", str(len(args.impl_list)),
+        "--ready-dir", str(sync), "--ready-count", str(count), "--attention-backend", attention,
     ]  # fmt: skip
     if args.nanogpt_dir:
         argv += ["--nanogpt-dir", str(args.nanogpt_dir)]
@@ -313,55 +366,153 @@ def _child_argv(args: argparse.Namespace, impl: str, shape: str, row: Path, sync
     return argv
 
 
-def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Per shape: start one process per implementation, wait, collect their rows."""
-    from nanigpt.io import write_json_atomic
+def time_attention_backends(shape: tuple[int, int, int, int], seq: int, repeats: int = 10
+                            ) -> dict[str, Any]:  # fmt: skip
+    """Forward + backward time of causal SDPA on each pinned backend at the shape's attention size
+    (q, k, v in the projections' [B, T, H, D] layout, transposed, as the model passes them; bf16 on
+    a GPU), and the fastest one: the waterfall's "attention backend" step. A backend that cannot
+    run here is recorded with its error."""
+    import torch
 
-    shapes, _, _ = presets(args.preset)
+    from nanigpt.model.gpt import causal_attention, sdpa_backends
+
+    n_layer, d, n_head, batch = shape
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    gen = torch.Generator(device=device).manual_seed(0)
+    qkv = [
+        torch.randn(batch, seq, n_head, d // n_head, device=device, dtype=dtype, generator=gen)
+        .transpose(1, 2)
+        .requires_grad_()
+        for _ in range(3)
+    ]
+    timings: dict[str, Any] = {}
+    for name in ("flash", "cudnn", "efficient", "math"):
+        backends = sdpa_backends(name)
+
+        def once() -> None:
+            causal_attention(*qkv, backends).sum().backward()  # noqa: B023
+
+        try:
+            for _ in range(2):
+                once()
+            _sync(torch.device(device))
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                once()
+            _sync(torch.device(device))
+            timings[name] = {"ms": 1e3 * (time.perf_counter() - t0) / repeats}
+        except RuntimeError as error:
+            timings[name] = {"error": str(error).splitlines()[0][:200]}
+    qkv.clear()
+    if cuda:  # the math backend's score matrices: give them back before the children start
+        torch.cuda.empty_cache()
+    ran = {k: v["ms"] for k, v in timings.items() if "ms" in v}
+    if not ran:
+        raise BenchError(f"attention: no SDPA backend ran here ({timings})")
+    return {"timings": timings, "chosen": min(ran, key=ran.get)}
+
+
+def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Per shape: start one process per implementation, wait, collect their rows.
+
+    Returns {"rows", "failures", "skipped", "attention"}; `args.out` is rewritten after each
+    shape (the rows list, or with --waterfall the whole result)."""
+    from nanigpt.bench.waterfall import needs_fp8, step_of
+    from nanigpt.io import write_json_atomic
+    from nanigpt.model.fp8 import fp8_unavailable_reason
+
+    shapes, seq, _ = presets(args.preset)
     chosen = args.shapes.split(",") if args.shapes else list(shapes)
     for name in chosen:
         if name not in shapes:
             raise BenchError(f"--shapes: unknown shape {name!r}; expected some of {list(shapes)}")
-    rows, failures = [], []
+    steps = {impl: step_of(impl) for impl in args.impl_list}
+    fp8_reason = (
+        fp8_unavailable_reason() if any(s and needs_fp8(s) for s in steps.values()) else None
+    )
+    result: dict[str, Any] = {"rows": [], "failures": [], "skipped": [], "attention": {}}
+    rows, failures = result["rows"], result["failures"]
     work = Path(tempfile.mkdtemp(prefix="nanigpt-throughput-"))
     for shape in chosen:
         sync = work / shape
         sync.mkdir()
-        procs = {}
+        args.attention_chosen = "auto"
+        if any(s is not None for s in steps.values()):
+            result["attention"][shape] = time_attention_backends(shapes[shape], seq)
+            args.attention_chosen = result["attention"][shape]["chosen"]
+            log.info(f"{shape} attention: {result['attention'][shape]}")
+        runnable = []
         for impl in args.impl_list:
-            row, logf = sync / f"{impl}.json", (work / f"{shape}_{impl}.log").open("w")
-            procs[impl] = (
-                subprocess.Popen(
-                    _child_argv(args, impl, shape, row, sync), stdout=logf, stderr=subprocess.STDOUT
-                ),
-                row,
-                logf,
-            )
-        pending = dict(procs)
-        while pending:  # a process that fails never reaches the barrier: release it at once
-            for impl, (proc, row, logf) in list(pending.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                del pending[impl]
-                logf.close()
-                if code == 0 and row.exists():
-                    rows.append(json.loads(row.read_text()))
-                    r = rows[-1]
-                    log.info(
-                        f"{shape} {impl}: {r['tokens_per_s']:,.0f} tok/s, MFU palm "
-                        f"{r['mfu_palm']}, counted {r['mfu_counted']}, peak {r['peak_mem_gib']} GiB"
-                    )
-                    continue
-                tail = (work / f"{shape}_{impl}.log").read_text()[-2000:]
-                failures.append({"shape": shape, "impl": impl, "exit_code": code, "log": tail})
-                log.error(f"{shape} {impl} failed ({code}):\n{tail}")
-                (sync / f"{impl}.ready").write_text("")
-            time.sleep(0.2)
-        write_json_atomic(args.out, rows)
-        if failures:
-            write_json_atomic(args.out.with_name(args.out.stem + "_failures.json"), failures)
-    return rows
+            if fp8_reason and steps[impl] and needs_fp8(steps[impl]):
+                result["skipped"].append({"shape": shape, "impl": impl, "reason": fp8_reason})
+                log.info(f"{shape} {impl}: skipped ({fp8_reason})")
+            else:
+                runnable.append(impl)
+        # At most --parallel processes hold the device at once (each compiles and takes its
+        # first steps' peak memory concurrently; 8 GPT-2 processes do not fit in 80 GB).
+        for first in range(0, len(runnable), args.parallel):
+            group = runnable[first : first + args.parallel]
+            _run_group(args, group, shape, work, sync / f"group{first}", rows, failures)
+        if args.waterfall:
+            write_json_atomic(args.out, waterfall_result(result, args))
+        else:
+            write_json_atomic(args.out, rows)
+            if failures:
+                write_json_atomic(args.out.with_name(args.out.stem + "_failures.json"), failures)
+    return result
+
+
+def _run_group(args, group: list[str], shape: str, work: Path, sync: Path, rows: list,
+               failures: list) -> None:  # fmt: skip
+    """One process per implementation of `group`: compile together, then timed one at a time."""
+    attention = args.attention_chosen
+    sync.mkdir()
+    procs = {}
+    for impl in group:
+        row, logf = sync / f"{impl}.json", (work / f"{shape}_{impl}.log").open("w")
+        argv = _child_argv(args, impl, shape, row, sync, len(group), attention)
+        procs[impl] = (
+            subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT),
+            row,
+            logf,
+        )
+    pending = dict(procs)
+    while pending:  # a process that fails never reaches the barrier: release it at once
+        for impl, (proc, row, logf) in list(pending.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del pending[impl]
+            logf.close()
+            if code == 0 and row.exists():
+                rows.append(json.loads(row.read_text()))
+                r = rows[-1]
+                log.info(
+                    f"{shape} {impl}: {r['tokens_per_s']:,.0f} tok/s, MFU palm "
+                    f"{r['mfu_palm']}, counted {r['mfu_counted']}, peak {r['peak_mem_gib']} GiB"
+                )
+                continue
+            tail = (work / f"{shape}_{impl}.log").read_text()[-2000:]
+            failures.append({"shape": shape, "impl": impl, "exit_code": code, "log": tail})
+            log.error(f"{shape} {impl} failed ({code}):\n{tail}")
+            (sync / f"{impl}.ready").write_text("")
+        time.sleep(0.2)
+
+
+def waterfall_result(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from nanigpt.bench.waterfall import summarize
+
+    rows = result["rows"]
+    meta = {
+        "device": rows[0]["device"] if rows else None,
+        "preset": args.preset,
+        "steps_per_window": args.steps,
+        "windows": args.windows,
+        "warmup": args.warmup,
+        "compile": args.compile,
+    }
+    return {"meta": meta, "steps": summarize(rows, result["skipped"]), **result}
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -380,13 +531,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="throughput.json: a list of rows")
     p.add_argument("--preset", default=None, help="gpu or cpu (default: gpu when CUDA is there)")
     p.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
-    p.add_argument("--impls", default="nanogpt,ours_torch,ours_triton")
+    p.add_argument("--impls", default=None, help="default nanogpt,ours_torch,ours_triton")
+    p.add_argument(
+        "--waterfall", action="store_true",
+        help="measure nanoGPT and each cumulative optimisation step (nanigpt.bench.waterfall)",
+    )  # fmt: skip
+    p.add_argument(
+        "--svg", type=Path, default=None, help="(--waterfall) figure; default beside --out"
+    )
+    p.add_argument("--draw", type=Path, default=None, help="draw the SVG of a waterfall JSON only")
+    p.add_argument("--attention-backend", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--nanogpt-dir", type=Path, default=None, help="folder of nanoGPT's model.py")
     p.add_argument("--steps", type=int, default=10, help="steps per timed window")
     p.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="steps after compiling, before timing")
     p.add_argument("--profile-steps", type=int, default=3, help="profiled steps (0: no trace)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument(
+        "--parallel", type=int, default=2,
+        help="processes compiling on the device at once (2 fits GPT-2 350M in 80 GB; a CUDA-graph "
+        "process keeps its graphs' memory while it waits for its timed turn)",
+    )  # fmt: skip
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
@@ -395,19 +560,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ready-dir", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--ready-count", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.draw is not None:
+        return args
     if args.preset is None:
         import torch
 
         args.preset = "gpu" if torch.cuda.is_available() else "cpu"
+    if args.waterfall and args.impls is None:  # every step (--impls picks some: nanogpt, wf_<step>)
+        from nanigpt.bench.waterfall import STEP_NAMES, impl_name
+
+        args.impls = ",".join(["nanogpt", *(impl_name(s) for s in STEP_NAMES)])
+    elif args.impls is None:
+        args.impls = ",".join(IMPLS)
     args.impl_list = [i for i in args.impls.split(",") if i]
     for impl in args.impl_list:
-        if impl not in IMPLS:
+        if not known_impl(impl):
             p.error(f"--impls: unknown implementation {impl!r}; expected some of {IMPLS}")
     if "nanogpt" in args.impl_list and not args.one and args.nanogpt_dir is None:
         p.error("--impls includes nanogpt: pass --nanogpt-dir (the folder of nanoGPT's model.py)")
     if not args.one and args.out is None:
-        p.error("--out is required")
-    for key in ("steps", "windows"):
+        if not args.waterfall:
+            p.error("--out is required")
+        args.out = Path("results/throughput/waterfall.json")
+    for key in ("steps", "windows", "parallel"):
         if getattr(args, key) < 1:
             p.error(f"--{key}: expected an integer >= 1")
     return args
@@ -416,23 +591,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    if args.draw is not None:
+        return draw_svg(args.draw, args.svg or args.draw.with_suffix(".svg"))
     try:
         if args.one:
             from nanigpt.io import write_json_atomic
 
             write_json_atomic(args.row_out, measure_one(args))
             return 0
-        rows = run_all(args)
+        result = run_all(args)
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    rows = result["rows"]
     for shape, by_impl in ratios(rows).items():
         for impl, ratio in by_impl.items():
             log.info(f"{shape}: {impl} / nanogpt = {ratio:.3f}x tokens/s")
+    if args.waterfall:
+        for s in waterfall_result(result, args)["steps"]:
+            if s["status"] == "ok" and "gain" in s:
+                verdict = "" if s["significant"] else " (within the spread: no gain)"
+                log.info(
+                    f"{s['shape']} +{s['step']}: {s['gain']:+.1%} (spread {s['gain_noise']:.1%})"
+                    f"{verdict}, {s['vs_nanogpt']}x nanoGPT"
+                )
+        try:
+            import altair  # noqa: F401
+        except ImportError:
+            log.info(f"altair is not installed here: draw later with --draw {args.out}")
+        else:
+            draw_svg(args.out, args.svg or args.out.with_suffix(".svg"))
     expected = len(args.impl_list) * len(
         args.shapes.split(",") if args.shapes else presets(args.preset)[0]
     )
-    return 0 if len(rows) == expected else 1
+    return 0 if len(rows) + len(result["skipped"]) == expected else 1
+
+
+def draw_svg(path: Path, svg: Path) -> int:
+    """Draw a waterfall JSON's figure; a missing or malformed file is a one-line error (exit 2)."""
+    from nanigpt.bench.waterfall import draw
+    from nanigpt.io import read_json
+
+    try:
+        result = read_json(path, "waterfall JSON")
+        draw(result, svg)
+    except (OSError, KeyError, ValueError) as error:
+        print(f"error: {path}: {error}", file=sys.stderr)
+        return 2
+    log.info(f"wrote {svg}")
+    return 0
 
 
 if __name__ == "__main__":

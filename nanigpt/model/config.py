@@ -42,6 +42,14 @@ def resolve_kernels(setting: str | dict) -> dict[str, str]:
     return {name: setting.get(name, "torch") for name in KERNELS}
 
 
+# `model.attention_backend`: "auto" lets SDPA pick; the others pin one kernel family
+# (torch.nn.attention.SDPBackend), chosen per device by measurement (nanigpt.bench.throughput).
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+# `model.precision`: the matmuls' number format on the GPU. "bf16" is autocast's; "fp8" runs every
+# Linear through torchao's float8 training (rowwise scaling), "fp8_lm_head" only the output layer
+# (as modded-nanogpt does); nanigpt.model.fp8 says where each can run.
+PRECISIONS = ("bf16", "fp8", "fp8_lm_head")
+
 GATES = ("switch", "renorm", "sigmoid")
 DEFAULT_NUM_EXPERTS = 4  # an arch of kind moe that names no num_experts (workflow config)
 
@@ -134,6 +142,15 @@ class GPTConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     kernels: str | dict = "torch"  # "torch" | "triton" | {kernel: impl} (nanigpt.kernels.KERNELS)
+    # Speed options (issue 30); the defaults keep the reference model, and tests hold each option
+    # equal to it (tests/test_fused_model.py). One QKV matmul and one gate-up matmul instead of 3 + 2
+    # (the same parameters concatenated; `nanigpt.model.gpt.fuse_state_dict` maps between them):
+    fused_projections: bool = False
+    # RoPE on the projections' [batch, time, heads, head_dim] layout (no transpose copy) and RMSNorm
+    # written as plain fp32 arithmetic, so Inductor fuses both with their neighbours:
+    fusable_rope_norm: bool = False
+    attention_backend: str = "auto"  # ATTENTION_BACKENDS
+    precision: str = "bf16"  # PRECISIONS
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "seq_len", "n_layer", "d_model", "n_head"):
@@ -157,6 +174,24 @@ class GPTConfig:
                 f"model.tied_embeddings={self.tied_embeddings!r}: expected true or false"
             )
         _ = self.kernel_impls  # refuses an unknown kernel or implementation
+        for key in ("fused_projections", "fusable_rope_norm"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"model.{key}={getattr(self, key)!r}: expected true or false")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"model.attention_backend={self.attention_backend!r}: expected one of "
+                f"{list(ATTENTION_BACKENDS)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"model.precision={self.precision!r}: expected one of {list(PRECISIONS)}"
+            )
+        if self.precision != "bf16" and self.kernel_impls["cross_entropy"] == "triton":
+            raise ValueError(
+                f"model.precision={self.precision!r} with kernels.cross_entropy=triton: the fused "
+                f"loss reads lm_head's weight itself, so it cannot run in fp8; expected "
+                f"precision bf16 or the torch cross-entropy"
+            )
         if self.moe is not None:
             if not self.moe_layers:
                 raise ValueError(

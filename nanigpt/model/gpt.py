@@ -18,6 +18,16 @@ fused cross-entropy the logits are never built: `ModelOutput.logits` is None whe
 and grad mode is on (training); evaluation under no_grad takes the eager loss, one matmul instead
 of the fused loss's three (it finishes the gradients in the forward).
 
+Speed options (issue 30, core question 1: where does a step's time go?), each off by default and
+held equal to the reference by tests/test_fused_model.py: `fused_projections` (one QKV matmul and
+one gate-up matmul, nanoGPT's c_attn and LLaMA's fused w13; the parameters concatenated, see
+`fuse_state_dict`), `fusable_rope_norm` (RoPE applied on the projections' [B, T, H, D] layout, so
+q, k and the attention output need no transpose copies, and RMSNorm as plain fp32 arithmetic that
+Inductor fuses with the residual add and the cast around it), `attention_backend` (SDPA pinned to
+one kernel family: torch.nn.attention.sdpa_kernel) and `precision` (torchao's float8 training on
+every Linear or on the lm_head: `nanigpt.model.fp8`). Tensor parallelism shards wq, wk, wv and
+w_gate, w_up by name, so it takes the unfused model.
+
 The model knows nothing of parallelism: `nanigpt.parallel` applies DDP, FSDP, TP and EP from
 outside, through seams (torchtitan's design): attention infers its local head count from its
 projections, so TP only shards weights; the MoE's token dispatcher is where EP puts its all-to-all.
@@ -34,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanigpt.model.config import GPTConfig
-from nanigpt.model.mlp import SwiGLU
+from nanigpt.model.mlp import GateUpSwiGLU, SwiGLU
 from nanigpt.model.moe import MoE
 
 
@@ -59,13 +69,65 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.to(x.dtype)
 
 
+def apply_rotary_tokens_first(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """`apply_rotary` on x [batch, time, heads, head_dim] (the projection's own layout), with
+    cos, sin [time, head_dim / 2]: the same real arithmetic, one pointwise kernel under Inductor,
+    and the result's transpose to heads-first is a view, not a copy."""
+    half = x.shape[-1] // 2
+    c, s = cos[:, None, :], sin[:, None, :]
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).to(x.dtype)
+
+
+class FusableRMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` (same parameter and state dict) written as fp32 arithmetic:
+    x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019), which Inductor fuses with the
+    residual add before it and autocast's cast after it into one kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 in the tests
+        xf = x.to(dtype)
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(dtype)).to(x.dtype)
+
+
 def rms_norm_for(cfg: GPTConfig) -> nn.RMSNorm:
-    """`nn.RMSNorm`, or its Triton twin (same parameter) when `kernels` says so."""
+    """`nn.RMSNorm`, its Triton twin or its fusable form (same parameter), as `cfg` says."""
     if cfg.kernel_impls["rms_norm"] == "triton":
         from nanigpt.kernels.rms_norm import TritonRMSNorm
 
         return TritonRMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    if cfg.fusable_rope_norm:
+        return FusableRMSNorm(cfg.d_model, eps=cfg.norm_eps)
     return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
+def sdpa_backends(name: str) -> list | None:
+    """The SDPBackend list `model.attention_backend` pins (None: SDPA chooses)."""
+    if name == "auto":
+        return None
+    from torch.nn.attention import SDPBackend
+
+    return [
+        {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH,
+        }[name]
+    ]
+
+
+def causal_attention(q, k, v, backends: list | None) -> torch.Tensor:
+    """Causal SDPA of q, k, v [batch, heads, time, head_dim], on `backends` when given."""
+    if backends is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(backends):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 class CausalSelfAttention(nn.Module):
@@ -78,17 +140,34 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.head_dim = cfg.head_dim
         self.triton_rope = cfg.kernel_impls["rope"] == "triton"
-        # Separate q, k, v projections so tensor parallelism can shard each column-wise.
-        self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.tokens_first_rope = cfg.fusable_rope_norm
+        self.backends = sdpa_backends(cfg.attention_backend)
+        self.fused = cfg.fused_projections
+        if self.fused:  # [wq; wk; wv] by rows: one matmul
+            self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        else:  # separate q, k, v projections so tensor parallelism can shard each column-wise
+            self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+            self.wk = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+            self.wv = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def input_projections(self) -> tuple[torch.Tensor, ...]:
+        """The q, k, v projection weights (views into wqkv when fused)."""
+        if self.fused:
+            return self.wqkv.weight.chunk(3, dim=0)
+        return self.wq.weight, self.wk.weight, self.wv.weight
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         # [B, T, heads, head_dim]; heads is -1: n_head, or n_head / tp under tensor parallelism
-        q, k, v = (w(x).view(B, T, -1, self.head_dim) for w in (self.wq, self.wk, self.wv))
-        if self.triton_rope:
+        if self.fused:
+            q, k, v = self.wqkv(x).view(B, T, 3, -1, self.head_dim).unbind(2)
+        else:
+            q, k, v = (w(x).view(B, T, -1, self.head_dim) for w in (self.wq, self.wk, self.wv))
+        if self.tokens_first_rope and not self.triton_rope:
+            q, k = apply_rotary_tokens_first(q, cos, sin), apply_rotary_tokens_first(k, cos, sin)
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        elif self.triton_rope:
             from nanigpt.kernels.rope import rope
 
             q, k = rope(q, k, cos, sin)  # on [B, T, heads, head_dim], before the transpose
@@ -96,7 +175,7 @@ class CausalSelfAttention(nn.Module):
         else:
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = causal_attention(q, k, v, self.backends)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -110,6 +189,10 @@ class Block(nn.Module):
         self.is_moe = layer in cfg.moe_layers
         if self.is_moe:
             self.mlp = MoE(cfg.d_model, cfg.mlp_hidden, cfg.moe)
+        elif cfg.fused_projections:
+            self.mlp = GateUpSwiGLU(
+                cfg.d_model, cfg.mlp_hidden, triton=cfg.kernel_impls["swiglu"] == "triton"
+            )
         elif cfg.kernel_impls["swiglu"] == "triton":
             from nanigpt.kernels.swiglu import FusedSwiGLU
 
@@ -142,6 +225,10 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
+        if cfg.precision != "bf16":
+            from nanigpt.model.fp8 import convert_to_fp8
+
+            convert_to_fp8(self, lm_head_only=cfg.precision == "fp8_lm_head")
 
     def init_weights(self) -> None:
         std = self.cfg.init_std
@@ -153,11 +240,15 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn_norm.reset_parameters()
             block.mlp_norm.reset_parameters()
-            for w in (block.attn.wq, block.attn.wk, block.attn.wv):
-                nn.init.normal_(w.weight, std=std)
+            for w in block.attn.input_projections():
+                nn.init.normal_(w, std=std)
             nn.init.normal_(block.attn.wo.weight, std=residual_std)
             if block.is_moe:
                 block.mlp.init_weights(std, residual_std)
+            elif isinstance(block.mlp, GateUpSwiGLU):
+                for w in block.mlp.w_gate_up.weight.chunk(2, dim=0):
+                    nn.init.normal_(w, std=std)
+                nn.init.normal_(block.mlp.w_down.weight, std=residual_std)
             else:
                 nn.init.normal_(block.mlp.w_gate.weight, std=std)
                 nn.init.normal_(block.mlp.w_up.weight, std=std)
@@ -202,3 +293,39 @@ class GPT(nn.Module):
         return linear_cross_entropy(
             h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1), dtype
         )
+
+
+# Fused parameter name -> (its unfused parts, stacked by rows in this order).
+FUSED_PARTS = {
+    "attn.wqkv": ("attn.wq", "attn.wk", "attn.wv"),
+    "mlp.w_gate_up": ("mlp.w_gate", "mlp.w_up"),
+}
+
+
+def fuse_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An unfused model's state dict in the names of `fused_projections=True` (rows concatenated:
+    wqkv = [wq; wk; wv], w_gate_up = [w_gate; w_up]); other entries unchanged."""
+    out = dict(state)
+    for key in list(state):
+        for fused, parts in FUSED_PARTS.items():
+            if key.endswith(f".{parts[0]}.weight"):
+                prefix = key[: -len(f"{parts[0]}.weight")]
+                names = [f"{prefix}{p}.weight" for p in parts]
+                if all(n in state for n in names):
+                    out[f"{prefix}{fused}.weight"] = torch.cat([state[n] for n in names], dim=0)
+                    for n in names:
+                        del out[n]
+    return out
+
+
+def unfuse_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `fuse_state_dict`: a fused model's weights under the reference names."""
+    out = dict(state)
+    for key in list(state):
+        for fused, parts in FUSED_PARTS.items():
+            if key.endswith(f".{fused}.weight"):
+                prefix = key[: -len(f"{fused}.weight")]
+                del out[key]
+                for p, w in zip(parts, state[key].chunk(len(parts), dim=0), strict=True):
+                    out[f"{prefix}{p}.weight"] = w.clone()
+    return out

@@ -5,6 +5,12 @@ biases, as in LLaMA (Touvron et al. 2023). It lives with the dense model rather 
 because it is the dense model's MLP; `nanigpt.model.moe` uses it for the shared expert and keeps a
 re-export. The forward reads its widths from the weights, so tensor parallelism (Megatron-LM,
 Shoeybi et al. 2019: w_gate, w_up by columns, w_down by rows) only shards the three weights.
+
+`GateUpSwiGLU` (issue 30, core question 1) is the same function with w_gate and w_up stacked into
+one [2 hidden, d_model] weight, so the step launches one input matmul instead of two (nanoGPT's
+MLP launches one too); silu(gate) * up then reads the two halves of one output, which Inductor
+fuses into a single pointwise kernel. `nanigpt.model.gpt.fuse_state_dict` maps a SwiGLU's weights
+onto it (gate rows first), and tests/test_fused_model.py holds the two equal.
 """
 
 from __future__ import annotations
@@ -25,3 +31,24 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class GateUpSwiGLU(nn.Module):
+    """SwiGLU with one gate-up matmul: w_gate_up = [w_gate; w_up] (rows), then silu(g) * u.
+
+    `triton=True` takes silu(g) * u from `nanigpt.kernels.swiglu` (on contiguous copies of the
+    halves: the Triton op is opaque to Inductor, which is why the fused default is eager torch)."""
+
+    def __init__(self, d_model: int, hidden: int, triton: bool = False):
+        super().__init__()
+        self.w_gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.w_down = nn.Linear(hidden, d_model, bias=False)
+        self.triton = triton
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        if self.triton:
+            from nanigpt.kernels.swiglu import swiglu
+
+            return self.w_down(swiglu(gate.contiguous(), up.contiguous()))
+        return self.w_down(F.silu(gate) * up)
