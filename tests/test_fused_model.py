@@ -123,7 +123,7 @@ def test_fp8_loss_stays_near_bf16():
 
 def test_fp8_loss_runs_differ_only_in_precision():
     from nanigpt.bench.fp8_loss import BEST_BF16, run_dict
-    from nanigpt.runconfig import RunConfig
+    from nanigpt.training.config import RunConfig
 
     runs = [
         RunConfig.from_dict(run_dict("r", "gpt2_124M_b32", 10, {**BEST_BF16, "precision": p}))

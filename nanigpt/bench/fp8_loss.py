@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps: expected an integer >= 1")
-    from nanigpt import commands
+    from nanigpt.graph import commands
     from nanigpt.io import write_json_atomic
-    from nanigpt.launch import world_size
+    from nanigpt.parallel.setting import world_size
 
     data = args.work / "data"
     sizes = write_data(data)

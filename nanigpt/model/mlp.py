@@ -36,19 +36,13 @@ class SwiGLU(nn.Module):
 class GateUpSwiGLU(nn.Module):
     """SwiGLU with one gate-up matmul: w_gate_up = [w_gate; w_up] (rows), then silu(g) * u.
 
-    `triton=True` takes silu(g) * u from `nanigpt.kernels.swiglu` (on contiguous copies of the
-    halves: the Triton op is opaque to Inductor, which is why the fused default is eager torch)."""
+    `nanigpt.kernels.swiglu.FusedGateUpSwiGLU` takes silu(g) * u from the Triton kernel instead."""
 
-    def __init__(self, d_model: int, hidden: int, triton: bool = False):
+    def __init__(self, d_model: int, hidden: int):
         super().__init__()
         self.w_gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
         self.w_down = nn.Linear(hidden, d_model, bias=False)
-        self.triton = triton
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w_gate_up(x).chunk(2, dim=-1)
-        if self.triton:
-            from nanigpt.kernels.swiglu import swiglu
-
-            return self.w_down(swiglu(gate.contiguous(), up.contiguous()))
         return self.w_down(F.silu(gate) * up)
