@@ -23,6 +23,7 @@ def result():
 
 def test_every_mode_has_a_row(result):
     rows = result["rows"]
+    assert result["failed"] == []
     got = {(r["arch"], r["mode"], r["replicas"]) for r in rows}
     want = {("dense", m, 1) for m in ("eager", "nosync", "graph", "stacked")}
     want |= {("dense", "stacked", 2), ("dense", "vmap", 8), ("moe", "eager", 1)}

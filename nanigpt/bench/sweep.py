@@ -253,8 +253,7 @@ def measure(preset: Preset, log_progress: bool = True) -> dict[str, Any]:
     ceiling = matmul_ceiling(device)
     timing = (preset.warmup, preset.steps, preset.windows)
     total_steps = preset.warmup + preset.steps * preset.windows + 1
-    rows = []
-    jobs = []
+    rows, failed, jobs = [], [], []
     for size in preset.sizes:
         for mode in preset.modes:
             if mode == "compiled" and size not in preset.compiled_sizes:
@@ -266,19 +265,26 @@ def measure(preset: Preset, log_progress: bool = True) -> dict[str, Any]:
     for size, arch, mode, k in jobs:
         cfg = model_config(preset, size, moe=arch == "moe")
         captured = False
-        if mode in ("eager", "compiled"):
-            step = _eager_step(preset, cfg, device, compiled=mode == "compiled")
-        elif mode == "vmap":
-            step = _vmap_step(preset, cfg, device, k)
-        else:
-            runner = _stacked_runner(preset, cfg, device, k, total_steps)
-            if mode != "nosync" and runner.capturable:
-                runner.capture()
-                captured = True
-            step = runner.replay
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # vmap's fallback warning on the CPU's attention
-            step_s = _timed(step, device, *timing)
+        try:
+            if mode in ("eager", "compiled"):
+                step = _eager_step(preset, cfg, device, compiled=mode == "compiled")
+            elif mode == "vmap":
+                step = _vmap_step(preset, cfg, device, k)
+            else:
+                runner = _stacked_runner(preset, cfg, device, k, total_steps)
+                if mode != "nosync" and runner.capturable:
+                    runner.capture()
+                    captured = True
+                step = runner.replay
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # vmap's fallback warning on the CPU's attention
+                step_s = _timed(step, device, *timing)
+        except (RuntimeError, torch.OutOfMemoryError) as e:  # one failed mode keeps the others
+            log.warning(f"{size} {arch} {mode} K={k}: failed: {e}")
+            failed.append(
+                {"size": size, "arch": arch, "mode": mode, "replicas": k, "error": str(e)}
+            )
+            continue
         tokens_per_step = preset.batch_size * preset.seq_len
         flops_per_token = float(count(cfg, seq_len=preset.seq_len).train_flops_per_token)
         tokens_per_s = k * tokens_per_step / step_s
@@ -308,6 +314,7 @@ def measure(preset: Preset, log_progress: bool = True) -> dict[str, Any]:
         "preset": {k: v for k, v in vars(preset).items() if k != "notes"},
         "ceiling": ceiling,
         "rows": rows,
+        "failed": failed,
     }
 
 

@@ -144,7 +144,11 @@ class StackedStep:
         return self.device.type == "cuda" and not self.model.moe_layers
 
     def _amp(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+        # no weight-cast cache: a captured graph must not keep casts made outside it (PyTorch's
+        # CUDA graphs notes: autocast with cache_enabled=False)
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.autocast, cache_enabled=False
+        )
 
     def step(self) -> None:
         """One optimizer step of every replica, no host sync (the function a graph captures)."""
