@@ -242,3 +242,31 @@ def test_captured_step_equals_eager_step():
     np.testing.assert_allclose(graph_loss, eager_loss, rtol=1e-5)
     for a, b in zip(graph_params, eager_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_train_stacked_writes_each_run_as_train_alone(tmp_path):
+    """The job runner's entry (nanigpt.training.stacked_runs): two runs differing in seed and lr
+    trained stacked end where `nanigpt.train.train` of each alone ends (final validation loss,
+    weights), with the trainer's summary keys."""
+    from nanigpt.train import train
+    from nanigpt.training.stacked_runs import plan_stacks, train_stacked
+    from tests.test_train import SUMMARY_KEYS, make_run, write_tiny_data
+
+    data = write_tiny_data(tmp_path / "data")
+    inputs = (data["train"], data["val"], data["gt"])
+    runs = [make_run(seed=0), make_run(seed=1, lr=3e-3)]
+    runs[1]["run_id"] = "tiny_dense_s1_t1k_single"
+    other = make_run(batch_size=4)  # another batch: not stackable with the two
+    assert plan_stacks([runs[0], other, runs[1]]) == [runs, [other]]
+    outs = [tmp_path / "stacked" / r["run_id"] for r in runs]
+    stacked = train_stacked(runs, *inputs, outs)
+    for run, out, summary in zip(runs, outs, stacked, strict=True):
+        alone = train(run, *inputs, tmp_path / "alone" / run["run_id"])
+        assert set(summary) >= SUMMARY_KEYS
+        assert summary["final_val_loss"] == pytest.approx(alone["final_val_loss"], rel=1e-5)
+        want = torch.load(tmp_path / "alone" / run["run_id"] / "model.pt")
+        got = torch.load(out / "model.pt")
+        assert set(got) == set(want)
+        for name, w in want.items():
+            torch.testing.assert_close(got[name], w, rtol=0, atol=2e-5 * float(w.abs().max()))
+        assert (out / "metrics.parquet").is_file() and (out / "config.json").is_file()
