@@ -16,10 +16,11 @@ import torch
 from nanigpt.data.loader import BatchLoader, SplitMix64
 from nanigpt.data.shards import Shard
 from nanigpt.measure.timers import StepTimer
-from nanigpt.model.gpt import GPT, GPTConfig, MoEConfig
-from nanigpt.training.schedule import lr_at
+from nanigpt.model.config import GPTConfig, MoEConfig
+from nanigpt.model.gpt import GPT
 from nanigpt.train import ADAMW_BETAS, _parallelize
 from nanigpt.training.replica_optim import ReplicaAdamW, clip_per_replica_, lr_table
+from nanigpt.training.schedule import lr_at
 from nanigpt.training.stacked import StackedGPT, vmap_losses
 from nanigpt.training.stacked_step import (
     DeviceBatches,
