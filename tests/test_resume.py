@@ -117,9 +117,11 @@ def test_readme_command_resumes_every_killed_run(tmp_path):
 
 
 def planned_train_runs(tree: Path) -> set[str]:
-    """The run ids whose training a dry run of the README's target would (re)run."""
+    """The run ids whose training a run of the README's target would (re)run: the train_run jobs
+    of the DAG Snakemake would run (`--dag dot`; a job that needs no run is drawn dashed)."""
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", TARGET], cwd=tree, env=snakemake_env(),
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "snakemake", "--dag", "dot", TARGET], cwd=tree,
+        env=snakemake_env(), capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return set(re.findall(r"output: results/runs/(\w+)/config.json", result.stdout))
+    nodes = re.findall(r'\[label = "train_run\\nrun_id: (\w+)".*?style="([^"]*)"', result.stdout)
+    return {run_id for run_id, style in nodes if "dashed" not in style}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -125,7 +126,11 @@ def test_changing_one_size_reruns_exactly_its_runs(built, tmp_path):
     changed["sizes"]["b"]["d_model"] = 28
     config = write_config(work / "smoke.yaml", changed)
     jobs = planned_jobs(work, config)
-    train_runs = {out.split("/")[2] for rule, out in jobs if rule == "train_run"}
+    train_runs = {
+        re.search(r"run_id: (\S+)", wildcards).group(1)
+        for rule, wildcards in jobs
+        if rule == "train_run"
+    }
     expected = {
         f"tiny_{arch}_b_t{t}_single" for arch in ("dense", "moe") for t in (1024, 2048, 4096)
     }
@@ -173,8 +178,8 @@ def test_killed_training_job_is_not_taken_as_complete(built, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (run_dir / "summary.json").exists()
-    planned = {out for rule, out in planned_jobs(work, config, target)}
-    assert any("tiny_dense_c_t50k_single" in out for out in planned)
+    planned = planned_jobs(work, config, target)
+    assert ("train_run", "run_id: tiny_dense_c_t50k_single") in planned
 
     snakemake(work, "--unlock", config=config)
     snakemake(work, "--cores", "1", "--rerun-incomplete", target, config=config)

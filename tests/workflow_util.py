@@ -39,17 +39,21 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool
 
 
 def planned_jobs(workdir: Path, config: Path, target: str = TARGET) -> list[tuple[str, str]]:
-    """The (rule, first output) pairs that a dry run of `target` would execute."""
-    result = snakemake(workdir, "-n", "--rerun-incomplete", "--cores", "1", target, config=config)
-    text = result.stdout + result.stderr
+    """The (rule, wildcards) pairs of the jobs that running `target` would execute, wildcards
+    as "name: value" lines (those the job does not share with its inputs' jobs).
+
+    Read from the DAG Snakemake would run (`--dag dot`; a job that needs no run is drawn dashed),
+    not from a dry run's text, where a rule with a `message:` prints the message instead of its
+    name and outputs."""
+    result = snakemake(
+        workdir, "--dag", "dot", "--rerun-incomplete", "--cores", "1", target, config=config
+    )
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
-        head = re.match(r"(?:local)?rule (\w+):", block.strip())
-        if not head:
-            continue
-        out = re.search(r"^\s+output: ([^,\n]+)", block, flags=re.MULTILINE)
-        jobs.append((head.group(1), out.group(1).strip() if out else ""))
-    return jobs
+    for label, style in re.findall(r'\[label = "([^"]*)".*?style="([^"]*)"', result.stdout):
+        if "dashed" not in style:
+            rule, _, wildcards = label.partition("\\n")
+            jobs.append((rule, wildcards.replace("\\n", "\n")))
+    return [job for job in jobs if job[0] != "all"]
 
 
 def write_config(path: Path, config: dict) -> Path:
