@@ -122,3 +122,15 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def json_arg(text: str, what: str = "JSON argument") -> Any:
+    """A JSON value from the command line: the JSON itself, or `@path` to a file holding it (the
+    graph's spec files, `nanigpt.graph.specs`). Bad JSON or a missing file is a ValueError or
+    FileNotFoundError that names `what`."""
+    if text.startswith("@"):
+        return read_json(text[1:], what=f"{what} file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not valid JSON ({e}); pass JSON or @path") from e

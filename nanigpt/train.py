@@ -95,6 +95,24 @@ def parse_run_config(text: str) -> dict[str, Any]:
         raise RunConfigError(f"--run-config is not valid JSON ({e}); pass JSON or @path") from e
 
 
+def run_files(
+    run: dict[str, Any], train_path: str | None, val_path: str | None, truth_path: str | None
+) -> tuple[str, str, str]:
+    """The (train, val, ground truth) files of a run: each as given on the command line, else
+    from the run config's `inputs` (a graph spec, `nanigpt.graph.jobs.run_spec`), which is taken
+    out of `run`, so the settings left are the trainer's."""
+    inputs = (run.pop("inputs", None) if isinstance(run, dict) else None) or {}
+    if not isinstance(inputs, dict):
+        raise RunConfigError(f"run config: inputs must be a mapping of files, got {inputs!r}")
+    given = {"train": train_path, "val": val_path, "ground_truth": truth_path}
+    files = {k: v if v is not None else inputs.get(k) for k, v in given.items()}
+    missing = [k for k, v in files.items() if v is None]
+    if missing:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
+        raise RunConfigError(f"no {flags}: pass it, or name it under the run config's inputs")
+    return files["train"], files["val"], files["ground_truth"]
+
+
 def build_model(run: RunConfig | dict[str, Any]) -> tuple[torch.nn.Module, Any]:
     """The model of a run and its GPTConfig; a bad `model` section is a RunConfigError."""
     from nanigpt.model.config import GPTConfig
@@ -398,11 +416,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m nanigpt.train", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "--run-config", required=True, help="run config as JSON, or @path to a JSON file"
+        "--run-config",
+        required=True,
+        help="run config as JSON, or @path to a JSON file (the graph's spec also names its "
+        "input files, under `inputs`)",
     )
-    parser.add_argument("--train", required=True, help="training token shard (.bin)")
-    parser.add_argument("--val", required=True, help="validation token shard (.bin)")
-    parser.add_argument("--ground-truth", required=True, help="ground_truth.json of the dataset")
+    parser.add_argument("--train", help="training token shard (.bin; default: inputs.train)")
+    parser.add_argument("--val", help="validation token shard (.bin; default: inputs.val)")
+    parser.add_argument("--ground-truth", help="ground_truth.json (default: inputs.ground_truth)")
     parser.add_argument("--out", required=True, help="run folder to write")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 logs progress; others warn
@@ -412,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run = parse_run_config(args.run_config)
-        train(run, args.train, args.val, args.ground_truth, args.out)
+        files = run_files(run, args.train, args.val, args.ground_truth)
+        train(run, *files, args.out)
     except (RunConfigError, FileNotFoundError) as e:
         print(f"nanigpt.train: error: {e}", file=sys.stderr)
         return 2

@@ -1,20 +1,27 @@
 """Job specs as files (issue 26): a rule names its job's spec file, rewritten only when the job's
-settings change, and a job of 500 runs plans and starts, its command line short."""
+settings change, and a job of 500 runs plans and starts, its command line short; lists of input
+files go to argument files (`@PATH`), so no planned command is longer than 300 characters."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
 
+import pytest
+
 from nanigpt.graph import paths
-from nanigpt.graph.config import REPO_ROOT
-from nanigpt.graph.jobs import job_spec, plan_wsd_jobs, what_a_job_trains
-from nanigpt.graph.specs import spec_text, write_spec
+from nanigpt.graph.config import REPO_ROOT, load_config, resolve_runs
+from nanigpt.graph.jobs import job_spec, plan_wsd_jobs, run_spec, what_a_job_trains
+from nanigpt.graph.specs import args_text, spec_text, write_args, write_spec
+from nanigpt.train import run_files
+from nanigpt.training.config import RunConfigError, run_settings
 from nanigpt.training.jobs import parse_job
 from tests.test_train import make_run, write_tiny_data
+from tests.workflow_util import snakemake
 
 TOKENS_PER_STEP = 16 * 8  # make_run's seq_len x batch_size
 
@@ -65,3 +72,50 @@ def test_a_wsd_job_of_500_runs_plans_and_starts_from_its_spec_file(tmp_path):
         proc.kill()
         proc.wait()
     assert started, shlex.join(argv)
+
+
+def test_an_argument_list_is_rewritten_only_when_it_changes(tmp_path):
+    path = tmp_path / "args" / "rule.args"
+    assert write_args(path, ["a/summary.json", "b/summary.json"])
+    assert path.read_text() == "a/summary.json\nb/summary.json\n"
+    os.utime(path, (1, 1))
+    assert not write_args(path, ["a/summary.json", "b/summary.json"])
+    assert path.stat().st_mtime == 1
+    assert write_args(path, ["a/summary.json"]) and path.stat().st_mtime > 1
+    with pytest.raises(ValueError, match="one non-empty line per argument"):
+        args_text(["two\nlines"])
+
+
+def test_a_run_spec_names_its_inputs_and_the_trainer_takes_them_out():
+    config = load_config(REPO_ROOT / "workflow" / "config" / "default.yaml")
+    run = next(iter(resolve_runs(config).values()))
+    spec = json.loads(spec_text(run_spec(config, run)))
+    inputs = spec["inputs"]
+    assert inputs == paths.training_inputs(config, run["dataset"])
+    # The command line wins; the spec fills in the rest, and leaves the trainer its settings.
+    assert run_files(spec, None, "mine.bin", None) == (
+        inputs["train"], "mine.bin", inputs["ground_truth"],
+    )  # fmt: skip
+    assert spec == json.loads(spec_text(run_settings(run)))
+    with pytest.raises(RunConfigError, match="no --train, --val, --ground-truth"):
+        run_files({"model": {}}, None, None, None)
+
+
+def test_no_planned_command_is_longer_than_300_characters(tmp_path):
+    """Issue 26: the default config's full plan prints every command, each at most 300 characters
+    (settings and lists of files live in results/specs/, written by the plan)."""
+    result = snakemake(tmp_path, "-n", "-F", "--printshellcmds", "--cores", "1")
+    commands = [
+        line.removeprefix("Shell command: ")
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.startswith("Shell command: ")
+    ]
+    assert len(commands) > 100, "the plan printed fewer commands than the default graph has"
+    longest = max(commands, key=len)
+    assert len(longest) <= 300, f"{len(longest)} characters: {longest}"
+    # Every file a command reads with `@` was written by the plan, and lists real arguments.
+    named = {a[1:] for c in commands for a in shlex.split(c) if a.startswith("@results/specs/")}
+    assert {"args", "datasets", "wsd", "jobs"} <= {f.split("/")[2] for f in named}
+    for name in named:
+        text = (tmp_path / name).read_text()
+        assert text.endswith("\n") and "\n\n" not in text, name

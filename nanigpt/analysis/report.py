@@ -329,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m nanigpt.analysis.report"
     if argv and argv[0] == "aggregate":
         parser = argparse.ArgumentParser(
-            prog=f"{prog} aggregate", description="Combine run reports."
+            prog=f"{prog} aggregate",
+            description="Combine run reports.",
+            fromfile_prefix_chars="@",  # `@LIST`: a file of arguments, one a line
         )
-        parser.add_argument("--reports", nargs="+", required=True, help="report.json of each run")
+        parser.add_argument(
+            "--reports", nargs="+", required=True, help="report.json of each run (or @LIST)"
+        )
         parser.add_argument("--out", required=True, help="summary.parquet to write")
         parser.add_argument("--chart", default=None, help="breakdown.svg comparing the runs")
         args = parser.parse_args(argv[1:])

@@ -12,6 +12,7 @@ the split into train/val is a seeded shuffle of the files.
 
 CLI (same contract as the synthetic data):
     python -m nanigpt.data.realtext --name NAME --spec-json '<json dict>' --out DIR
+    (or `--spec-json @PATH`, a file holding the JSON)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nanigpt.io import atomic_path, write_json_atomic
+from nanigpt.io import atomic_path, json_arg, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +157,21 @@ def generate_dataset(name: str, spec: RealTextSpec, out_dir: Path) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", required=True)
-    parser.add_argument("--spec-json", required=True, help="the dataset's dict from the config")
+    parser.add_argument(
+        "--spec-json", required=True, help="the dataset's dict from the config, or @path to it"
+    )
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        spec = RealTextSpec.from_dict(json.loads(args.spec_json))
+        raw = json_arg(args.spec_json, what="--spec-json")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: dataset '{args.name}': {e}", file=sys.stderr)
+        return 2
+    try:
+        spec = RealTextSpec.from_dict(raw)
         generate_dataset(args.name, spec, args.out)
-    except (RealTextError, json.JSONDecodeError) as e:
+    except RealTextError as e:
         print(f"error: dataset '{args.name}': {e}", file=sys.stderr)
         return 2
     return 0

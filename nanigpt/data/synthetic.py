@@ -70,6 +70,7 @@ draw only with probability ~1e-16 per draw.
 
 CLI (docs/interfaces.md):
     python -m nanigpt.data.synthetic --name NAME --spec-json '<json dict>' --out DIR
+    (or `--spec-json @PATH`, a file holding the JSON: the graph's results/specs/datasets/NAME.json)
 writes DIR/train.parquet, DIR/val.parquet (columns text, source_id, doc_id; one row group per
 chunk) and DIR/ground_truth.json, each atomically.
 """
@@ -94,7 +95,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from nanigpt.io import atomic_path, write_json_atomic
+from nanigpt.io import atomic_path, json_arg, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -818,14 +819,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m nanigpt.data.synthetic", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--name", required=True, help="dataset name (recorded in the JSON)")
-    parser.add_argument("--spec-json", required=True, help="dataset definition as a JSON object")
+    parser.add_argument(
+        "--spec-json", required=True, help="dataset definition as a JSON object, or @path to it"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        raw = json.loads(args.spec_json)
-    except json.JSONDecodeError as e:
-        parser.error(f"--spec-json is not valid JSON: {e}")
+        raw = json_arg(args.spec_json, what="--spec-json")
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
     try:
         spec = SyntheticSpec.from_dict(raw)
     except SpecError as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -27,12 +28,17 @@ def dataset_module(spec: Mapping[str, Any]) -> str:
 
 
 def build_dataset(
-    name: str, spec: Mapping[str, Any], out: str, python: str = "python"
+    name: str,
+    spec: Mapping[str, Any],
+    out: str,
+    python: str = "python",
+    spec_file: str | None = None,
 ) -> list[str]:
-    """Write `out/{train,val}.parquet` and `out/ground_truth.json` of one dataset (its spec as
-    canonical JSON, sorted keys)."""
-    spec_json = json.dumps(spec, sort_keys=True)
-    return [python, "-m", dataset_module(spec), "--name", name, "--spec-json", spec_json,
+    """Write `out/{train,val}.parquet` and `out/ground_truth.json` of one dataset: its spec from
+    `spec_file` (`--spec-json @PATH`, the graph's `paths.dataset_spec`) when given, else inline as
+    canonical JSON (sorted keys); `spec` names the CLI either way."""
+    spec_arg = f"@{spec_file}" if spec_file is not None else json.dumps(spec, sort_keys=True)
+    return [python, "-m", dataset_module(spec), "--name", name, "--spec-json", spec_arg,
             "--out", str(out)]  # fmt: skip
 
 
@@ -55,16 +61,21 @@ def encode_tokens(
 def train_run(
     run_json: str,
     nproc: int,
-    train: str,
-    val: str,
-    truth: str,
+    train: str | None,
+    val: str | None,
+    truth: str | None,
     out: str,
     python: str = "python",
 ) -> list[str]:
-    """Train one run through the launcher, as `nproc` processes (`nanigpt.parallel.setting.world_size`)."""
-    return [python, "-m", "nanigpt.launch", "--nproc", str(nproc), "--", "nanigpt.train",
-            "--run-config", run_json, "--train", str(train), "--val", str(val),
-            "--ground-truth", str(truth), "--out", str(out)]  # fmt: skip
+    """Train one run through the launcher, as `nproc` processes (`nanigpt.parallel.setting.world_size`).
+    `run_json` is the run's JSON or `@PATH` of its spec; the input files left None come from the
+    spec's `inputs` (`nanigpt.graph.jobs.run_spec`)."""
+    argv = [python, "-m", "nanigpt.launch", "--nproc", str(nproc), "--", "nanigpt.train",
+            "--run-config", run_json]  # fmt: skip
+    for flag, path in (("--train", train), ("--val", val), ("--ground-truth", truth)):
+        if path is not None:
+            argv += [flag, str(path)]
+    return argv + ["--out", str(out)]
 
 
 def moe_specialization(
@@ -77,10 +88,14 @@ def moe_specialization(
     python: str = "python",
 ) -> list[str]:
     """Score a trained MoE's routing against the sources of the validation text; no `counts`
-    Parquet when `counts` is None (a machine without polars)."""
+    Parquet when `counts` is None (a machine without polars), and no `--counts` flag where it is
+    the CLI's default (counts.parquet beside `out`)."""
     argv = [python, "-m", "nanigpt.analysis.specialization", "--run-dir", str(run_dir),
             "--val", str(val), "--out", str(out)]  # fmt: skip
-    argv += ["--counts", str(counts)] if counts is not None else ["--no-counts"]
+    if counts is None:
+        argv += ["--no-counts"]
+    elif Path(counts) != Path(out).with_name("counts.parquet"):
+        argv += ["--counts", str(counts)]
     if threads is not None:
         argv += ["--threads", str(threads)]
     return argv + ["--max-tokens", str(max_tokens)]

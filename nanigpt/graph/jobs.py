@@ -148,13 +148,14 @@ def plan_jobs(config: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dict[s
 def job_spec(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     """What `paths.job_spec(job)` holds: the job, and the input files it trains on (`inputs`:
     train and val shards, ground truth), so that its command line needs only the spec and `--out`."""
-    dataset = job["dataset"]
-    inputs = {
-        "train": paths.shard(config, dataset, "train"),
-        "val": paths.shard(config, dataset, "val"),
-        "ground_truth": paths.ground_truth(dataset),
-    }
-    return {**job, "inputs": inputs}
+    return {**job, "inputs": paths.training_inputs(config, job["dataset"])}
+
+
+def run_spec(config: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """What `paths.run_spec(run_id)` holds: the run's settings (`run_settings`) and, as a job's
+    spec does, the input files it trains on (`inputs`, which `python -m nanigpt.train` takes out
+    before it reads the settings)."""
+    return {**run_settings(run), "inputs": paths.training_inputs(config, run["dataset"])}
 
 
 def job_run_ids(job: dict[str, Any]) -> list[str]:

@@ -20,8 +20,10 @@ RUNS = "results/runs"  # results/runs/{run_id}/: one run's files (RUN_FILES)
 # a folder that is not a rule's output (but for done.json), so a killed job keeps its finished runs
 # and checkpoints.
 JOB_FOLDERS = {"wsd": "wsd", "grouped": "jobs"}
-# Settings as files (`nanigpt.graph.specs`): results/specs/{wsd,jobs}/{job_id}.json (`--job @`),
-# results/specs/runs/{run_id}.json (`--run-config @`).
+# Settings and input lists as files (`nanigpt.graph.specs`): results/specs/{wsd,jobs}/{job_id}.json
+# (`--job @`), results/specs/runs/{run_id}.json (`--run-config @`), results/specs/datasets/{name}.json
+# (`--spec-json @`), results/specs/held_out.json (`--held-out @`), and the argument lists of the
+# rules that read many files, results/specs/args/{rule}[/{name}].args (argparse's `@PATH`).
 SPECS = "results/specs"
 
 # Wildcard patterns of rule inputs and outputs.
@@ -55,6 +57,16 @@ def cross_shard(config: dict, dataset: str, other: str) -> str:
 
 def ground_truth(dataset: str) -> str:
     return f"{SYNTHETIC}/{dataset}/ground_truth.json"
+
+
+def training_inputs(config: dict, dataset: str) -> dict[str, str]:
+    """The files a run of `dataset` trains on, as a spec's `inputs` (train and val shards, ground
+    truth): the trainers' `--train`, `--val`, `--ground-truth` default to them."""
+    return {
+        "train": shard(config, dataset, "train"),
+        "val": shard(config, dataset, "val"),
+        "ground_truth": ground_truth(dataset),
+    }
 
 
 def run_dir(run_id: str) -> str:
@@ -93,3 +105,19 @@ def job_spec(job: dict[str, Any]) -> str:
 def run_spec(run_id: str) -> str:
     """A run's settings as a file, for `python -m nanigpt.train --run-config @PATH`."""
     return f"{SPECS}/runs/{run_id}.json"
+
+
+def dataset_spec(dataset: str) -> str:
+    """A dataset's definition as a file, for `python -m nanigpt.data.synthetic --spec-json @PATH`."""
+    return f"{SPECS}/datasets/{dataset}.json"
+
+
+def held_out_spec() -> str:
+    """The held-out runs' points, for `python -m nanigpt.scaling.predict predict --held-out @PATH`."""
+    return f"{SPECS}/held_out.json"
+
+
+def args_list(rule: str, name: str | None = None) -> str:
+    """A rule's list of input files, one a line, for a CLI's `@PATH` (argparse
+    `fromfile_prefix_chars`); `name` tells apart the jobs of a rule with a wildcard."""
+    return f"{SPECS}/args/{rule}.args" if name is None else f"{SPECS}/args/{rule}/{name}.args"

@@ -1,17 +1,27 @@
-"""Settings as files: a job's or a run's spec, rewritten only when its settings change.
+"""Settings and file lists as files: a job's, a run's or a dataset's spec, a rule's list of inputs.
 
-Serves issue 26 ("job specs as files"): a rule's command line names its spec file (the CLIs take
-`--job @PATH` and `--run-config @PATH`) instead of carrying the settings as inline JSON, so that
-no command is too long to read or to start (Linux caps one argument at 128 KiB: a WSD job of about
-140 runs passed inline failed with E2BIG), and a printed command shows the command. The planner
-writes every spec when it plans (`workflow/rules/jobs.smk`, `train.smk`); a spec whose content is
-unchanged is left alone, so its modification time changes only with the settings, Snakemake reruns
-exactly the jobs whose settings changed (the spec is an input), and a no-op dry run writes nothing.
+Serves issue 26 ("job specs as files", "no printed command longer than 300 characters"): a rule's
+command line names a file instead of carrying the settings as inline JSON or its inputs one by one,
+so that no command is too long to read or to start (Linux caps one argument at 128 KiB: a WSD job
+of about 140 runs passed inline failed with E2BIG), and a printed command shows the command. Two
+kinds of file, one writer:
+
+- a spec (`write_spec`): settings as one line of canonical JSON, read by the CLI's `--job @PATH`,
+  `--run-config @PATH`, `--spec-json @PATH`, `--held-out @PATH`;
+- an argument list (`write_args`): one argument a line, the format of argparse's
+  `fromfile_prefix_chars="@"`: a CLI that takes a list of files (`nanigpt.scaling.aggregate`,
+  `nanigpt.plots.moe`, ...) reads `@PATH` as those files, and plain arguments still work by hand.
+
+The planner writes a file when it plans the job that reads it (the rules' input functions,
+`workflow/rules/common.smk`); a file whose content is unchanged is left alone, so its modification
+time changes only with its content, Snakemake reruns exactly the jobs whose settings or input lists
+changed (the file is an input), and a no-op dry run writes nothing. Writes are atomic.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +33,18 @@ def spec_text(settings: Any) -> str:
     return json.dumps(settings, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def write_spec(path: str | Path, settings: Any) -> bool:
-    """Write `settings` to `path` (atomically) unless it already holds exactly them; True when
-    written."""
-    path, text = Path(path), spec_text(settings)
+def args_text(args: Iterable[Any]) -> str:
+    """An argument list as argparse's `@PATH` reads it: one argument a line."""
+    lines = [str(a) for a in args]
+    bad = [a for a in lines if "\n" in a or "\r" in a or not a]
+    if bad:
+        raise ValueError(f"an argument file holds one non-empty line per argument; got {bad[0]!r}")
+    return "".join(f"{a}\n" for a in lines)
+
+
+def write_if_changed(path: str | Path, text: str) -> bool:
+    """Write `text` to `path` (atomically) unless it already holds exactly it; True when written."""
+    path = Path(path)
     try:
         if path.read_text() == text:
             return False
@@ -34,3 +52,15 @@ def write_spec(path: str | Path, settings: Any) -> bool:
         pass  # missing or unreadable: write it
     write_text_atomic(path, text)
     return True
+
+
+def write_spec(path: str | Path, settings: Any) -> bool:
+    """Write `settings` to `path` as a spec unless it already holds exactly them; True when
+    written."""
+    return write_if_changed(path, spec_text(settings))
+
+
+def write_args(path: str | Path, args: Iterable[Any]) -> bool:
+    """Write `args` to `path` as an argument list unless it already holds exactly them; True when
+    written."""
+    return write_if_changed(path, args_text(args))

@@ -169,11 +169,15 @@ def build_chart(run_dirs: Sequence[str | Path], x: str = "flops", title: str = T
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nanigpt.plots.loss_curves", description=TITLE)
+    parser = argparse.ArgumentParser(
+        prog="python -m nanigpt.plots.loss_curves",
+        description=TITLE,
+        fromfile_prefix_chars="@",  # `@LIST`: a file of arguments, one a line
+    )
     parser.add_argument("--out", required=True, help="figure to write (.svg, .png, .html)")
     parser.add_argument("--x", default="flops", choices=sorted(X_AXES), help="the x axis")
     parser.add_argument("--title", default=TITLE)
-    parser.add_argument("run_dirs", nargs="+", help="results/runs/{run_id} folders")
+    parser.add_argument("run_dirs", nargs="+", help="results/runs/{run_id} folders (or @LIST)")
     args = parser.parse_args(argv)
     return save_from_cli(lambda: build_chart(args.run_dirs, args.x, args.title), args.out)
 

@@ -532,7 +532,9 @@ def _read_specs(paths: Sequence[str]) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nanigpt.plots.moe", description="MoE specialization and crossover figures."
+        prog="python -m nanigpt.plots.moe",
+        description="MoE specialization and crossover figures.",
+        fromfile_prefix_chars="@",  # `@LIST`: a file of arguments, one a line
     )
     sub = parser.add_subparsers(dest="figure", required=True)
     heat = sub.add_parser("heatmap", help="expert x source matrices per layer of one run")
@@ -540,16 +542,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     heat.add_argument("--counts", choices=["top1", "all"], default="top1")
     heat.add_argument("--out", required=True)
     mi = sub.add_parser("mi", help="normalised MI vs training step")
-    mi.add_argument("--spec", nargs="+", required=True, help="specialization.json files")
+    mi.add_argument("--spec", nargs="+", required=True, help="specialization.json files (or @LIST)")
     mi.add_argument("--out", required=True)
     load = sub.add_parser("load", help="load CV and drops vs capacity factor")
-    load.add_argument("--spec", nargs="+", required=True, help="specialization.json files")
+    load.add_argument(
+        "--spec", nargs="+", required=True, help="specialization.json files (or @LIST)"
+    )
     load.add_argument("--out", required=True)
     experts = sub.add_parser("experts", help="normalised MI and load CV vs expert count")
-    experts.add_argument("--spec", nargs="+", required=True, help="specialization.json files")
+    experts.add_argument(
+        "--spec", nargs="+", required=True, help="specialization.json files (or @LIST)"
+    )
     experts.add_argument("--out", required=True)
     cross = sub.add_parser("crossover", help="loss MoE - dense vs compute")
-    cross.add_argument("--summaries", nargs="+", required=True, help="summary.json of each run")
+    cross.add_argument(
+        "--summaries", nargs="+", required=True, help="summary.json of each run (or @LIST)"
+    )
     cross.add_argument("--out", required=True)
     cross.add_argument("--fits-out", required=True, help="fits.json-style JSON to write")
     cross.add_argument(

@@ -14,6 +14,7 @@ knowledge-to-capacity ratio (Allen-Zhu and Li 2024 measure about 2 bits stored p
 CLI: `python -m nanigpt.plots.moe_gain --summaries results/runs/*/summary.json
       --ground-truth data/synthetic/*/ground_truth.json --out gain_vs_data.svg --json-out gain.json
       [--loss final_val_bpb]`
+(any of its arguments may come from `@FILE`, one a line: the graph passes both lists that way).
 """
 
 from __future__ import annotations
@@ -170,8 +171,14 @@ def gain(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nanigpt.plots.moe_gain", description=__doc__)
-    parser.add_argument("--summaries", nargs="+", required=True, help="summary.json of each run")
+    parser = argparse.ArgumentParser(
+        prog="python -m nanigpt.plots.moe_gain",
+        description=__doc__,
+        fromfile_prefix_chars="@",  # `@LIST`: a file of arguments, one a line
+    )
+    parser.add_argument(
+        "--summaries", nargs="+", required=True, help="summary.json of each run (or @LIST)"
+    )
     parser.add_argument("--ground-truth", nargs="+", required=True, help="ground_truth.json files")
     parser.add_argument("--out", required=True, help="SVG to write")
     parser.add_argument("--json-out", required=True, help="per-seed and summarised numbers")

@@ -138,10 +138,12 @@ def write_runs(table: pl.DataFrame, out: str | Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nanigpt.scaling.aggregate", description=__doc__.splitlines()[0]
+        prog="python -m nanigpt.scaling.aggregate",
+        description=__doc__.splitlines()[0],
+        fromfile_prefix_chars="@",  # `@LIST`: a file of arguments, one a line
     )
     parser.add_argument("--out", required=True, help="runs.parquet to write")
-    parser.add_argument("summaries", nargs="+", help="summary.json files, one per run")
+    parser.add_argument("summaries", nargs="+", help="summary.json files, one per run (or @LIST)")
     args = parser.parse_args(argv)
     try:
         table = aggregate(args.summaries)

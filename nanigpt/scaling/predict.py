@@ -423,11 +423,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_pred.add_argument("--held-out", required=True, help="JSON list of points, or @path")
     p_pred.add_argument("--seed", type=int, default=0)
     p_pred.add_argument("--out", required=True)
-    p_check = sub.add_parser("check", help="prediction.json + held-out summaries -> verdict")
+    p_check = sub.add_parser(
+        "check",
+        help="prediction.json + held-out summaries -> verdict",
+        fromfile_prefix_chars="@",  # `@LIST`: a file of arguments, one a line
+    )
     p_check.add_argument("--prediction", required=True)
     p_check.add_argument("--out", required=True)
     p_check.add_argument("--figure", default=None, help="SVG of prediction beside measurement")
-    p_check.add_argument("summaries", nargs="+")
+    p_check.add_argument("summaries", nargs="+", help="held-out summary.json files (or @LIST)")
     args = parser.parse_args(argv)
 
     import polars as pl

@@ -65,10 +65,13 @@ def compare(summaries: list[dict[str, Any]], loss: str = "final_val_bpb") -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nanigpt.scaling.wsd_check")
+    parser = argparse.ArgumentParser(
+        prog="python -m nanigpt.scaling.wsd_check",
+        fromfile_prefix_chars="@",  # `@LIST`: a file of arguments, one a line
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--loss", default="final_val_bpb")
-    parser.add_argument("summaries", nargs="+")
+    parser.add_argument("summaries", nargs="+", help="summary.json files (or @LIST)")
     args = parser.parse_args(argv)
     try:
         result = compare([read_json(p, what="summary") for p in args.summaries], args.loss)

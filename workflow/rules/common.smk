@@ -1,6 +1,4 @@
 # Shared lookups: the runs the config declares, and the paths of each stage's outputs.
-import json
-
 from nanigpt.graph import commands, paths
 from nanigpt.graph.config import (
     profiled_run_ids,
@@ -10,6 +8,7 @@ from nanigpt.graph.config import (
 )
 from nanigpt.parallel.setting import world_size
 from nanigpt.graph.runtable import run_labels, study_version, sweeps_labels
+from nanigpt.graph.specs import write_args, write_spec
 from nanigpt.scaling import predict as heldout
 
 RUNS = resolve_runs(config)
@@ -27,6 +26,21 @@ wildcard_constraints:
     tokdir="[a-z][a-z0-9]*-v[0-9]+",
     split="train|val",
     run_id="[A-Za-z0-9_]+",
+
+
+def spec_file(path, settings):
+    """`path`, holding `settings` as a spec (`--job @PATH`, `--run-config @PATH`, ...): written when
+    a job that reads it is planned, rewritten only when they change (nanigpt.graph.specs). A rule
+    lists it as an input, so a change of the settings reruns that job and nothing else."""
+    write_spec(path, settings)
+    return path
+
+
+def args_file(path, args):
+    """`path`, holding `args` one a line, for a CLI's `@PATH` (a rule's list of input files, kept
+    out of its command line); written and listed like `spec_file`."""
+    write_args(path, args)
+    return path
 
 
 def labels_of_run(wildcards):

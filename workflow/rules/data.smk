@@ -2,7 +2,19 @@
 # or real text (the stdlib's sources, floor unknown), both in the same layout.
 
 
+def dataset_of(wildcards):
+    if wildcards.dataset not in config["datasets"]:
+        raise WorkflowError(
+            f"unknown dataset '{wildcards.dataset}': the config declares "
+            f"{', '.join(config['datasets'])}"
+        )
+    return config["datasets"][wildcards.dataset]
+
+
 rule synthetic_data:
+    input:
+        # The dataset's definition as a file (`--spec-json @PATH`; a change rebuilds the dataset).
+        spec=lambda w: spec_file(paths.dataset_spec(w.dataset), dataset_of(w)),
     output:
         train="data/synthetic/{dataset}/train.parquet",
         val="data/synthetic/{dataset}/val.parquet",
@@ -14,10 +26,12 @@ rule synthetic_data:
     resources:
         **SMALL_JOB,
     params:
-        spec=lambda w: json.dumps(config["datasets"][w.dataset], sort_keys=True),
-        cmd=lambda w: commands.shell(
+        cmd=lambda w, input: commands.shell(
             commands.build_dataset(
-                w.dataset, config["datasets"][w.dataset], f"data/synthetic/{w.dataset}"
+                w.dataset,
+                dataset_of(w),
+                f"{paths.SYNTHETIC}/{w.dataset}",
+                spec_file=input.spec,
             )
         ),
     message:

@@ -23,7 +23,7 @@ def known_sweep(wildcards):
 
 
 def run_dirs_of_sweep(wildcards):
-    return [f"results/runs/{rid}" for rid in sweep_run_ids(config, known_sweep(wildcards))]
+    return [paths.run_dir(rid) for rid in sweep_run_ids(config, known_sweep(wildcards))]
 
 
 def isoflop_budgets(wildcards):
@@ -38,7 +38,10 @@ def isoflop_budgets(wildcards):
 
 rule aggregate_sweep:
     input:
-        lambda w: summaries_of_sweep(known_sweep(w)),
+        summaries=lambda w: summaries_of_sweep(known_sweep(w)),
+        args=lambda w: args_file(
+            paths.args_list("aggregate_sweep", w.sweep), summaries_of_sweep(known_sweep(w))
+        ),
     output:
         "results/scaling/runs_{sweep}.parquet",
     log:
@@ -52,7 +55,7 @@ rule aggregate_sweep:
     message:
         "collect the runs of sweep {wildcards.sweep} into one table"
     shell:
-        "python -m nanigpt.scaling.aggregate --out {output} {input} > {log} 2>&1"
+        "python -m nanigpt.scaling.aggregate --out {output} @{input.args} > {log} 2>&1"
 
 
 rule isoflop_fit:
@@ -110,6 +113,7 @@ rule plot_loss_curves:
     input:
         summaries=lambda w: summaries_of_sweep(known_sweep(w)),
         metrics=lambda w: [f"{d}/metrics.parquet" for d in run_dirs_of_sweep(w)],
+        args=lambda w: args_file(paths.args_list("plot_loss_curves", w.sweep), run_dirs_of_sweep(w)),
     output:
         report(
             "results/scaling/loss_curves_{sweep}.svg",
@@ -126,10 +130,9 @@ rule plot_loss_curves:
     resources:
         **SMALL_JOB,
     params:
-        run_dirs=run_dirs_of_sweep,
         title=lambda w: f"Loss curves of sweep {w.sweep}: every run",
     message:
         "plot the loss curves of a sweep"
     shell:
         "python -m nanigpt.plots.loss_curves --title {params.title:q} --out {output}"
-        " {params.run_dirs} > {log} 2>&1"
+        " @{input.args} > {log} 2>&1"

@@ -9,14 +9,9 @@
 # killed job's rerun skips what is finished. A tiny job per run links its files into
 # results/runs/{run_id}/, the same outputs as train_run's.
 from nanigpt.graph.jobs import job_of, job_run_ids, job_spec, plan_jobs, what_a_job_trains
-from nanigpt.graph.specs import write_spec
 
 JOBS = plan_jobs(config, RUNS)
 JOB_OF = job_of(JOBS)
-# Each job's settings as a file, rewritten only when they change (nanigpt.graph.specs): the
-# command line names it, and a changed spec reruns its job.
-for _job in JOBS.values():
-    write_spec(paths.job_spec(_job), job_spec(config, _job))
 
 
 def job_named(wildcards):
@@ -35,7 +30,8 @@ def job_shard(wildcards, split):
 
 rule train_job:
     input:
-        spec=lambda w: paths.job_spec(job_named(w)),
+        # The job's settings as a file (the command line names it; a changed spec reruns the job).
+        spec=lambda w: spec_file(paths.job_spec(job_named(w)), job_spec(config, job_named(w))),
         train=lambda w: job_shard(w, "train"),
         val=lambda w: job_shard(w, "val"),
         truth=lambda w: paths.ground_truth(job_named(w)["dataset"]),
@@ -87,9 +83,14 @@ ruleorder: publish_job_run > train_run
 
 # Does a cooldown branch match a cosine run of equal length (Hägele et al. 2024)? Seed by seed,
 # over the sweeps `wsd_check.sweeps` (one cosine, one WSD, same sizes, tokens and seeds).
+def wsd_check_summaries():
+    return [s for sweep in config["wsd_check"]["sweeps"] for s in summaries_of_sweep(sweep)]
+
+
 rule wsd_vs_cosine:
     input:
-        lambda w: [s for sweep in config["wsd_check"]["sweeps"] for s in summaries_of_sweep(sweep)],
+        summaries=lambda w: wsd_check_summaries(),
+        args=lambda w: args_file(paths.args_list("wsd_vs_cosine"), wsd_check_summaries()),
     output:
         "results/scaling/wsd_vs_cosine.json",
     log:
@@ -99,4 +100,4 @@ rule wsd_vs_cosine:
     message:
         "compare WSD cooldown branches with cosine runs of equal length"
     shell:
-        "python -m nanigpt.scaling.wsd_check --out {output} {input} > {log} 2>&1"
+        "python -m nanigpt.scaling.wsd_check --out {output} @{input.args} > {log} 2>&1"

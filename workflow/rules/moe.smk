@@ -40,6 +40,21 @@ def spec_files(run_ids):
     return [f"results/moe/{rid}/specialization.json" for rid in run_ids]
 
 
+def moe_specs_of(sweeps):
+    """The specialization files of the MoE runs of `sweeps`."""
+    return spec_files(sweeps_run_ids(config, sweeps, moe_only=True))
+
+
+def summaries_of_sweeps(sweeps):
+    """The summaries of every run (dense and MoE) of `sweeps`."""
+    return [paths.run_summary(rid) for rid in sweeps_run_ids(config, sweeps, moe_only=False)]
+
+
+def truths_of_sweeps(sweeps):
+    """The ground truth of each dataset `sweeps` train on."""
+    return sorted({paths.ground_truth(config["sweeps"][s]["dataset"]) for s in sweeps})
+
+
 MOE_TARGETS = (
     [f"results/moe/{rid}/heatmap.svg" for rid in moe_analysed_runs(config)]
     + (["results/moe/mi_vs_step.svg"] if MOE_SWEEPS else [])
@@ -132,7 +147,10 @@ rule moe_heatmap:
 
 rule moe_mi_vs_step:
     input:
-        spec_files(moe_mi_run_ids(config)),
+        specs=spec_files(moe_mi_run_ids(config)),
+        args=lambda w: args_file(
+            paths.args_list("moe_mi_vs_step"), spec_files(moe_mi_run_ids(config))
+        ),
     output:
         report(
             "results/moe/mi_vs_step.svg",
@@ -148,12 +166,15 @@ rule moe_mi_vs_step:
     message:
         "plot expert-source mutual information over training"
     shell:
-        "python -m nanigpt.plots.moe mi --spec {input} --out {output} > {log} 2>&1"
+        "python -m nanigpt.plots.moe mi --spec @{input.args} --out {output} > {log} 2>&1"
 
 
 rule moe_load_vs_capacity:
     input:
-        lambda w: spec_files(sweeps_run_ids(config, MOE_LOAD[w.name], moe_only=True)),
+        specs=lambda w: moe_specs_of(MOE_LOAD[w.name]),
+        args=lambda w: args_file(
+            paths.args_list("moe_load_vs_capacity", w.name), moe_specs_of(MOE_LOAD[w.name])
+        ),
     output:
         report(
             "results/moe/load_vs_capacity_{name}.svg",
@@ -171,12 +192,15 @@ rule moe_load_vs_capacity:
     message:
         "plot expert load against capacity ({wildcards.name})"
     shell:
-        "python -m nanigpt.plots.moe load --spec {input} --out {output} > {log} 2>&1"
+        "python -m nanigpt.plots.moe load --spec @{input.args} --out {output} > {log} 2>&1"
 
 
 rule moe_experts:
     input:
-        lambda w: spec_files(sweeps_run_ids(config, MOE_EXPERTS[w.name], moe_only=True)),
+        specs=lambda w: moe_specs_of(MOE_EXPERTS[w.name]),
+        args=lambda w: args_file(
+            paths.args_list("moe_experts", w.name), moe_specs_of(MOE_EXPERTS[w.name])
+        ),
     output:
         report(
             "results/moe/experts_{name}.svg",
@@ -194,15 +218,15 @@ rule moe_experts:
     message:
         "plot specialization against the expert count ({wildcards.name})"
     shell:
-        "python -m nanigpt.plots.moe experts --spec {input} --out {output} > {log} 2>&1"
+        "python -m nanigpt.plots.moe experts --spec @{input.args} --out {output} > {log} 2>&1"
 
 
 rule moe_crossover:
     input:
-        lambda w: [
-            paths.run_summary(rid)
-            for rid in sweeps_run_ids(config, MOE_CROSSOVER[w.name], moe_only=False)
-        ],
+        summaries=lambda w: summaries_of_sweeps(MOE_CROSSOVER[w.name]),
+        args=lambda w: args_file(
+            paths.args_list("moe_crossover", w.name), summaries_of_sweeps(MOE_CROSSOVER[w.name])
+        ),
     output:
         svg=report(
             "results/moe/crossover_{name}.svg",
@@ -224,21 +248,23 @@ rule moe_crossover:
     message:
         "fit where MoE overtakes dense ({wildcards.name})"
     shell:
-        "python -m nanigpt.plots.moe crossover --summaries {input} --out {output.svg}"
+        "python -m nanigpt.plots.moe crossover --summaries @{input.args} --out {output.svg}"
         " --fits-out {output.fits} --loss {params.loss} --bootstrap {params.bootstrap} > {log} 2>&1"
 
 
 rule moe_gain_vs_data:
     input:
-        summaries=lambda w: [
-            paths.run_summary(rid)
-            for rid in sweeps_run_ids(config, MOE_KNOWLEDGE[w.name], moe_only=False)
-        ],
-        truths=lambda w: sorted(
-            {
-                f"data/synthetic/{config['sweeps'][s]['dataset']}/ground_truth.json"
-                for s in MOE_KNOWLEDGE[w.name]
-            }
+        summaries=lambda w: summaries_of_sweeps(MOE_KNOWLEDGE[w.name]),
+        truths=lambda w: truths_of_sweeps(MOE_KNOWLEDGE[w.name]),
+        # Both lists as one argument file: `--summaries ... --ground-truth ...`.
+        args=lambda w: args_file(
+            paths.args_list("moe_gain_vs_data", w.name),
+            [
+                "--summaries",
+                *summaries_of_sweeps(MOE_KNOWLEDGE[w.name]),
+                "--ground-truth",
+                *truths_of_sweeps(MOE_KNOWLEDGE[w.name]),
+            ],
         ),
     output:
         svg=report(
@@ -258,8 +284,8 @@ rule moe_gain_vs_data:
     message:
         "plot the MoE gain against the data's knowledge bits ({wildcards.name})"
     shell:
-        "python -m nanigpt.plots.moe_gain --summaries {input.summaries}"
-        " --ground-truth {input.truths} --out {output.svg} --json-out {output.json}"
+        "python -m nanigpt.plots.moe_gain @{input.args} --out {output.svg}"
+        " --json-out {output.json}"
         " --loss {params.loss} > {log} 2>&1"
 
 

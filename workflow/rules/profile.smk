@@ -69,7 +69,11 @@ rule profile_run:
 
 rule profile_summary:
     input:
-        profile_reports_of_sweep(config["scaling"]["sweep"]),
+        reports=profile_reports_of_sweep(config["scaling"]["sweep"]),
+        args=lambda w: args_file(
+            paths.args_list("profile_summary"),
+            profile_reports_of_sweep(config["scaling"]["sweep"]),
+        ),
     output:
         summary="results/profile/summary.parquet",
         chart=report(
@@ -86,5 +90,5 @@ rule profile_summary:
     message:
         "collect every run's profile into one table"
     shell:
-        "python -m nanigpt.analysis.report aggregate --reports {input}"
+        "python -m nanigpt.analysis.report aggregate --reports @{input.args}"
         " --out {output.summary} --chart {output.chart} > {log} 2>&1"

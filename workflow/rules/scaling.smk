@@ -3,7 +3,10 @@
 
 rule aggregate_runs:
     input:
-        summaries_of_sweep(config["scaling"]["sweep"]),
+        summaries=summaries_of_sweep(config["scaling"]["sweep"]),
+        args=lambda w: args_file(
+            paths.args_list("aggregate_runs"), summaries_of_sweep(config["scaling"]["sweep"])
+        ),
     output:
         "results/scaling/runs.parquet",
     log:
@@ -15,7 +18,7 @@ rule aggregate_runs:
     message:
         "collect the scaling sweep's runs into one table"
     shell:
-        "python -m nanigpt.scaling.aggregate --out {output} {input} > {log} 2>&1"
+        "python -m nanigpt.scaling.aggregate --out {output} @{input.args} > {log} 2>&1"
 
 
 rule fit_scaling:
@@ -55,23 +58,26 @@ rule predict_held_out:
     input:
         fits="results/scaling/fits.json",
         runs="results/scaling/runs.parquet",
+        # The held-out runs' points as a file (`--held-out @PATH`; a change predicts again).
+        points=lambda w: spec_file(paths.held_out_spec(), HELD_OUT_POINTS),
     output:
         heldout.PREDICTION,
     log:
         f"{LOGS}/predict_held_out.log",
     resources:
         **SMALL_JOB,
-    params:
-        points=json.dumps(HELD_OUT_POINTS, sort_keys=True, separators=(",", ":")),
     shell:
         "python -m nanigpt.scaling.predict predict --fits {input.fits} --runs {input.runs}"
-        " --held-out {params.points:q} --out {output} > {log} 2>&1"
+        " --held-out @{input.points} --out {output} > {log} 2>&1"
 
 
 rule check_prediction:
     input:
         prediction=heldout.PREDICTION,
-        summaries=[f"results/runs/{run_id}/summary.json" for run_id in HELD_OUT],
+        summaries=[paths.run_summary(run_id) for run_id in HELD_OUT],
+        args=lambda w: args_file(
+            paths.args_list("check_prediction"), [paths.run_summary(r) for r in HELD_OUT]
+        ),
     output:
         check="results/scaling/prediction_check.json",
         figure=report(
@@ -87,7 +93,7 @@ rule check_prediction:
         **SMALL_JOB,
     shell:
         "python -m nanigpt.scaling.predict check --prediction {input.prediction}"
-        " --out {output.check} --figure {output.figure} {input.summaries} > {log} 2>&1"
+        " --out {output.check} --figure {output.figure} @{input.args} > {log} 2>&1"
 
 
 # The budget advisor (`scaling.advice`, nanigpt.scaling.advise): FLOP-optimal and wall-clock-

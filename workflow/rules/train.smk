@@ -5,20 +5,17 @@
 # are deliberately not outputs: Snakemake must not delete the checkpoint of a failed or killed run
 # (the rerun resumes from it), and comm.json exists only for distributed runs.
 
-from nanigpt.graph.specs import write_spec
-from nanigpt.training.config import run_settings
+from nanigpt.graph.jobs import run_spec
 
 # The runs no job of several runs trains. The constraint names them, so that no file of a job's run
 # is also matched by this rule (a candidate job per file, costing the dry run its time).
 PLAIN_RUN_IDS = [rid for rid in RUNS if rid not in JOB_OF]
-# Each run's settings as a file, rewritten only when they change (nanigpt.graph.specs).
-for _rid in PLAIN_RUN_IDS:
-    write_spec(paths.run_spec(_rid), run_settings(RUNS[_rid]))
 
 
 rule train_run:
     input:
-        spec=lambda w: paths.run_spec(w.run_id),
+        # The run's settings and input files as a file (`--run-config @PATH`; a change reruns it).
+        spec=lambda w: spec_file(paths.run_spec(w.run_id), run_spec(config, run_of(w))),
         train=lambda w: shard_path(run_of(w), "train"),
         val=lambda w: shard_path(run_of(w), "val"),
         truth=lambda w: paths.ground_truth(run_of(w)["dataset"]),
@@ -42,10 +39,10 @@ rule train_run:
             commands.train_run(
                 f"@{input.spec}",
                 train_tasks(w),
-                input.train,
-                input.val,
-                input.truth,
-                paths.run_dir(w.run_id),
+                train=None,  # the spec's inputs: input.train, input.val, input.truth
+                val=None,
+                truth=None,
+                out=paths.run_dir(w.run_id),
             )
         ),
     message:
