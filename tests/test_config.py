@@ -37,6 +37,37 @@ def test_misspelled_key_names_the_key_and_suggests():
     assert "did you mean 'lr'" in message
 
 
+def test_every_unknown_key_check_words_it_alike():
+    """Issue 27: one helper (nanigpt.keys) words each unknown key: its path, the nearest key."""
+    from nanigpt.data.realtext import RealTextError, RealTextSpec
+    from nanigpt.data.synthetic import SpecError, SyntheticSpec
+    from nanigpt.keys import unknown_keys_message
+    from nanigpt.model.config import GPTConfig
+    from nanigpt.parallel.setting import ParallelSetting
+
+    model = {"vocab_size": 64, "seq_len": 16, "n_layer": 1, "d_model": 16, "n_head": 2}
+    refused = [
+        (lambda: GPTConfig.from_dict({**model, "n_layers": 2}), ValueError,
+         "unknown key 'model.n_layers' (did you mean 'n_layer'?); allowed keys here: "),
+        (lambda: GPTConfig.from_dict({**model, "moe": {"num_experts": 2, "topk": 1}}), ValueError,
+         "unknown key 'model.moe.topk' (did you mean 'top_k'?); allowed keys here: "),
+        (lambda: ParallelSetting.from_dict({"dpp": 2}), ValueError,
+         "unknown key 'parallelism.dpp' (did you mean 'dp'?); allowed keys here: dp, ep, fsdp, "),
+        (lambda: SyntheticSpec.from_dict({"brnching": 4}), SpecError,
+         "unknown key 'brnching' (did you mean 'branching'?); allowed keys here: "),
+        (lambda: RealTextSpec.from_dict({"kind": "python_stdlib", "sed": 1}), RealTextError,
+         "unknown key 'sed' (did you mean 'seed'?); allowed keys here: kind, "),
+    ]  # fmt: skip
+    for build, error, message in refused:
+        with pytest.raises(error) as err:
+            build()
+        assert message in str(err.value)
+    assert unknown_keys_message({"a": 1}, ["a", "b"], "x") is None
+    assert unknown_keys_message(["zzz", "bb"], ["a", "b"], ["x", 0]) == (
+        "unknown key 'x.0.bb' (did you mean 'b'?); unknown key 'x.0.zzz'; allowed keys here: a, b"
+    )
+
+
 def test_out_of_range_value_names_the_key():
     raw = load_smoke()
     raw["sizes"]["a"]["n_layer"] = 0

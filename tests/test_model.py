@@ -111,8 +111,8 @@ def test_mlp_width_rounding():
         ({"moe": {**MOE, "every": 3}}, "no MoE layer"),
         ({"moe": {**MOE, "granularity": 3}}, "granularity=3"),
         ({"moe": {**MOE, "capacity_factor": 0}}, "capacity_factor"),
-        ({"moe": {**MOE, "experts": 2}}, "unknown key(s) ['experts']"),
-        ({"n_layers": 2}, "unknown key(s) ['n_layers']"),
+        ({"moe": {**MOE, "experts": 2}}, "unknown key 'model.moe.experts'"),
+        ({"n_layers": 2}, "unknown key 'model.n_layers' (did you mean 'n_layer'?)"),
         ({"n_layer": 0}, "model.n_layer=0"),
     ],
 )

@@ -34,5 +34,7 @@ def test_bad_spec_names_the_key():
         RealTextSpec.from_dict({"kind": "python_stdlib", "val_fraction": 1.5})
     config = load_config()
     config["datasets"]["py"] = {"kind": "python_stdlib", "seed": 0, "branching": 4}
-    with pytest.raises(ConfigError, match=r"datasets\.py: unknown key\(s\) \['branching'\]"):
+    with pytest.raises(
+        ConfigError, match=r"datasets\.py: unknown key 'branching'; allowed keys here: kind, "
+    ):
         validate_config(config)

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanigpt.io import atomic_path, json_arg, write_json_atomic
+from nanigpt.keys import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,7 @@ class RealTextSpec:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> RealTextSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise RealTextError(
-                f"unknown key(s) {unknown} for kind python_stdlib (allowed: {sorted(known)})"
-            )
+        check_keys(spec, [f.name for f in fields(cls)], error=RealTextError)
         out = cls(**spec)
         if out.kind != "python_stdlib":
             raise RealTextError(f"key 'kind': expected 'python_stdlib', got {out.kind!r}")

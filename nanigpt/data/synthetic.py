@@ -96,6 +96,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from nanigpt.io import atomic_path, json_arg, write_json_atomic
+from nanigpt.keys import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,7 @@ class SyntheticSpec:
     def from_dict(cls, spec: dict[str, Any]) -> SyntheticSpec:
         if not isinstance(spec, dict):
             raise SpecError(f"dataset spec: expected a JSON object, got {type(spec).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise SpecError(
-                f"dataset spec: unknown key(s) {unknown}; expected some of {sorted(known)}"
-            )
+        check_keys(spec, [f.name for f in dataclasses.fields(cls)], error=SpecError)
         values = dict(spec)
         if "doc_symbols" in values:
             values["doc_symbols"] = _as_tuple(values["doc_symbols"], "doc_symbols")

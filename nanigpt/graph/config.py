@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import functools
 import hashlib
 import itertools
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from nanigpt.keys import key_path, unknown_keys_message
 from nanigpt.model.config import model_default, moe_defaults
 from nanigpt.parallel.setting import validate_parallelism, world_size
 from nanigpt.training.config import run_settings, tokens_per_step
@@ -68,22 +68,13 @@ def load_config(path: str | Path | None = None) -> dict:
     return validate_config(raw, source=str(path))
 
 
-def _key_path(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
-
-
 def _schema_error_message(error: jsonschema.ValidationError, source: str) -> str:
-    where = _key_path(error.absolute_path)
+    where = key_path(list(error.absolute_path))
     if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
+        allowed = error.schema.get("properties", {})
         instance = error.instance if isinstance(error.instance, dict) else {}
-        unknown = sorted(k for k in instance if k not in allowed)
-        parts = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            parts.append(f"unknown key '{_key_path([*error.absolute_path, key])}'{hint}")
-        return f"{source}: {'; '.join(parts)}; allowed keys here: {', '.join(allowed)}"
+        message = unknown_keys_message(instance, allowed, list(error.absolute_path))
+        return f"{source}: {message or error.message}"
     if error.validator == "required":
         return f"{source}: at '{where}': {error.message}"
     if error.validator == "propertyNames":

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from nanigpt.keys import check_keys
+
 MLP_MULTIPLE = 8  # the MLP width is rounded to a multiple of this (tensor-core friendly shapes)
 
 KERNELS = ("rms_norm", "rope", "swiglu", "cross_entropy")
@@ -204,12 +206,7 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
         """Build from a run's `model` dict; unknown or missing keys fail with the key named."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"model: unknown key(s) {unknown}; expected keys among {sorted(known)}"
-            )
+        check_keys(d, [f.name for f in fields(cls)], "model")
         required = ("vocab_size", "seq_len", "n_layer", "d_model", "n_head")
         missing = [key for key in required if key not in d]
         if missing:
@@ -217,12 +214,7 @@ class GPTConfig:
         d = dict(d)
         moe = d.get("moe")
         if isinstance(moe, dict):
-            moe_known = {f.name for f in fields(MoEConfig)}
-            moe_unknown = sorted(set(moe) - moe_known)
-            if moe_unknown:
-                raise ValueError(
-                    f"model.moe: unknown key(s) {moe_unknown}; expected keys among {sorted(moe_known)}"
-                )
+            check_keys(moe, [f.name for f in fields(MoEConfig)], "model.moe")
             if "num_experts" not in moe:
                 raise ValueError("model.moe: missing key 'num_experts'")
             d["moe"] = MoEConfig(**moe)

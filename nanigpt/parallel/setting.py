@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nanigpt.keys import check_keys
 from nanigpt.model.config import GPTConfig
 
 # The parallel dims, in the order the device mesh lays them out (outermost first).
@@ -55,12 +56,7 @@ class ParallelSetting:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ParallelSetting:
         """From a run's `parallelism` dict; a missing `strategy` gets `default_strategy`."""
-        known = set(DIMS) | {"strategy"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"parallelism: unknown key(s) {unknown}; expected keys among {sorted(known)}"
-            )
+        check_keys(d, [*DIMS, "strategy"], "parallelism")
         sizes = {}
         for key in DIMS:
             value = d.get(key, 1)
