@@ -13,6 +13,7 @@ planners may lose each other's new entries, never corrupt the file.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import tempfile
@@ -33,6 +34,7 @@ def cache_path() -> Path:
     return Path(root) / "plan.json"
 
 
+@functools.cache  # once per process: each lookup reads the installed packages' metadata (~3 ms)
 def _torch_version() -> str:
     try:
         return metadata.version("torch")
