@@ -41,8 +41,8 @@ MOE_KEYS = set(MOE_DEFAULTS)
 # smaller batch (more optimizer steps per token) where a small model's step is overhead-bound.
 SIZE_TRAINING = ("lr", "warmup_frac", "batch_size")
 # `training` keys that say how the graph's jobs train runs, not what a run is: kept out of every
-# run's settings (so turning them on retrains nothing by itself; a run's outputs do not depend on
-# them beyond float rounding: tests/test_jobs.py).
+# run's settings (run ids, specs and checkpoint fingerprints stay as they are; a run's outputs do
+# not depend on them beyond float rounding: tests/test_jobs.py).
 PLANNING_ONLY = ("stack_replicas",)
 
 
