@@ -11,8 +11,9 @@ every step), `trace.json.gz` (empty, saying why: no step of one run alone to pro
 (the GPT's state dict, as `nanigpt.train` writes it) and `summary.json` last, with the trainer's keys and a `stacked` record (replicas, index, captured). tests/test_stacked
 holds each run's final validation loss equal to `nanigpt.train.train` of the run alone.
 
-Not here (the trainer keeps them): checkpoints and resume (a killed stacked job retrains its
-group), profiler traces, snapshots, multi-process runs, Triton kernels.
+Not here (the trainer keeps them): checkpoints and resume (a killed stacked job's rerun stacks its
+unfinished runs again from step 0: `nanigpt.training.jobs`), profiler traces, snapshots,
+multi-process runs, Triton kernels.
 """
 
 from __future__ import annotations
