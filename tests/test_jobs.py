@@ -12,7 +12,8 @@ import yaml
 
 from nanigpt import train as train_module
 from nanigpt.graph.config import DEFAULT_CONFIG_PATH, ConfigError, resolve_runs, validate_config
-from nanigpt.graph.jobs import job_of, plan_grouped_jobs, plan_wsd_jobs
+from nanigpt.graph.jobs import job_of, plan_grouped_jobs, plan_wsd_jobs, stacking_exempt
+from nanigpt.io import read_json
 from nanigpt.training import jobs
 from tests.test_train import DyingTrainStep, make_run, write_tiny_data
 
@@ -138,3 +139,103 @@ def test_default_config_groups_the_moe_sweeps_and_splits_the_isoflop_wsd_jobs_by
     iso = {jid: job for jid, job in plan_wsd_jobs(runs).items() if jid.startswith("iso_dense")}
     assert len(iso) == 5 and all(len(job["stables"]) == 1 for job in iso.values())
     assert all(len(job["stables"][0]["branches"]) == 3 for job in iso.values())
+
+
+# --- stacked replicas in grouped jobs (training.stack_replicas) -----------------------------------
+
+
+def _seeds_by_lrs() -> list[dict]:
+    """2 seeds x 2 lrs of one shape (10 steps each): one stack of 4 replicas."""
+    runs = []
+    for seed in (0, 1):
+        for lr in (1e-2, 3e-3):
+            run = make_run(seed=seed, lr=lr)
+            run.update(run_id=f"tiny_dense_s0_t1k_single_seed{seed}_lr{lr:g}", seed=seed)
+            runs.append(run)
+    return runs
+
+
+def _grouped(stack: bool) -> dict:
+    job = {"kind": "grouped", "job_id": "tiny", "dataset": "tiny", "runs": _seeds_by_lrs()}
+    return {**job, "stack": True, "alone": []} if stack else job
+
+
+def test_a_stacked_grouped_job_ends_as_the_job_trained_run_by_run(data, tmp_path, monkeypatch):
+    """Each run of a stacked job (2 seeds x 2 lrs, one stack of 4) ends as the unstacked job's
+    run: summary and per-step metrics at rtol 1e-5 (float32; batched matmuls add in another
+    order). A rerun after two runs lost their markers stacks those two alone and leaves the
+    finished runs' files untouched."""
+    torch.set_num_threads(1)
+    inputs = (data["train"], data["val"], data["gt"])
+    jobs.train_job(_grouped(stack=False), *inputs, tmp_path / "plain")
+    jobs.train_job(_grouped(stack=True), *inputs, tmp_path / "stacked")
+    ids = [run["run_id"] for run in _seeds_by_lrs()]
+    for rid in ids:
+        plain, stacked = tmp_path / "plain" / "runs" / rid, tmp_path / "stacked" / "runs" / rid
+        assert set(jobs.RUN_FILES) <= {p.name for p in stacked.iterdir()}
+        want, got = (read_json(d / "summary.json") for d in (plain, stacked))
+        for key in ("final_val_loss", "final_val_bpb", "gap_bpb", "flops_total", "steps"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (rid, key)
+        assert got["stacked"]["replicas"] == 4 and read_json(stacked / "run.json")["stacked"] == ids
+        a, b = _rows(stacked), _rows(plain)
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for column in ("loss", "lr", "grad_norm", "val_loss", "val_bpb"):
+            got_c = [r[column] for r in a]
+            want_c = [r[column] for r in b]
+            assert [g is None for g in got_c] == [w is None for w in want_c], (rid, column)
+            pairs = [(g, w) for g, w in zip(got_c, want_c, strict=True) if w is not None]
+            assert [g for g, _ in pairs] == pytest.approx([w for _, w in pairs], rel=1e-5), (
+                rid,
+                column,
+            )
+    # a killed job's rerun: two runs unfinished (no marker) stack again, the others are skipped
+    out = tmp_path / "stacked"
+    for rid in ids[1:3]:
+        (out / "runs" / rid / jobs.MARKER).unlink()
+    kept = {rid: (out / "runs" / rid / "summary.json").stat().st_mtime_ns for rid in ids}
+    from nanigpt.training import stacked_runs
+
+    stacked_calls, real = [], stacked_runs.train_stacked
+    monkeypatch.setattr(
+        stacked_runs,
+        "train_stacked",
+        lambda runs, *a, **k: (
+            stacked_calls.append([r["run_id"] for r in runs]) or real(runs, *a, **k)
+        ),
+    )
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("trained alone"))
+    jobs.train_job(_grouped(stack=True), *inputs, out)
+    assert stacked_calls == [ids[1:3]]
+    for rid in (ids[0], ids[3]):
+        assert (out / "runs" / rid / "summary.json").stat().st_mtime_ns == kept[rid]
+    assert read_json(out / "runs" / ids[1] / "run.json")["stacked"] == ids[1:3]
+
+
+def test_stack_replicas_plans_one_job_per_shape_and_changes_no_run():
+    """With the switch on, the default config's grouped runs plan one job per (dataset, size,
+    arch, parallelism) holding every seed, with the runs whose trace a profile report reads
+    kept alone; the runs (ids and settings) are those of the switch off."""
+    raw = _raw_default()
+    off = validate_config(copy.deepcopy(raw), "default")
+    raw["training"]["stack_replicas"] = True
+    on = validate_config(raw, "default")
+    runs_off, runs_on = resolve_runs(off), resolve_runs(on)
+    assert runs_on == runs_off
+    plain, stacked = plan_grouped_jobs(off, runs_off), plan_grouped_jobs(on, runs_on)
+    assert sorted(job_of(stacked)) == sorted(job_of(plain))  # the same runs, other jobs
+    assert all(jid.endswith("_stacked") and job["stack"] for jid, job in stacked.items())
+    for job in stacked.values():
+        shapes = {(r["dataset"], r["size"], r["arch"], r["parallelism_name"]) for r in job["runs"]}
+        assert len(shapes) == 1
+    assert any(len({r["seed"] for r in job["runs"]}) > 1 for job in stacked.values())
+    alone = {rid for job in stacked.values() for rid in job["alone"]}
+    assert alone == set(job_of(stacked)) & stacking_exempt(on)
+    # validated: a boolean, and only where a sweep is grouped
+    raw["training"]["stack_replicas"] = "yes"
+    with pytest.raises(ConfigError, match="stack_replicas"):
+        validate_config(copy.deepcopy(raw), "cfg.yaml")
+    raw["training"]["stack_replicas"] = True
+    raw["sweeps"] = {k: {**v, "grouped": False} for k, v in raw["sweeps"].items()}
+    with pytest.raises(ConfigError, match="no sweep has 'grouped: true'") as e:
+        validate_config(raw, "cfg.yaml")
+    assert "\n" not in str(e.value)

@@ -40,6 +40,10 @@ MOE_KEYS = set(MOE_DEFAULTS)
 # Training settings a size may override: lr and warmup chosen per size by an lr probe sweep, and a
 # smaller batch (more optimizer steps per token) where a small model's step is overhead-bound.
 SIZE_TRAINING = ("lr", "warmup_frac", "batch_size")
+# `training` keys that say how the graph's jobs train runs, not what a run is: kept out of every
+# run's settings (run ids, specs and checkpoint fingerprints stay as they are; a run's outputs do
+# not depend on them beyond float rounding: tests/test_jobs.py).
+PLANNING_ONLY = ("stack_replicas",)
 
 
 class ConfigError(ValueError):
@@ -203,6 +207,12 @@ def _check_references(config: dict, source: str) -> None:
                 f"{source}: sweeps.{name}: 'grouped' and 'cooldown' together: a WSD sweep's runs "
                 f"already train in one job (nanigpt.graph.jobs); drop 'grouped'"
             )
+    if stack_replicas(config) and not any(s.get("grouped") for s in config["sweeps"].values()):
+        raise ConfigError(
+            f"{source}: training.stack_replicas: true, but no sweep has 'grouped: true': stacked "
+            f"replicas train inside grouped jobs (nanigpt.graph.jobs); set 'grouped: true' on the "
+            f"sweeps to stack, or drop the switch"
+        )
     for entry in config.get("bench", {}).get("datasets", []):
         if entry not in config["datasets"]:
             raise ConfigError(
@@ -428,6 +438,12 @@ def seeded_run_id(config: dict, run_id: str, seed: int) -> str:
 _RESOLVED: dict[str, dict[str, dict]] = {}
 
 
+def stack_replicas(config: dict) -> bool:
+    """`training.stack_replicas`: whether grouped jobs train their runs of one shape as stacked
+    replicas (`nanigpt.graph.jobs`, `nanigpt.training.stacked_runs`); default false."""
+    return bool(config["training"].get("stack_replicas", False))
+
+
 def resolve_runs(config: dict) -> dict[str, dict]:
     """Every run of every sweep, keyed by run id, each with only the settings it depends on.
 
@@ -445,6 +461,7 @@ def resolve_runs(config: dict) -> dict[str, dict]:
 def expand_runs(config: dict) -> dict[str, dict]:
     """`resolve_runs` without the memo: every run of every sweep, built anew."""
     runs: dict[str, dict] = {}
+    run_training = {k: v for k, v in config["training"].items() if k not in PLANNING_ONLY}
     for sweep_name, sweep in config["sweeps"].items():
         dataset = sweep["dataset"]
         for arch in sweep["archs"]:
@@ -475,7 +492,7 @@ def expand_runs(config: dict) -> dict[str, dict]:
                         "parallelism_name": par,
                         "parallelism": dict(config["parallelism"][par]),
                         "model": _model_settings(config, dataset, size, arch),
-                        "training": {**config["training"], **size_training, "seed": seed},
+                        "training": {**run_training, **size_training, "seed": seed},
                         "profile": dict(config["profile"]),
                         "seed": seed,
                     }

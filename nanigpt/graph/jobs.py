@@ -15,7 +15,14 @@ therefore train several runs each, planned here, without torch, for the Snakefil
   trains in the job of its (dataset, size, seed, parallelism), across those sweeps: the runs of a
   job share their input shards, and splitting by size and seed keeps the jobs about as long as
   each other and lets them run side by side. A run's id, settings and outputs are those of its
-  own `train_run` job; only where it trains changes.
+  own `train_run` job; only where it trains changes. With `training.stack_replicas: true` a
+  grouped job holds instead every run of one (dataset, size, arch, parallelism), all its seeds,
+  lrs and budgets, id `{dataset}_{size}_{arch}_{parallelism}_stacked`, and carries `stack: true`
+  and `alone`: the runs whose profiler trace (the profile reports of `scaling.sweep`) or weight
+  snapshots (the MoE MI-over-training figure) the graph reads, which train alone with the
+  trainer; the job runner trains the others as stacked replicas (`nanigpt.training.stacked_runs`;
+  seeds of one shape can only stack inside one job). WSD jobs do not stack: their cooldown
+  branches start from the stable run's checkpoints, which a stacked run does not write.
 
 `plan_jobs(config, runs)` gives both kinds, `{job_id: job}`; each job carries its `kind`, and
 `nanigpt.training.jobs` trains either kind from it. `job_of` maps every run a job trains to the
@@ -30,7 +37,12 @@ import json
 from typing import Any
 
 from nanigpt.graph import paths
-from nanigpt.graph.config import ConfigError
+from nanigpt.graph.config import (
+    ConfigError,
+    moe_mi_run_ids,
+    profiled_run_ids,
+    stack_replicas,
+)
 from nanigpt.parallel.setting import world_size
 from nanigpt.training.config import BOOKKEEPING, branch_step_of, run_settings, tokens_per_step
 
@@ -104,24 +116,55 @@ def grouped_sweeps(config: dict[str, Any]) -> list[str]:
     return [name for name, sweep in config["sweeps"].items() if sweep.get("grouped")]
 
 
+def stacking_exempt(config: dict[str, Any]) -> set[str]:
+    """The runs that train alone even in a stacked job: those whose profiler trace a profile
+    report reads (`profiled_run_ids` of `scaling.sweep`, where profiling is on) and those whose
+    weight snapshots the MoE MI-over-training figure reads (where `training.snapshot_every` is
+    set). A stacked run writes an empty trace, null step times and no snapshots: its K replicas
+    share every step (`nanigpt.training.stacked_runs`)."""
+    exempt: set[str] = set()
+    sweep = (config.get("scaling") or {}).get("sweep")
+    if config["profile"].get("enabled", True) and sweep:
+        exempt |= set(profiled_run_ids(config, sweep))
+    if config["training"].get("snapshot_every") and (config.get("moe_analysis") or {}).get(
+        "sweeps"
+    ):
+        exempt |= set(moe_mi_run_ids(config))
+    return exempt
+
+
 def plan_grouped_jobs(
     config: dict[str, Any], runs: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """The grouped jobs of a config's runs: `{job_id: {"kind": "grouped", "job_id", "dataset",
     "runs": [run settings, as train_run gets them]}}` (and `"versions": {run_id:
     "sweep=version,..."}` where a sweep declares `version:`), runs in config order; job id
-    `{dataset}_{size}_{parallelism}_seed{seed}`."""
+    `{dataset}_{size}_{parallelism}_seed{seed}`; with `training.stack_replicas`, `"stack": true`,
+    `"alone": [run ids]` and job id `{dataset}_{size}_{arch}_{parallelism}_stacked` (module
+    docstring)."""
     opted = set(grouped_sweeps(config))
+    stack = stack_replicas(config)
+    alone = stacking_exempt(config) if stack else set()
     jobs: dict[str, dict[str, Any]] = {}
     for run in runs.values():
         if not opted & set(run.get("sweeps", ())) or is_wsd_run(run):
             continue
         if world_size(run["parallelism"]) != 1:
             continue
-        job_id = f"{run['dataset']}_{run['size']}_{run['parallelism_name']}_seed{run['seed']}"
+        if stack:
+            job_id = (
+                f"{run['dataset']}_{run['size']}_{run['arch']}_{run['parallelism_name']}_stacked"
+            )
+        else:
+            job_id = f"{run['dataset']}_{run['size']}_{run['parallelism_name']}_seed{run['seed']}"
         job = jobs.setdefault(
             job_id, {"kind": "grouped", "job_id": job_id, "dataset": run["dataset"], "runs": []}
         )
+        if stack:
+            job["stack"] = True
+            job.setdefault("alone", [])
+            if run["run_id"] in alone:
+                job["alone"].append(run["run_id"])
         job["runs"].append(run_settings(run))
         versions = [
             f"{sweep}={config['sweeps'][sweep]['version']}"
@@ -189,6 +232,13 @@ def what_a_job_trains(job: dict[str, Any]) -> str:
         )
     runs = job["runs"]
     first = runs[0]
+    if job.get("stack"):
+        return (
+            f"{len(runs)} runs ({_counted([r['tokens'] for r in runs], 'budget')} x "
+            f"{_counted([r['training']['seed'] for r in runs], 'seed')} x "
+            f"{_counted([r['training']['lr'] for r in runs], 'lr')}) of {first['arch']} "
+            f"{first['size']} on {first['dataset']}, stacked replicas, one process"
+        )
     return (
         f"{len(runs)} runs ({_counted([r['arch'] for r in runs], 'arch')} x "
         f"{_counted([r['tokens'] for r in runs], 'budget')}) of size {first['size']} on "

@@ -10,7 +10,12 @@ exist); the job spec carries its `kind`, and this one CLI trains either:
   2405.18392). B budgets cost the largest budget's stable phase plus the cooldowns instead of the
   sum of all budgets. On the CPU a branch is bit-identical to a WSD run of the same budget trained
   straight through (tests/test_wsd.py).
-- `grouped`: the job's plain runs in turn, each exactly as its own `train_run` job would.
+- `grouped`: the job's plain runs in turn, each exactly as its own `train_run` job would; or,
+  where the job says `stack: true` (`training.stack_replicas`), its runs of one shape that differ
+  only in seed or scalar hyperparameters as stacked replicas, one `plan_stacks` group at a time
+  (`nanigpt.training.stacked_runs.train_stacked`: each replica's losses equal the run alone's
+  to float rounding; tests/test_jobs.py holds the job's summaries equal to the unstacked job's),
+  and the runs of its `alone` list, and any run left in a group of one, with the trainer.
 
 A job trains into its folder (`nanigpt.graph.paths.job_dir`: `results/{wsd,jobs}/<job_id>/`),
 each run into `runs/<run_id>/`, and a tiny job per run (`publish`, no torch import) hard-links the
@@ -23,7 +28,10 @@ Resume: every finished stable run (`stable/<stable_id>/stable.json`), cooldown
 of its settings and inputs, and a rerun of the job skips what is finished with the same
 fingerprint: a killed cooldown reruns alone (from its own rolling checkpoint if it wrote one, else
 from the stable run's checkpoint at its branch point), a killed stable or grouped run resumes from
-its rolling checkpoint, as a run of its own does.
+its rolling checkpoint, as a run of its own does. A stacked group writes no checkpoint: a rerun
+stacks the group's unfinished runs again from step 0 and leaves its finished runs alone (their
+files and markers untouched, so nothing downstream reruns; a replica's result does not depend on
+which others share its stack, beyond float rounding).
 
     python -m nanigpt.training.jobs train --job @results/specs/wsd/JOB_ID.json \\
         --out results/wsd/JOB_ID                      # the graph's spec names its inputs
@@ -127,10 +135,13 @@ def train_wsd_job(job: dict[str, Any], inputs: dict[str, Path], out: Path) -> di
 
 
 def train_grouped_job(job: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, str]:
-    """A grouped job's runs in turn, into `out/runs/<run_id>/`; {run_id: fingerprint}."""
+    """A grouped job's runs into `out/runs/<run_id>/`: in turn, or stacked where the job says
+    `stack` (module docstring); {run_id: fingerprint}."""
     from nanigpt.training.checkpoint.state import run_fingerprint
 
     done: dict[str, str] = {}
+    to_stack: list[tuple[dict[str, Any], Path, str]] = []
+    alone = set(job.get("alone", ()))
     for run in job["runs"]:
         run_dir = out / "runs" / run["run_id"]
         fingerprint = run_fingerprint(run, inputs)
@@ -138,9 +149,42 @@ def train_grouped_job(job: dict[str, Any], inputs: dict[str, Path], out: Path) -
         if version:  # a bumped study version retrains a finished run
             fingerprint = f"{fingerprint}:{version}"
         files = [run_dir / f for f in RUN_FILES]
-        _train_unless_finished(run, inputs, run_dir, run_dir / MARKER, fingerprint, files)
         done[run["run_id"]] = fingerprint
+        if job.get("stack") and run["run_id"] not in alone:
+            if finished(run_dir / MARKER, fingerprint, *files):
+                log.info(f"{run['run_id']}: finished already, skipped")
+            else:
+                to_stack.append((run, run_dir, fingerprint))
+            continue
+        _train_unless_finished(run, inputs, run_dir, run_dir / MARKER, fingerprint, files)
+    if to_stack:
+        _train_stacked_groups(to_stack, inputs)
     return done
+
+
+def _train_stacked_groups(
+    pending: list[tuple[dict[str, Any], Path, str]], inputs: dict[str, Path]
+) -> None:
+    """Train the unfinished runs of a stacked job, one `plan_stacks` group at a time (a group of
+    one with the trainer, which checkpoints and profiles), then write each run's marker:
+    {"fingerprint", "stacked": [the group's run ids], "cpu_s": the group's CPU time / K}."""
+    from nanigpt.training.stacked_runs import plan_stacks, train_stacked
+
+    where = {id(run): (run_dir, fp) for run, run_dir, fp in pending}
+    for group in plan_stacks([run for run, _, _ in pending]):
+        if len(group) == 1:
+            run_dir, fp = where[id(group[0])]
+            files = [run_dir / f for f in RUN_FILES]
+            _train_unless_finished(group[0], inputs, run_dir, run_dir / MARKER, fp, files)
+            continue
+        ids = [run["run_id"] for run in group]
+        log.info(f"stacking {len(group)} runs: {', '.join(ids)}")
+        cpu = time.process_time()
+        train_stacked(group, *inputs.values(), [where[id(run)][0] for run in group])
+        cpu_s = (time.process_time() - cpu) / len(group)
+        for run in group:
+            run_dir, fp = where[id(run)]
+            write_json_atomic(run_dir / MARKER, {"fingerprint": fp, "stacked": ids, "cpu_s": cpu_s})
 
 
 # --- publishing a run's folder ------------------------------------------------------------------

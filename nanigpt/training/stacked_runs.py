@@ -7,12 +7,13 @@ seed, lr, weight decay, warmup, min lr, clip); `train_stacked` trains one such g
 `nanigpt.training.stacked_step.StackedStep` (captured in a CUDA graph for dense models on a GPU)
 and writes, per run, `config.json`, `metrics.parquet` (loss, aux loss, lr, gradient norm, MoE router
 statistics and validation at the run's eval points; the step-time columns are null: the K runs share
-every step), `model.pt` (the GPT's state dict, as `nanigpt.train` writes it) and `summary.json`
-last, with the trainer's keys and a `stacked` record (replicas, index, captured). tests/test_stacked
+every step), `trace.json.gz` (empty, saying why: no step of one run alone to profile), `model.pt`
+(the GPT's state dict, as `nanigpt.train` writes it) and `summary.json` last, with the trainer's keys and a `stacked` record (replicas, index, captured). tests/test_stacked
 holds each run's final validation loss equal to `nanigpt.train.train` of the run alone.
 
-Not here (the trainer keeps them): checkpoints and resume (a killed stacked job retrains its
-group), profiler traces, snapshots, multi-process runs, Triton kernels.
+Not here (the trainer keeps them): checkpoints and resume (a killed stacked job's rerun stacks its
+unfinished runs again from step 0: `nanigpt.training.jobs`), profiler traces, snapshots,
+multi-process runs, Triton kernels.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ REPLICA_KEYS = ("seed", "lr", "weight_decay", "warmup_frac", "warmup_steps", "mi
 
 def stack_key(run: dict[str, Any]) -> str | None:
     """What runs must share to stack (None: the run cannot stack: several processes or Triton
-    kernels): the run without its id, its profile window and `REPLICA_KEYS`."""
+    kernels): the run without its id, its profile window, its top-level `seed` and
+    `REPLICA_KEYS`."""
     par = run.get("parallelism", {})
     if any(par.get(d, 1) != 1 for d in ("dp", "fsdp", "tp", "ep")):
         return None
@@ -43,7 +45,8 @@ def stack_key(run: dict[str, Any]) -> str | None:
         isinstance(kernels, dict) and set(kernels.values()) <= {"torch"}
     ):
         return None
-    rest = copy.deepcopy({k: v for k, v in run.items() if k not in ("run_id", "profile")})
+    # `seed` beside `training`: the graph's runs carry their seed there too (its id's seed)
+    rest = copy.deepcopy({k: v for k, v in run.items() if k not in ("run_id", "profile", "seed")})
     for key in REPLICA_KEYS:
         rest.get("training", {}).pop(key, None)
     return json.dumps(rest, sort_keys=True)
@@ -85,6 +88,7 @@ def train_stacked(
     from nanigpt.data.shards import read_shard
     from nanigpt.io import atomic_path, ensure_dir, write_json_atomic
     from nanigpt.measure.provenance import collect_provenance
+    from nanigpt.measure.trace import write_empty_trace
     from nanigpt.model.flops import count
     from nanigpt.model.gpt import GPT
     from nanigpt.training.config import RunConfig
@@ -174,6 +178,10 @@ def train_stacked(
                            val_gap_bpb=None if floor is None else bpb - floor)  # fmt: skip
             rows.append(row)
         write_metrics(out / "metrics.parquet", rows)
+        write_empty_trace(
+            out / "trace.json.gz",
+            f"stacked replicas: {len(cfgs)} runs share every step; no step of this run alone",
+        )
         weights = stacked.load_replica(models[k], k).state_dict()
         with atomic_path(out / "model.pt") as tmp:  # nanigpt.train's model.pt: the state dict
             torch.save({name: w.detach().cpu().clone() for name, w in weights.items()}, tmp)

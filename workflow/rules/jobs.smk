@@ -4,7 +4,8 @@
 #   settings; and size in a sweep of FLOP budgets) trains its stable runs and each budget's
 #   cooldown branch into results/wsd/{job_id}/;
 # - grouped: a sweep with `grouped: true`; one job per (dataset, size, seed, parallelism) of world
-#   size 1 trains its runs in turn into results/jobs/{job_id}/.
+#   size 1 trains its runs in turn into results/jobs/{job_id}/; with training.stack_replicas one
+#   job per (dataset, size, arch, parallelism) trains its seeds and lrs as stacked replicas.
 # A job's folder is deliberately not an output (its checkpoints and finished runs are not), so a
 # killed job's rerun skips what is finished. A tiny job per run links its files into
 # results/runs/{run_id}/, the same outputs as train_run's.
