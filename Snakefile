@@ -76,3 +76,13 @@ rule all:
         MOE_TARGETS,
     message:
         "build every target of the config"
+
+
+# Every run of the config, trained: what a GPU machine runs, also one with torch alone and the
+# wheels of scripts/device_wheels.sh (README, "Snakemake on a GPU machine without uv"); the
+# aggregates, fits and figures are built back here from the runs it returns.
+rule trained:
+    input:
+        [paths.run_summary(run_id) for run_id in RUNS],
+    message:
+        "train every run of the config (nothing after the runs)"

@@ -1,5 +1,11 @@
 """Run the graph's GPU work on a machine without Snakemake: the same CLIs, in dependency order.
 
+Snakemake itself now runs there from carried wheels (scripts/device_wheels.sh and
+scripts/device_snakemake.sh; README, "Snakemake on a GPU machine without uv"). This script keeps
+what the graph cannot do: spreading runs over several GPUs (one CUDA_VISIBLE_DEVICES per run), a
+deadline after which no run starts, MoE specialization on the device without polars (JSON only),
+`pick-lr` within one call, and `throughput` (runs outside any config).
+
 Serves questions 1 and 4 on real hardware: the device machine has torch but no uv, Snakemake,
 polars or altair, so this script replays what the rules would run (`python -m nanigpt....`, each
 command line from `nanigpt.graph.commands`, as the rules take theirs) from a plan resolved here beforehand, and packs the run folders into one archive to bring back; the
