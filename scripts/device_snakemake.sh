@@ -22,8 +22,10 @@ if ! ls .whl/*.whl >/dev/null 2>&1; then
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target "$SITE" .whl/*.whl || exit 2
-# The rules call `python`; the image's interpreter with torch is `python3`.
-ln -sf "$(command -v python3)" /tmp/nanigpt-bin/python
+# The rules call `python`; the image's interpreter with torch is `python3`, in a virtual
+# environment: a wrapper, not a link (a link's interpreter would look for the venv beside the link).
+printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >/tmp/nanigpt-bin/python
+chmod +x /tmp/nanigpt-bin/python
 export PATH="/tmp/nanigpt-bin:$PATH" PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
