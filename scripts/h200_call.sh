@@ -15,16 +15,8 @@
 #                       probe.yaml and config.yaml (scaling_lr)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
-unset TRITON_INTERPRET
-SITE=/tmp/site
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .whl/*.whl || echo "wheel install failed"
-fi
-export PYTHONPATH="$PWD:$PWD/.gpu/rs:$SITE"
+source scripts/device_env.sh
+export PYTHONPATH="$PWD/.gpu/rs:$PYTHONPATH"
 HW=results/hardware
 status=0
 

@@ -9,16 +9,7 @@
 # never committed) and .whl/torchao-*.whl (torchao's float8 training; the device has no registry).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
-unset TRITON_INTERPRET
-SITE=/tmp/site
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .whl/*.whl || echo "wheel install failed"
-fi
-export PYTHONPATH="$PWD:$SITE"
+source scripts/device_env.sh
 status=0
 for what in "$@"; do
   t0=$SECONDS

@@ -78,19 +78,10 @@ def build_all(out) -> list:
     from nanigpt.plots import isoflop as isoflop_plot
     from nanigpt.plots import loss_curves
     from nanigpt.scaling import isoflop
-    from tests.test_isoflop import PLANTED_BUDGETS, fake_run, planted_runs
+    from tests.test_isoflop import OUT_OF_RANGE_BUDGET, PLANTED_BUDGETS, fake_run, planted_runs
 
     result = isoflop.isoflop_all(planted_runs(rounding=0.01), budgets=[*PLANTED_BUDGETS])
-    result["dense"]["skipped_budgets"].append(
-        {
-            "flops": 1e18,
-            "n_runs": 3,
-            "n": [1.0, 2.0, 4.0],
-            "loss": [3.0, 2.0, 1.5],
-            "coefficients": [0.1, -1.0, 3.0],
-            "reason": "minimum at N = 1.5e+02 lies outside the sizes tried [1, 4]",
-        }
-    )
+    result["dense"]["skipped_budgets"].append(dict(OUT_OF_RANGE_BUDGET))
     save_chart(
         isoflop_plot.build_chart(result, "IsoFLOP profiles of sweep iso (Chinchilla approach 2)"),
         svg("isoflop"),
@@ -123,7 +114,7 @@ def build_all(out) -> list:
         ["experts", "--spec", *specs[:2], "--out", str(svg("moe_experts"))],
     ):
         assert moe_plots.main(args) == 0, args
-    summaries = _crossover_summaries(work / "crossover")
+    summaries = crossover_summaries(work / "crossover")
     argv = ["crossover", "--summaries", *summaries, "--out", str(svg("moe_crossover"))]
     assert (
         moe_plots.main([*argv, "--fits-out", str(work / "crossover.json"), "--bootstrap", "0"]) == 0
@@ -280,8 +271,9 @@ def _specialization(name: str, experts: int, sources: int, top_k: int) -> dict:
     }  # fmt: skip
 
 
-def _crossover_summaries(root) -> list[str]:
-    """Dense and two MoE widths at two sizes and two budgets (tests/test_specialization.py's)."""
+def crossover_summaries(root, jitter=lambda d_model, tokens: 1e-3 * ((d_model + tokens) % 3 - 1)):
+    """Run folders of dense and two MoE widths at two sizes and two budgets, a known loss surface
+    plus `jitter(d_model, tokens)`; the summaries' paths (also tests/test_specialization.py's)."""
     import json
 
     root.mkdir(parents=True, exist_ok=True)
@@ -302,7 +294,7 @@ def _crossover_summaries(root) -> list[str]:
                     "tokens_trained": tokens, "params_total": 12 * d_model**2 * experts,
                     "params_active": 12 * d_model**2, "params_non_embedding_active": 12 * d_model**2,
                     "flops_per_token": fpt, "flops_total": fpt * tokens,
-                    "final_val_bpb": loss + 1e-3 * ((d_model + tokens) % 3 - 1),
+                    "final_val_bpb": loss + jitter(d_model, tokens),
                 }  # fmt: skip
                 (folder / "summary.json").write_text(json.dumps(summary))
                 summaries.append(str(folder / "summary.json"))

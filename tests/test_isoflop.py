@@ -148,6 +148,15 @@ def test_bad_isoflop_block_is_refused(edit, message):
 
 LAW = LawParams(E=1.2, A=40.0, B=300.0, alpha=0.35, beta=0.3)
 PLANTED_BUDGETS = [1e15, 1e16, 1e17]
+# A budget whose parabola's minimum lies outside the sizes tried: kept, drawn dashed, explained.
+OUT_OF_RANGE_BUDGET = {
+    "flops": 1e18,
+    "n_runs": 3,
+    "n": [1.0, 2.0, 4.0],
+    "loss": [3.0, 2.0, 1.5],
+    "coefficients": [0.1, -1.0, 3.0],
+    "reason": "minimum at N = 1.5e+02 lies outside the sizes tried [1, 4]",
+}
 
 
 def planted_runs(rounding: float = 0.15) -> pl.DataFrame:
@@ -219,14 +228,7 @@ def test_isoflop_figure_shows_profiles_minima_and_exponents(tmp_path):
     table = planted_runs(rounding=0.01)
     # a budget whose minimum lies outside the sizes: kept, dashed, and explained
     result = isoflop.isoflop_all(table, budgets=[*PLANTED_BUDGETS])
-    out_of_range = {
-        "flops": 1e18,
-        "n_runs": 3,
-        "n": [1.0, 2.0, 4.0],
-        "loss": [3.0, 2.0, 1.5],
-        "coefficients": [0.1, -1.0, 3.0],
-        "reason": "minimum at N = 1.5e+02 lies outside the sizes tried [1, 4]",
-    }
+    out_of_range = dict(OUT_OF_RANGE_BUDGET)
     result["dense"]["skipped_budgets"].append(out_of_range)
     fits.write_text(json.dumps(result))
     out = tmp_path / "isoflop.svg"

@@ -18,6 +18,7 @@ from nanigpt.model.config import GPTConfig
 from nanigpt.model.gpt import GPT
 from nanigpt.plots import moe as moe_plots
 from nanigpt.scaling import crossover
+from tests.chart_gallery import crossover_summaries
 
 VOCAB, SEQ_LEN = 64, 16
 
@@ -258,34 +259,8 @@ def test_figures_render_to_svg(tmp_path):
 
 
 def test_crossover_figure_from_summaries(tmp_path):
-    summaries = []
     rng = np.random.default_rng(0)
-    for arch, kind, experts in [("dense", "dense", 1), ("moeE2", "moe", 2), ("moeE4", "moe", 4)]:
-        for d_model in (16, 32):
-            for tokens in (1000, 4000):
-                run_id = f"mix_{arch}_d{d_model}_t{tokens}"
-                folder = tmp_path / run_id
-                folder.mkdir()
-                moe = None if kind == "dense" else {"num_experts": experts, "top_k": 1}
-                model = {"n_layer": 1, "d_model": d_model, "mlp_ratio": 4, "moe": moe}
-                (folder / "config.json").write_text(json.dumps({"run": {"model": model}}))
-                fpt = 6.0 * d_model**2 * 12
-                loss = 1.0 + 50 / d_model + 30 / tokens**0.5 - 0.01 * experts
-                summary = {
-                    "run_id": run_id,
-                    "arch": arch,
-                    "arch_kind": kind,
-                    "tokens_target": tokens,
-                    "tokens_trained": tokens,
-                    "params_total": 12 * d_model**2 * experts,
-                    "params_active": 12 * d_model**2,
-                    "params_non_embedding_active": 12 * d_model**2,
-                    "flops_per_token": fpt,
-                    "flops_total": fpt * tokens,
-                    "final_val_bpb": loss + rng.normal(0, 1e-3),
-                }
-                (folder / "summary.json").write_text(json.dumps(summary))
-                summaries.append(str(folder / "summary.json"))
+    summaries = crossover_summaries(tmp_path, jitter=lambda d_model, tokens: rng.normal(0, 1e-3))
     out, fits_out = tmp_path / "crossover.svg", tmp_path / "fits.json"
     args = ["crossover", "--summaries", *summaries, "--out", str(out), "--fits-out", str(fits_out)]
     assert moe_plots.main([*args, "--bootstrap", "0"]) == 0

@@ -198,6 +198,28 @@ class LocalDispatcher:
         return {}
 
 
+def capacity_order(
+    expert_of: torch.Tensor,
+    routed: torch.Tensor,
+    capacity: int,
+    confidence: torch.Tensor,
+    choice_of: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The assignments each expert keeps, grouped by expert, and how many each keeps.
+
+    Batch-prioritized routing (V-MoE, Riquelme et al. 2021): within an expert, first choices before
+    second choices (`choice_of`, per flattened assignment), and within a choice the more confident
+    assignment first, so which tokens drop depends on the router's scores, never on a token's row
+    in the batch; each expert keeps its first `capacity`. `nanigpt.training.stacked` calls it with
+    K replicas' experts numbered apart."""
+    order = torch.argsort(confidence, descending=True, stable=True)
+    order = order[torch.argsort(choice_of[order], stable=True)]
+    order = order[torch.argsort(expert_of[order], stable=True)]
+    starts = torch.cumsum(routed, 0) - routed
+    position = torch.arange(order.numel(), device=expert_of.device) - starts[expert_of[order]]
+    return order[position < capacity], routed.clamp(max=capacity)
+
+
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts; returns (output, weighted aux loss, stats).
 
@@ -282,17 +304,10 @@ class MoE(nn.Module):
         routed = torch.bincount(expert_of, minlength=n_experts)  # before capacity
         capacity = self.capacity(n_tokens)
         if capacity < n_tokens * k:
-            # Batch-prioritized routing (V-MoE): within an expert, first choices before second
-            # choices, and within a choice the more confident assignment first, so which tokens
-            # drop depends on the router's scores, never on a token's row in the batch.
-            confidence = top.detach().t().reshape(-1)
-            order = torch.argsort(confidence, descending=True, stable=True)
-            order = order[torch.argsort(order // n_tokens, stable=True)]  # choice rank
-            order = order[torch.argsort(expert_of[order], stable=True)]
-            starts = torch.cumsum(routed, 0) - routed
-            position = torch.arange(order.numel(), device=x.device) - starts[expert_of[order]]
-            order = order[position < capacity]
-            kept = routed.clamp(max=capacity)
+            choice_of = torch.arange(k * n_tokens, device=x.device) // n_tokens
+            order, kept = capacity_order(
+                expert_of, routed, capacity, top.detach().t().reshape(-1), choice_of
+            )
         else:
             order = torch.argsort(expert_of, stable=True)
             kept = routed

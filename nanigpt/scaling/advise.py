@@ -214,6 +214,19 @@ def _interval(values: list[float], level: float) -> list[float | None]:
     return [float(v) for v in np.percentile(values_arr, [tail, 100 - tail])]
 
 
+def _choice(n: float, d: float, loss: float, reps: list, level: float) -> dict[str, Any]:
+    """One answer (N, D, loss) with the intervals of its bootstrap replicates' answers."""
+    return {
+        "n": n,
+        "n_ci": _interval([r[0] for r in reps], level),
+        "d": d,
+        "d_ci": _interval([r[1] for r in reps], level),
+        "tokens_per_param": d / n,
+        "loss": loss,
+        "loss_ci": _interval([r[2] for r in reps], level),
+    }
+
+
 def advise_budget(
     law: LawFit, fpt: FlopsPerToken, flops: float, tput: Throughput | None
 ) -> dict[str, Any]:
@@ -222,18 +235,7 @@ def advise_budget(
     level = law.ci_level
     n, d, loss = flop_optimal(law.params, flops, fpt)
     reps = [flop_optimal(p, flops, fpt) for p in law.bootstrap_params()]
-    out: dict[str, Any] = {
-        "flops": flops,
-        "flop_optimal": {
-            "n": n,
-            "n_ci": _interval([r[0] for r in reps], level),
-            "d": d,
-            "d_ci": _interval([r[1] for r in reps], level),
-            "tokens_per_param": d / n,
-            "loss": loss,
-            "loss_ci": _interval([r[2] for r in reps], level),
-        },
-    }
+    out: dict[str, Any] = {"flops": flops, "flop_optimal": _choice(n, d, loss, reps, level)}
     if tput is None or not math.isfinite(n):
         return out
     seconds = d / float(tput(n))
@@ -246,13 +248,7 @@ def advise_budget(
     wreps = [wall_optimal(p, seconds, tput) for p in law.bootstrap_params()]
     out["wall_optimal"] = {
         "wall_s": seconds,
-        "n": wn,
-        "n_ci": _interval([r[0] for r in wreps], level),
-        "d": wd,
-        "d_ci": _interval([r[1] for r in wreps], level),
-        "tokens_per_param": wd / wn,
-        "loss": wloss,
-        "loss_ci": _interval([r[2] for r in wreps], level),
+        **_choice(wn, wd, wloss, wreps, level),
         "flops": float(fpt(wn)) * wd,
         "throughput_extrapolated": tput.extrapolated(wn),
         # loss(FLOP-optimal) - loss(wall-optimal) per bootstrap replicate, both at this T

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from nanigpt.model.config import GPTConfig
 from nanigpt.model.gpt import GPT, apply_rotary, rotary_tables
 from nanigpt.model.moe import (
+    capacity_order,
     experts_grouped,
     experts_loop,
     grouped_mm_dtype,
@@ -202,15 +203,9 @@ class StackedGPT(nn.Module):
         training = self.training
         capacity = moe_capacity(cfg, N, k, E, training)
         if capacity < N * k:
+            choice_of = (torch.arange(K * k * N, device=h.device) % (k * N)) // N
             confidence = top.detach().transpose(1, 2).reshape(-1)
-            order = torch.argsort(confidence, descending=True, stable=True)
-            choice = (order % (k * N)) // N
-            order = order[torch.argsort(choice, stable=True)]
-            order = order[torch.argsort(expert_of[order], stable=True)]
-            starts = torch.cumsum(routed, 0) - routed
-            position = torch.arange(order.numel(), device=h.device) - starts[expert_of[order]]
-            order = order[position < capacity]
-            kept = routed.clamp(max=capacity)
+            order, kept = capacity_order(expert_of, routed, capacity, confidence, choice_of)
         else:
             order = torch.argsort(expert_of, stable=True)
             kept = routed
