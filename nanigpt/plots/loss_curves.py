@@ -29,7 +29,7 @@ import altair as alt
 import polars as pl
 
 from nanigpt.io import read_json
-from nanigpt.plots import save_from_cli
+from nanigpt.plots import log_axis, save_from_cli
 
 TITLE = "Training and validation loss of every run"
 SMOOTH_FRAC = 0.05  # trailing-mean window of the training loss, as a fraction of the run's steps
@@ -129,7 +129,7 @@ def build_chart(run_dirs: Sequence[str | Path], x: str = "flops", title: str = T
         "x:Q",
         title=X_AXES[x],
         scale=alt.Scale(type="log", domain=[min(xs), max(xs)], nice=False),
-        axis=alt.Axis(format="~e" if x == "flops" else "~s"),
+        axis=log_axis(xs, number_format="~e" if x == "flops" else "~s"),
     )
     colour = alt.Color(
         "size:N",
