@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -119,3 +120,29 @@ def test_no_planned_command_is_longer_than_300_characters(tmp_path):
     for name in named:
         text = (tmp_path / name).read_text()
         assert text.endswith("\n") and "\n\n" not in text, name
+
+
+def test_every_rule_says_in_words_what_it_does():
+    """Issue 26: each rule has a `message:` (Snakemake prints it in place of the rule's name)."""
+    silent = []
+    for path in [
+        REPO_ROOT / "Snakefile",
+        *sorted((REPO_ROOT / "workflow" / "rules").glob("*.smk")),
+    ]:
+        for block in re.split(r"\n(?=rule \w+:)", path.read_text())[1:]:
+            rule = re.match(r"rule (\w+):", block).group(1)
+            if "\n    message:\n" not in block.split("\n\n\n")[0]:
+                silent.append(f"{path.name}:{rule}")
+    assert not silent, f"rules without a message: {silent}"
+
+
+def test_specs_exist_before_snakemake_plans_several_targets(tmp_path):
+    """A spec written only by an input function was cached as missing when a dry run named two
+    run targets (MissingInputException; the SLURM test's two runs): specs are written while the
+    rule files are read."""
+    from tests.workflow_util import load_smoke, snakemake, write_config
+
+    config = write_config(tmp_path / "smoke.yaml", load_smoke())
+    targets = [paths.run_summary(f"tiny_{arch}_a_t1024_single") for arch in ("dense", "moe")]
+    snakemake(tmp_path, "-n", *targets, config=config)
+    assert all((tmp_path / paths.run_spec(t.split("/")[2])).exists() for t in targets)

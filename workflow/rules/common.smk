@@ -29,16 +29,26 @@ wildcard_constraints:
 
 
 def spec_file(path, settings):
-    """`path`, holding `settings` as a spec (`--job @PATH`, `--run-config @PATH`, ...): written when
-    a job that reads it is planned, rewritten only when they change (nanigpt.graph.specs). A rule
-    lists it as an input, so a change of the settings reruns that job and nothing else."""
+    """`path`, holding `settings` as a spec (`--job @PATH`, `--run-config @PATH`, ...), rewritten only
+    when they change (nanigpt.graph.specs). A rule lists it as an input, so a change of the settings
+    reruns that job and nothing else. Every spec is also written while the rule files are read
+    (`write_specs`), before Snakemake builds its DAG: a file an input function writes may already
+    be cached as missing (seen with two targets: MissingInputException)."""
     write_spec(path, settings)
     return path
 
 
+def write_specs(specs):
+    """Write each (path, settings) of `specs` (`spec_file`), when the rule files are read."""
+    for path, settings in specs:
+        write_spec(path, settings)
+
+
 def args_file(path, args):
     """`path`, holding `args` one a line, for a CLI's `@PATH` (a rule's list of input files, kept
-    out of its command line); written and listed like `spec_file`."""
+    out of its command line), rewritten only when they change. A param, not an input: the list is
+    the rule's inputs, whose change already reruns it, and a param's file is written before the job
+    runs without Snakemake checking that it exists while it plans."""
     write_args(path, args)
     return path
 

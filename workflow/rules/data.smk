@@ -11,6 +11,9 @@ def dataset_of(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+write_specs((paths.dataset_spec(name), spec) for name, spec in config["datasets"].items())
+
+
 rule synthetic_data:
     input:
         # The dataset's definition as a file (`--spec-json @PATH`; a change rebuilds the dataset).

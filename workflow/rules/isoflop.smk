@@ -39,9 +39,6 @@ def isoflop_budgets(wildcards):
 rule aggregate_sweep:
     input:
         summaries=lambda w: summaries_of_sweep(known_sweep(w)),
-        args=lambda w: args_file(
-            paths.args_list("aggregate_sweep", w.sweep), summaries_of_sweep(known_sweep(w))
-        ),
     output:
         "results/scaling/runs_{sweep}.parquet",
     log:
@@ -52,10 +49,14 @@ rule aggregate_sweep:
         sweep=SWEEP_NAME,
     resources:
         **SMALL_JOB,
+    params:
+        args=lambda w: args_file(
+            paths.args_list("aggregate_sweep", w.sweep), summaries_of_sweep(known_sweep(w))
+        ),
     message:
         "collect the runs of sweep {wildcards.sweep} into one table"
     shell:
-        "python -m nanigpt.scaling.aggregate --out {output} @{input.args} > {log} 2>&1"
+        "python -m nanigpt.scaling.aggregate --out {output} @{params.args} > {log} 2>&1"
 
 
 rule isoflop_fit:
@@ -113,7 +114,6 @@ rule plot_loss_curves:
     input:
         summaries=lambda w: summaries_of_sweep(known_sweep(w)),
         metrics=lambda w: [f"{d}/metrics.parquet" for d in run_dirs_of_sweep(w)],
-        args=lambda w: args_file(paths.args_list("plot_loss_curves", w.sweep), run_dirs_of_sweep(w)),
     output:
         report(
             "results/scaling/loss_curves_{sweep}.svg",
@@ -130,9 +130,10 @@ rule plot_loss_curves:
     resources:
         **SMALL_JOB,
     params:
+        args=lambda w: args_file(paths.args_list("plot_loss_curves", w.sweep), run_dirs_of_sweep(w)),
         title=lambda w: f"Loss curves of sweep {w.sweep}: every run",
     message:
         "plot the loss curves of a sweep"
     shell:
         "python -m nanigpt.plots.loss_curves --title {params.title:q} --out {output}"
-        " @{input.args} > {log} 2>&1"
+        " @{params.args} > {log} 2>&1"

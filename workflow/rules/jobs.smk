@@ -13,6 +13,7 @@ from nanigpt.graph.jobs import job_of, job_run_ids, job_spec, plan_jobs, what_a_
 
 JOBS = plan_jobs(config, RUNS)
 JOB_OF = job_of(JOBS)
+write_specs((paths.job_spec(job), job_spec(config, job)) for job in JOBS.values())
 
 
 def job_named(wildcards):
@@ -91,14 +92,15 @@ def wsd_check_summaries():
 rule wsd_vs_cosine:
     input:
         summaries=lambda w: wsd_check_summaries(),
-        args=lambda w: args_file(paths.args_list("wsd_vs_cosine"), wsd_check_summaries()),
     output:
         "results/scaling/wsd_vs_cosine.json",
     log:
         f"{LOGS}/wsd_vs_cosine.log",
     resources:
         **SMALL_JOB,
+    params:
+        args=lambda w: args_file(paths.args_list("wsd_vs_cosine"), wsd_check_summaries()),
     message:
         "compare WSD cooldown branches with cosine runs of equal length"
     shell:
-        "python -m nanigpt.scaling.wsd_check --out {output} @{input.args} > {log} 2>&1"
+        "python -m nanigpt.scaling.wsd_check --out {output} @{params.args} > {log} 2>&1"

@@ -148,9 +148,6 @@ rule moe_heatmap:
 rule moe_mi_vs_step:
     input:
         specs=spec_files(moe_mi_run_ids(config)),
-        args=lambda w: args_file(
-            paths.args_list("moe_mi_vs_step"), spec_files(moe_mi_run_ids(config))
-        ),
     output:
         report(
             "results/moe/mi_vs_step.svg",
@@ -163,18 +160,19 @@ rule moe_mi_vs_step:
         f"{BENCHMARKS}/moe_mi_vs_step.tsv"
     resources:
         **SMALL_JOB,
+    params:
+        args=lambda w: args_file(
+            paths.args_list("moe_mi_vs_step"), spec_files(moe_mi_run_ids(config))
+        ),
     message:
         "plot expert-source mutual information over training"
     shell:
-        "python -m nanigpt.plots.moe mi --spec @{input.args} --out {output} > {log} 2>&1"
+        "python -m nanigpt.plots.moe mi --spec @{params.args} --out {output} > {log} 2>&1"
 
 
 rule moe_load_vs_capacity:
     input:
         specs=lambda w: moe_specs_of(MOE_LOAD[w.name]),
-        args=lambda w: args_file(
-            paths.args_list("moe_load_vs_capacity", w.name), moe_specs_of(MOE_LOAD[w.name])
-        ),
     output:
         report(
             "results/moe/load_vs_capacity_{name}.svg",
@@ -189,18 +187,19 @@ rule moe_load_vs_capacity:
         name="|".join(MOE_LOAD) or "(?!)",
     resources:
         **SMALL_JOB,
+    params:
+        args=lambda w: args_file(
+            paths.args_list("moe_load_vs_capacity", w.name), moe_specs_of(MOE_LOAD[w.name])
+        ),
     message:
         "plot expert load against capacity ({wildcards.name})"
     shell:
-        "python -m nanigpt.plots.moe load --spec @{input.args} --out {output} > {log} 2>&1"
+        "python -m nanigpt.plots.moe load --spec @{params.args} --out {output} > {log} 2>&1"
 
 
 rule moe_experts:
     input:
         specs=lambda w: moe_specs_of(MOE_EXPERTS[w.name]),
-        args=lambda w: args_file(
-            paths.args_list("moe_experts", w.name), moe_specs_of(MOE_EXPERTS[w.name])
-        ),
     output:
         report(
             "results/moe/experts_{name}.svg",
@@ -215,18 +214,19 @@ rule moe_experts:
         name="|".join(MOE_EXPERTS) or "(?!)",
     resources:
         **SMALL_JOB,
+    params:
+        args=lambda w: args_file(
+            paths.args_list("moe_experts", w.name), moe_specs_of(MOE_EXPERTS[w.name])
+        ),
     message:
         "plot specialization against the expert count ({wildcards.name})"
     shell:
-        "python -m nanigpt.plots.moe experts --spec @{input.args} --out {output} > {log} 2>&1"
+        "python -m nanigpt.plots.moe experts --spec @{params.args} --out {output} > {log} 2>&1"
 
 
 rule moe_crossover:
     input:
         summaries=lambda w: summaries_of_sweeps(MOE_CROSSOVER[w.name]),
-        args=lambda w: args_file(
-            paths.args_list("moe_crossover", w.name), summaries_of_sweeps(MOE_CROSSOVER[w.name])
-        ),
     output:
         svg=report(
             "results/moe/crossover_{name}.svg",
@@ -243,29 +243,23 @@ rule moe_crossover:
     resources:
         **SMALL_JOB,
     params:
+        args=lambda w: args_file(
+            paths.args_list("moe_crossover", w.name), summaries_of_sweeps(MOE_CROSSOVER[w.name])
+        ),
         loss=config["scaling"]["loss"],
         bootstrap=MOE_ANALYSIS.get("bootstrap", 20),
     message:
         "fit where MoE overtakes dense ({wildcards.name})"
     shell:
-        "python -m nanigpt.plots.moe crossover --summaries @{input.args} --out {output.svg}"
+        "python -m nanigpt.plots.moe crossover --summaries @{params.args} --out {output.svg}"
         " --fits-out {output.fits} --loss {params.loss} --bootstrap {params.bootstrap} > {log} 2>&1"
 
 
 rule moe_gain_vs_data:
+    # Both lists go to the CLI as one argument file: `--summaries ... --ground-truth ...`.
     input:
         summaries=lambda w: summaries_of_sweeps(MOE_KNOWLEDGE[w.name]),
         truths=lambda w: truths_of_sweeps(MOE_KNOWLEDGE[w.name]),
-        # Both lists as one argument file: `--summaries ... --ground-truth ...`.
-        args=lambda w: args_file(
-            paths.args_list("moe_gain_vs_data", w.name),
-            [
-                "--summaries",
-                *summaries_of_sweeps(MOE_KNOWLEDGE[w.name]),
-                "--ground-truth",
-                *truths_of_sweeps(MOE_KNOWLEDGE[w.name]),
-            ],
-        ),
     output:
         svg=report(
             "results/moe/gain_vs_{name}.svg",
@@ -280,11 +274,20 @@ rule moe_gain_vs_data:
     resources:
         **SMALL_JOB,
     params:
+        args=lambda w: args_file(
+            paths.args_list("moe_gain_vs_data", w.name),
+            [
+                "--summaries",
+                *summaries_of_sweeps(MOE_KNOWLEDGE[w.name]),
+                "--ground-truth",
+                *truths_of_sweeps(MOE_KNOWLEDGE[w.name]),
+            ],
+        ),
         loss=config["scaling"]["loss"],
     message:
         "plot the MoE gain against the data's knowledge bits ({wildcards.name})"
     shell:
-        "python -m nanigpt.plots.moe_gain @{input.args} --out {output.svg}"
+        "python -m nanigpt.plots.moe_gain @{params.args} --out {output.svg}"
         " --json-out {output.json}"
         " --loss {params.loss} > {log} 2>&1"
 

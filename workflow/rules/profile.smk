@@ -70,10 +70,6 @@ rule profile_run:
 rule profile_summary:
     input:
         reports=profile_reports_of_sweep(config["scaling"]["sweep"]),
-        args=lambda w: args_file(
-            paths.args_list("profile_summary"),
-            profile_reports_of_sweep(config["scaling"]["sweep"]),
-        ),
     output:
         summary="results/profile/summary.parquet",
         chart=report(
@@ -87,8 +83,13 @@ rule profile_summary:
         f"{BENCHMARKS}/profile_summary.tsv"
     resources:
         **SMALL_JOB,
+    params:
+        args=lambda w: args_file(
+            paths.args_list("profile_summary"),
+            profile_reports_of_sweep(config["scaling"]["sweep"]),
+        ),
     message:
         "collect every run's profile into one table"
     shell:
-        "python -m nanigpt.analysis.report aggregate --reports @{input.args}"
+        "python -m nanigpt.analysis.report aggregate --reports @{params.args}"
         " --out {output.summary} --chart {output.chart} > {log} 2>&1"

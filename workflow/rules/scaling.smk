@@ -4,9 +4,6 @@
 rule aggregate_runs:
     input:
         summaries=summaries_of_sweep(config["scaling"]["sweep"]),
-        args=lambda w: args_file(
-            paths.args_list("aggregate_runs"), summaries_of_sweep(config["scaling"]["sweep"])
-        ),
     output:
         "results/scaling/runs.parquet",
     log:
@@ -15,10 +12,14 @@ rule aggregate_runs:
         f"{BENCHMARKS}/aggregate_runs.tsv"
     resources:
         **SMALL_JOB,
+    params:
+        args=lambda w: args_file(
+            paths.args_list("aggregate_runs"), summaries_of_sweep(config["scaling"]["sweep"])
+        ),
     message:
         "collect the scaling sweep's runs into one table"
     shell:
-        "python -m nanigpt.scaling.aggregate --out {output} @{input.args} > {log} 2>&1"
+        "python -m nanigpt.scaling.aggregate --out {output} @{params.args} > {log} 2>&1"
 
 
 rule fit_scaling:
@@ -52,6 +53,7 @@ rule fit_scaling:
 import shlex
 
 HELD_OUT_POINTS = heldout.held_out_points(config, RUNS) if HELD_OUT else []
+write_specs([(paths.held_out_spec(), HELD_OUT_POINTS)] if HELD_OUT else [])
 
 
 rule predict_held_out:
@@ -66,6 +68,8 @@ rule predict_held_out:
         f"{LOGS}/predict_held_out.log",
     resources:
         **SMALL_JOB,
+    message:
+        "predict the held-out runs' losses from the fit, before they train"
     shell:
         "python -m nanigpt.scaling.predict predict --fits {input.fits} --runs {input.runs}"
         " --held-out @{input.points} --out {output} > {log} 2>&1"
@@ -75,9 +79,6 @@ rule check_prediction:
     input:
         prediction=heldout.PREDICTION,
         summaries=[paths.run_summary(run_id) for run_id in HELD_OUT],
-        args=lambda w: args_file(
-            paths.args_list("check_prediction"), [paths.run_summary(r) for r in HELD_OUT]
-        ),
     output:
         check="results/scaling/prediction_check.json",
         figure=report(
@@ -91,9 +92,15 @@ rule check_prediction:
         f"{LOGS}/check_prediction.log",
     resources:
         **SMALL_JOB,
+    params:
+        args=lambda w: args_file(
+            paths.args_list("check_prediction"), [paths.run_summary(r) for r in HELD_OUT]
+        ),
+    message:
+        "set the held-out runs' measured losses beside their prediction"
     shell:
         "python -m nanigpt.scaling.predict check --prediction {input.prediction}"
-        " --out {output.check} --figure {output.figure} @{input.args} > {log} 2>&1"
+        " --out {output.check} --figure {output.figure} @{params.args} > {log} 2>&1"
 
 
 # The budget advisor (`scaling.advice`, nanigpt.scaling.advise): FLOP-optimal and wall-clock-
@@ -121,6 +128,8 @@ rule advise:
             if config["scaling"].get("advice", {}).get("device")
             else ""
         ),
+    message:
+        "answer what to train for each compute budget (FLOP- and wall-clock-optimal)"
     shell:
         "python -m nanigpt.scaling.advise --fits {input.fits} --runs {input.runs}"
         " --flops {params.flops} --arch {params.arch} {params.device}"

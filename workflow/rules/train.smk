@@ -10,6 +10,7 @@ from nanigpt.graph.jobs import run_spec
 # The runs no job of several runs trains. The constraint names them, so that no file of a job's run
 # is also matched by this rule (a candidate job per file, costing the dry run its time).
 PLAIN_RUN_IDS = [rid for rid in RUNS if rid not in JOB_OF]
+write_specs((paths.run_spec(rid), run_spec(config, RUNS[rid])) for rid in PLAIN_RUN_IDS)
 
 
 rule train_run:
