@@ -231,3 +231,18 @@ def test_unknown_sweep_in_the_experts_figure_is_named():
     raw["moe_analysis"]["experts"] = {"count": ["nope"]}
     with pytest.raises(ConfigError, match=r"moe_analysis\.experts\.count: unknown sweep 'nope'"):
         validate_config(raw)
+
+
+def test_speed_options_reach_the_runs_only_where_set():
+    """Issue 30's model options are config keys: set ones reach every run's model, unset or
+    default ones leave the runs (and their ids) as they were; a bad value names its key."""
+    raw = load_smoke()
+    before = resolve_runs(validate_config(copy.deepcopy(raw), source="test"))
+    raw["model"] = {**raw.get("model", {}), "fused_projections": True, "precision": "bf16"}
+    after = resolve_runs(validate_config(copy.deepcopy(raw), source="test"))
+    assert list(after) == list(before)
+    for run_id, run in after.items():
+        assert run["model"] == {**before[run_id]["model"], "fused_projections": True}
+    raw["model"]["precision"] = "fp4"
+    with pytest.raises(ConfigError, match="model.precision"):
+        validate_config(raw, source="test")

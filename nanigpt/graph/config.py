@@ -400,6 +400,9 @@ def vocab_size_for(config: dict, dataset: str) -> int:
     return config["tokenizer"]["vocab_size"]
 
 
+SPEED_OPTIONS = ("fused_projections", "fusable_rope_norm", "attention_backend", "precision")
+
+
 def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
     size_cfg = config["sizes"][size]
     arch_cfg = config["archs"][arch]
@@ -421,6 +424,9 @@ def _model_settings(config: dict, dataset: str, size: str, arch: str) -> dict:
         "tied_embeddings": shared.get("tied_embeddings", model_default("tied_embeddings")),
         "moe": moe,
         **({"kernels": kernels} if kernels != "torch" else {}),
+        # Issue 30's speed options, written only where set away from GPTConfig's default (ids and
+        # the settings of every existing run unchanged).
+        **{k: shared[k] for k in SPEED_OPTIONS if k in shared and shared[k] != model_default(k)},
     }
 
 
