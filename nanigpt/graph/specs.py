@@ -12,10 +12,12 @@ kinds of file, one writer:
   `fromfile_prefix_chars="@"`: a CLI that takes a list of files (`nanigpt.scaling.aggregate`,
   `nanigpt.plots.moe`, ...) reads `@PATH` as those files, and plain arguments still work by hand.
 
-The planner writes a file when it plans the job that reads it (the rules' input functions,
-`workflow/rules/common.smk`); a file whose content is unchanged is left alone, so its modification
-time changes only with its content, Snakemake reruns exactly the jobs whose settings or input lists
-changed (the file is an input), and a no-op dry run writes nothing. Writes are atomic.
+Specs are written while the rule files are read, before Snakemake builds its DAG, and are inputs
+of the rules that read them: a file whose content is unchanged is left alone, so its modification
+time changes only with its content, Snakemake reruns exactly the jobs whose settings changed, and a
+no-op dry run writes nothing. An argument list is a rule's param, written when its job is planned:
+its content is the rule's inputs, whose change already reruns it (`workflow/rules/common.smk`).
+Writes are atomic.
 """
 
 from __future__ import annotations

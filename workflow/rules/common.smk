@@ -28,18 +28,12 @@ wildcard_constraints:
     run_id="[A-Za-z0-9_]+",
 
 
-def spec_file(path, settings):
-    """`path`, holding `settings` as a spec (`--job @PATH`, `--run-config @PATH`, ...), rewritten only
-    when they change (nanigpt.graph.specs). A rule lists it as an input, so a change of the settings
-    reruns that job and nothing else. Every spec is also written while the rule files are read
-    (`write_specs`), before Snakemake builds its DAG: a file an input function writes may already
-    be cached as missing (seen with two targets: MissingInputException)."""
-    write_spec(path, settings)
-    return path
-
-
 def write_specs(specs):
-    """Write each (path, settings) of `specs` (`spec_file`), when the rule files are read."""
+    """Write each (path, settings) of `specs` as a spec (`--job @PATH`, `--run-config @PATH`, ...),
+    rewritten only when the settings change (nanigpt.graph.specs). Called while the rule files are
+    read, before Snakemake builds its DAG (a file an input function wrote could already be cached
+    as missing: MissingInputException with two targets); the rule that reads a spec lists it as
+    an input, so a change of the settings reruns that job and nothing else."""
     for path, settings in specs:
         write_spec(path, settings)
 

@@ -17,7 +17,7 @@ write_specs((paths.dataset_spec(name), spec) for name, spec in config["datasets"
 rule synthetic_data:
     input:
         # The dataset's definition as a file (`--spec-json @PATH`; a change rebuilds the dataset).
-        spec=lambda w: spec_file(paths.dataset_spec(w.dataset), dataset_of(w)),
+        spec=lambda w: paths.dataset_spec(w.dataset),
     output:
         train="data/synthetic/{dataset}/train.parquet",
         val="data/synthetic/{dataset}/val.parquet",

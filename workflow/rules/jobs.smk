@@ -33,7 +33,7 @@ def job_shard(wildcards, split):
 rule train_job:
     input:
         # The job's settings as a file (the command line names it; a changed spec reruns the job).
-        spec=lambda w: spec_file(paths.job_spec(job_named(w)), job_spec(config, job_named(w))),
+        spec=lambda w: paths.job_spec(job_named(w)),
         train=lambda w: job_shard(w, "train"),
         val=lambda w: job_shard(w, "val"),
         truth=lambda w: paths.ground_truth(job_named(w)["dataset"]),

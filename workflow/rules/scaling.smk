@@ -61,7 +61,7 @@ rule predict_held_out:
         fits="results/scaling/fits.json",
         runs="results/scaling/runs.parquet",
         # The held-out runs' points as a file (`--held-out @PATH`; a change predicts again).
-        points=lambda w: spec_file(paths.held_out_spec(), HELD_OUT_POINTS),
+        points=paths.held_out_spec(),
     output:
         heldout.PREDICTION,
     log:

@@ -16,7 +16,7 @@ write_specs((paths.run_spec(rid), run_spec(config, RUNS[rid])) for rid in PLAIN_
 rule train_run:
     input:
         # The run's settings and input files as a file (`--run-config @PATH`; a change reruns it).
-        spec=lambda w: spec_file(paths.run_spec(w.run_id), run_spec(config, run_of(w))),
+        spec=lambda w: paths.run_spec(w.run_id),
         train=lambda w: shard_path(run_of(w), "train"),
         val=lambda w: shard_path(run_of(w), "val"),
         truth=lambda w: paths.ground_truth(run_of(w)["dataset"]),
