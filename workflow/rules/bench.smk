@@ -16,10 +16,7 @@ BENCH_TARGETS = (
 
 rule bench_tokenizer:
     input:
-        [
-            f"data/synthetic/{name}/train.parquet"
-            for name in config.get("bench", {}).get("datasets", [])
-        ],
+        [f"data/synthetic/{name}/train.parquet" for name in BENCH.get("datasets", [])],
     output:
         table="results/rust/tokenizer.parquet",
     log:
@@ -31,8 +28,8 @@ rule bench_tokenizer:
         inputs=lambda w, input: " ".join(
             f"--input {name}={path}" for name, path in zip(config["bench"]["datasets"], input)
         ),
-        vocab=config.get("bench", {}).get("vocab_size", 2048),
-        python_mb=config.get("bench", {}).get("python_mb", 0.3),
+        vocab=BENCH.get("vocab_size", 2048),
+        python_mb=BENCH.get("python_mb", 0.3),
     message:
         "Rust track: BPE training, encoding and loading, Python vs Rust vs HF tokenizers and tiktoken"
     shell:
@@ -103,8 +100,8 @@ rule bench_checkpoint:
         f"{BENCHMARKS}/bench_checkpoint.tsv"
     threads: 2  # the writer thread runs beside the loop thread
     params:
-        sizes=" ".join(str(s) for s in config.get("bench", {}).get("checkpoint_mb", [10, 50])),
-        repeats=config.get("bench", {}).get("checkpoint_repeats", 3),
+        sizes=" ".join(str(s) for s in BENCH.get("checkpoint_mb", [10, 50])),
+        repeats=BENCH.get("checkpoint_repeats", 3),
     message:
         "Rust track: checkpoint stall at {params.sizes} MB, torch.save vs safetensors vs DCP vs ours"
     shell:
@@ -116,9 +113,9 @@ rule bench_trace:
     # The trace step breakdown (issue 20): Python vs Rust (vs HTA's parse when it is installed) on
     # a real trace of the scaling sweep, replicated to bench.trace_mb MB of JSON.
     input:
-        trace=lambda w: (
-            f"results/runs/{profiled_run_ids(config, config['scaling']['sweep'])[0]}/trace.json.gz"
-        ),
+        trace=lambda w: paths.run_outputs(profiled_run_ids(config, config["scaling"]["sweep"])[0])[
+            "trace"
+        ],
     output:
         table="results/rust/trace.parquet",
         figure="results/rust/trace.svg",
