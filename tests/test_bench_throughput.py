@@ -46,13 +46,18 @@ FAKE_NANOGPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_harness_writes_one_row_per_impl_and_ratios(tmp_path: Path):
+def fake_nanogpt(tmp_path: Path) -> Path:
+    """A folder holding FAKE_NANOGPT as nanoGPT's model.py (`--nanogpt-dir`)."""
     (tmp_path / "ng").mkdir()
     (tmp_path / "ng" / "model.py").write_text(FAKE_NANOGPT)
+    return tmp_path / "ng"
+
+
+@pytest.mark.slow
+def test_harness_writes_one_row_per_impl_and_ratios(tmp_path: Path):
     out = tmp_path / "throughput.json"
     code = throughput.main(
-        ["--preset", "cpu", "--out", str(out), "--nanogpt-dir", str(tmp_path / "ng"),
+        ["--preset", "cpu", "--out", str(out), "--nanogpt-dir", str(fake_nanogpt(tmp_path)),
          "--impls", "nanogpt,ours_torch", "--steps", "1", "--windows", "2", "--warmup", "0",
          "--profile-steps", "1", "--no-compile"]
     )  # fmt: skip
@@ -142,11 +147,9 @@ def test_waterfall_steps_are_cumulative():
 
 @pytest.mark.slow
 def test_waterfall_harness_on_the_cpu(tmp_path: Path):
-    (tmp_path / "ng").mkdir()
-    (tmp_path / "ng" / "model.py").write_text(FAKE_NANOGPT)
     out = tmp_path / "waterfall.json"
     code = throughput.main(
-        ["--waterfall", "--preset", "cpu", "--out", str(out), "--nanogpt-dir", str(tmp_path / "ng"),
+        ["--waterfall", "--preset", "cpu", "--out", str(out), "--nanogpt-dir", str(fake_nanogpt(tmp_path)),
          "--impls", "nanogpt,wf_fused_projections,wf_fp8", "--steps", "1",
          "--windows", "2", "--warmup", "0", "--profile-steps", "0", "--no-compile"]
     )  # fmt: skip
