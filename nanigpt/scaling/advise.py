@@ -49,6 +49,7 @@ from nanigpt.scaling.fit import (
     fit_law,
     jsonable,
     law_from_entry,
+    percentile_interval,
     point_groups,
 )
 
@@ -205,25 +206,16 @@ def wall_optimal(params: LawParams, seconds: float, tput: Throughput) -> tuple[f
     return n, d, float(params.loss(n, d))
 
 
-def _interval(values: list[float], level: float) -> list[float | None]:
-    values_arr = np.asarray(values, dtype=float)
-    values_arr = values_arr[np.isfinite(values_arr)]
-    if len(values_arr) == 0:
-        return [None, None]
-    tail = 100 * (1 - level) / 2
-    return [float(v) for v in np.percentile(values_arr, [tail, 100 - tail])]
-
-
 def _choice(n: float, d: float, loss: float, reps: list, level: float) -> dict[str, Any]:
     """One answer (N, D, loss) with the intervals of its bootstrap replicates' answers."""
     return {
         "n": n,
-        "n_ci": _interval([r[0] for r in reps], level),
+        "n_ci": percentile_interval([r[0] for r in reps], level),
         "d": d,
-        "d_ci": _interval([r[1] for r in reps], level),
+        "d_ci": percentile_interval([r[1] for r in reps], level),
         "tokens_per_param": d / n,
         "loss": loss,
-        "loss_ci": _interval([r[2] for r in reps], level),
+        "loss_ci": percentile_interval([r[2] for r in reps], level),
     }
 
 
@@ -240,7 +232,7 @@ def advise_budget(
         return out
     seconds = d / float(tput(n))
     out["flop_optimal"]["wall_s"] = seconds
-    out["flop_optimal"]["wall_s_ci"] = _interval(
+    out["flop_optimal"]["wall_s_ci"] = percentile_interval(
         [r[1] / float(tput(r[0])) for r in reps if math.isfinite(r[0])], level
     )
     out["flop_optimal"]["throughput_extrapolated"] = tput.extrapolated(n)
@@ -252,7 +244,7 @@ def advise_budget(
         "flops": float(fpt(wn)) * wd,
         "throughput_extrapolated": tput.extrapolated(wn),
         # loss(FLOP-optimal) - loss(wall-optimal) per bootstrap replicate, both at this T
-        "loss_gain_ci": _interval(
+        "loss_gain_ci": percentile_interval(
             [
                 p.loss(r[0], r[1]) - p.loss(w[0], w[1])
                 for p, r, w in zip(law.bootstrap_params(), reps, wreps, strict=True)

@@ -156,10 +156,8 @@ class LawFit:
         """Percentile interval of one parameter over the bootstrap replicates (NaN if none)."""
         if len(self.bootstrap) == 0:
             return (math.nan, math.nan)
-        col = self.bootstrap[:, PARAM_NAMES.index(name)]
-        tail = 100 * (1 - self.ci_level) / 2
-        lo, hi = np.percentile(col, [tail, 100 - tail])
-        return (float(lo), float(hi))
+        lo, hi = percentile_interval(self.bootstrap[:, PARAM_NAMES.index(name)], self.ci_level)
+        return (math.nan if lo is None else lo, math.nan if hi is None else hi)
 
     def bootstrap_params(self) -> list[LawParams]:
         return [LawParams(*row) for row in self.bootstrap]
@@ -566,7 +564,10 @@ def crossover_text(crossing: dict[str, Any], name: str = "MoE") -> str:
 # --- runs table -> fits.json --------------------------------------------------------------------
 
 
-def _ci_pair(values: np.ndarray, level: float) -> list[float | None]:
+def percentile_interval(values, level: float) -> list[float | None]:
+    """The central `level` percentile interval of the finite `values` ([None, None] if none):
+    every bootstrap interval of the fits, predictions and advice."""
+    values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return [None, None]
@@ -639,9 +640,13 @@ def fit_arch(
         "n_range": [float(n.min()), float(n.max())],
         "d_range": [float(d.min()), float(d.max())],
         "n_opt_exponent": exponents["a"],
-        "n_opt_exponent_ci": _ci_pair(np.array([x["a"] for x in boot_exponents]), ci_level),
+        "n_opt_exponent_ci": percentile_interval(
+            np.array([x["a"] for x in boot_exponents]), ci_level
+        ),
         "d_opt_exponent": exponents["b"],
-        "d_opt_exponent_ci": _ci_pair(np.array([x["b"] for x in boot_exponents]), ci_level),
+        "d_opt_exponent_ci": percentile_interval(
+            np.array([x["b"] for x in boot_exponents]), ci_level
+        ),
         "flops_per_token_model": {
             "kind": fpt_model.kind,
             "k": fpt_model.k,

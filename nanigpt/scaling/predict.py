@@ -162,33 +162,24 @@ def held_out_gate_for_plan(
 # --- predict ------------------------------------------------------------------------------------
 
 
-def _percentile_pair(values, level: float) -> list[float | None]:
-    import numpy as np
-
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return [None, None]
-    tail = 100 * (1 - level) / 2
-    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
-
-
 def predict_point(law, n: float, d: float, sigma: float | None, seed: int = 0) -> dict[str, Any]:
     """One law's forecast at (N, D): the loss, the bootstrap interval of the law's value, and that
     interval widened by one run's seed noise (`sigma` in log-loss; None: not given)."""
     import numpy as np
 
+    from nanigpt.scaling.fit import percentile_interval
+
     replicates = np.array([p.loss(n, d) for p in law.bootstrap_params()], dtype=float)
     out: dict[str, Any] = {
         "loss": float(law.params.loss(n, d)),
-        "interval": _percentile_pair(replicates, law.ci_level),
+        "interval": percentile_interval(replicates, law.ci_level),
         "n_bootstrap": int(len(replicates)),
         "interval_with_noise": [None, None],
     }
     if sigma is not None and len(replicates):
         z = np.random.default_rng(seed).standard_normal((len(replicates), NOISE_DRAWS))
         noisy = replicates[:, None] * np.exp(sigma * z)
-        out["interval_with_noise"] = _percentile_pair(noisy.ravel(), law.ci_level)
+        out["interval_with_noise"] = percentile_interval(noisy.ravel(), law.ci_level)
     return out
 
 
