@@ -131,3 +131,24 @@ def test_fp8_loss_runs_differ_only_in_precision():
     ]
     assert runs[0].model.precision == "bf16" and runs[1].model.precision == "fp8"
     assert runs[0].training == runs[1].training and runs[0].model.fused_projections
+
+
+def test_code_that_reads_weights_by_name_refuses_the_fused_or_fp8_model():
+    """Tensor parallelism and stacked replicas read wq, wk, wv, w_gate, w_up: a fused or fp8 model
+    is refused in one line at the config, not met as a missing weight."""
+    from nanigpt.parallel.setting import validate_parallelism
+    from nanigpt.training.stacked import StackedGPT
+    from nanigpt.training.stacked_runs import stack_key
+
+    shape = {"vocab_size": 64, "seq_len": 16, "n_layer": 1, "d_model": 32, "n_head": 4}
+    with pytest.raises(ValueError, match="fused_projections=false"):
+        validate_parallelism(
+            {"tp": 2, "strategy": "tp_manual"}, {**shape, "fused_projections": True}
+        )
+    for option in ({"fused_projections": True}, {"precision": "fp8"}):
+        cfg = GPTConfig.from_dict({**shape, **option})
+        assert cfg.reference_layout_refusal
+        with pytest.raises(ValueError, match="reference layout"):
+            StackedGPT(cfg, 2)
+        assert stack_key({"run_id": "r", "model": {**shape, **option}, "parallelism": {}}) is None
+    assert GPTConfig.from_dict(shape).reference_layout_refusal is None

@@ -237,6 +237,19 @@ class GPTConfig:
         return resolve_kernels(self.kernels)
 
     @property
+    def reference_layout_refusal(self) -> str | None:
+        """Why the model is not in the reference layout (separate wq, wk, wv, w_gate, w_up; torch
+        kernels; bf16 matmuls), or None. Code that reads those weights by name (tensor
+        parallelism, stacked replicas) asks this instead of meeting a missing weight later."""
+        if any(impl != "torch" for impl in self.kernel_impls.values()):
+            return f"model.kernels={self.kernels!r} (expected torch)"
+        if self.fused_projections:
+            return "model.fused_projections=true (expected false)"
+        if self.precision != "bf16":
+            return f"model.precision={self.precision!r} (expected bf16)"
+        return None
+
+    @property
     def moe_layers(self) -> tuple[int, ...]:
         """Indices of the layers whose MLP is an MoE: every `every`-th, counting from 1, past the
         first `dense_layers` (which keep the dense MLP, as DeepSeekMoE's first layer)."""

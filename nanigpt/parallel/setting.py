@@ -137,6 +137,11 @@ def validate_parallelism(
             )
         if cfg.mlp_hidden % s.tp:
             raise ValueError(f"{where}: tp={s.tp} does not divide the MLP width {cfg.mlp_hidden}")
+        if cfg.fused_projections:
+            raise ValueError(
+                f"{where}: tp={s.tp} shards wq, wk, wv, w_gate, w_up by name; expected "
+                f"model.fused_projections=false"
+            )
     if s.ep > 1:
         if cfg.moe is None:
             raise ValueError(f"{where}: ep={s.ep} but the model is dense; expected ep=1")

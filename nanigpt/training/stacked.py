@@ -81,11 +81,8 @@ class StackedGPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig, replicas: int):
         super().__init__()
-        if any(impl != "torch" for impl in cfg.kernel_impls.values()):
-            raise ValueError(
-                f"model.kernels={cfg.kernels!r}: stacked replicas run the torch kernels only; "
-                f"expected 'torch'"
-            )
+        if refusal := cfg.reference_layout_refusal:
+            raise ValueError(f"{refusal}: stacked replicas read the reference layout's weights")
         if replicas < 1:
             raise ValueError(f"replicas={replicas}: expected >= 1")
         self.cfg, self.K = cfg, replicas

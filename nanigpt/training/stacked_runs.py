@@ -27,6 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nanigpt.model.config import GPTConfig
+from nanigpt.parallel.setting import world_size
+
 log = logging.getLogger("nanigpt.training.stacked_runs")
 
 REPLICA_KEYS = ("seed", "lr", "weight_decay", "warmup_frac", "warmup_steps", "min_lr_frac",
@@ -34,16 +37,12 @@ REPLICA_KEYS = ("seed", "lr", "weight_decay", "warmup_frac", "warmup_steps", "mi
 
 
 def stack_key(run: dict[str, Any]) -> str | None:
-    """What runs must share to stack (None: the run cannot stack: several processes or Triton
-    kernels): the run without its id, its profile window, its top-level `seed` and
-    `REPLICA_KEYS`."""
-    par = run.get("parallelism", {})
-    if any(par.get(d, 1) != 1 for d in ("dp", "fsdp", "tp", "ep")):
+    """What runs must share to stack (None: the run cannot stack: several processes, or a model
+    outside the reference layout, `GPTConfig.reference_layout_refusal`): the run without its id,
+    its profile window, its top-level `seed` and `REPLICA_KEYS`."""
+    if world_size(run.get("parallelism", {})) != 1:
         return None
-    kernels = run.get("model", {}).get("kernels", "torch")
-    if kernels != "torch" and not (
-        isinstance(kernels, dict) and set(kernels.values()) <= {"torch"}
-    ):
+    if GPTConfig.from_dict(run["model"]).reference_layout_refusal:
         return None
     # `seed` beside `training`: the graph's runs carry their seed there too (its id's seed)
     rest = copy.deepcopy({k: v for k, v in run.items() if k not in ("run_id", "profile", "seed")})
