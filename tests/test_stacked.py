@@ -271,3 +271,20 @@ def test_train_stacked_writes_each_run_as_train_alone(tmp_path):
         for name, w in want.items():
             torch.testing.assert_close(got[name], w, rtol=0, atol=2e-5 * float(w.abs().max()))
         assert (out / "metrics.parquet").is_file() and (out / "config.json").is_file()
+
+
+def test_a_diverged_replica_fails_its_stack_as_the_trainer_fails_a_run(tmp_path):
+    """A replica whose loss becomes non-finite stops the stack with the trainer's error, naming
+    the run; no summary (which would hold NaN) is written."""
+    from nanigpt.training.metrics import NonFiniteLossError
+    from nanigpt.training.stacked_runs import train_stacked
+    from tests.test_train import make_run, write_tiny_data
+
+    data = write_tiny_data(tmp_path / "data")
+    runs = [make_run(seed=0), make_run(seed=1, lr=1e6)]
+    runs[1]["run_id"] = "tiny_dense_diverged"
+    runs[1]["training"]["grad_clip"] = None
+    outs = [tmp_path / r["run_id"] for r in runs]
+    with pytest.raises(NonFiniteLossError, match="tiny_dense_diverged"):
+        train_stacked(runs, data["train"], data["val"], data["gt"], outs)
+    assert not any((out / "summary.json").exists() for out in outs)

@@ -81,18 +81,19 @@ def train_stacked(
 ) -> list[dict[str, Any]]:
     """Train `runs` (one `plan_stacks` group) stacked; write each run's outputs into its out dir
     (module docstring); return their summaries."""
+    import numpy as np
     import torch
 
     from nanigpt.data.loader import BatchLoader
     from nanigpt.data.shards import read_shard
     from nanigpt.io import atomic_path, ensure_dir, write_json_atomic
-    from nanigpt.measure.provenance import collect_provenance
+    from nanigpt.measure.provenance import collect_provenance, config_hash
     from nanigpt.measure.trace import write_empty_trace
     from nanigpt.model.flops import count
     from nanigpt.model.gpt import GPT
     from nanigpt.training.config import RunConfig
     from nanigpt.training.data import VAL_SEED, read_floor, run_inputs
-    from nanigpt.training.metrics import write_metrics
+    from nanigpt.training.metrics import NonFiniteLossError, write_metrics
     from nanigpt.training.stacked import StackedGPT
     from nanigpt.training.stacked_step import MOE_METRICS, Replica, StackedStep
 
@@ -141,13 +142,21 @@ def train_stacked(
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - train_start
     metrics = runner.read_metrics(steps)
+    finite = np.isfinite(metrics["loss"])  # [steps, K]
+    if not finite.all():
+        bad = [(cfgs[k].run_id, int(np.argmin(finite[:, k]))) for k in np.where(~finite.all(0))[0]]
+        raise NonFiniteLossError(  # as the trainer: a diverged run fails, it writes no summary
+            "; ".join(f"{rid}: the loss became non-finite at step {s}" for rid, s in bad)
+            + ": lower its lr, or train it alone"
+        )
     accounting = count(first.model, seq_len=t.seq_len)
     flops_per_token = float(accounting.train_flops_per_token)
     tokens_per_step = first.tokens_per_step
     summaries = []
+    shared = collect_provenance(first.as_dict(), device)  # code, packages, device: one for all K
     for k, (c, out) in enumerate(zip(cfgs, out_dirs, strict=True)):
         out = ensure_dir(Path(out))
-        provenance = collect_provenance(c.as_dict(), device)
+        provenance = {**shared, "config_hash": config_hash(c.as_dict())}
         stacked_info = {"replicas": len(cfgs), "index": k, "captured": captured}
         write_json_atomic(
             out / "config.json",
