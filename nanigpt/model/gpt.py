@@ -63,22 +63,12 @@ def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tenso
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_i, x_{i + d/2}) of x [batch, heads, time, head_dim] (GPT-NeoX layout)."""
+    """Rotate pairs (x_i, x_{i + d/2}) of x [batch, heads, time, head_dim] (GPT-NeoX layout), cos
+    and sin [time, head_dim / 2]; with them as [time, 1, head_dim / 2], x [batch, time, heads,
+    head_dim], the projection's own layout (`fusable_rope_norm`: its transpose is then a view)."""
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return out.to(x.dtype)
-
-
-def apply_rotary_tokens_first(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> torch.Tensor:
-    """`apply_rotary` on x [batch, time, heads, head_dim] (the projection's own layout), with
-    cos, sin [time, head_dim / 2]: the same real arithmetic, one pointwise kernel under Inductor,
-    and the result's transpose to heads-first is a view, not a copy."""
-    half = x.shape[-1] // 2
-    c, s = cos[:, None, :], sin[:, None, :]
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
-    return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).to(x.dtype)
 
 
 class FusableRMSNorm(nn.RMSNorm):
@@ -165,7 +155,8 @@ class CausalSelfAttention(nn.Module):
         else:
             q, k, v = (w(x).view(B, T, -1, self.head_dim) for w in (self.wq, self.wk, self.wv))
         if self.tokens_first_rope and not self.triton_rope:
-            q, k = apply_rotary_tokens_first(q, cos, sin), apply_rotary_tokens_first(k, cos, sin)
+            c, s = cos[:, None], sin[:, None]  # broadcast over [batch, time, heads, head_dim]
+            q, k = apply_rotary(q, c, s), apply_rotary(k, c, s)
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         elif self.triton_rope:
             from nanigpt.kernels.rope import rope
