@@ -98,6 +98,11 @@ def test_fp8_with_the_fused_loss_is_refused():
         GPTConfig.from_dict({**BASE, "precision": "fp8", "kernels": {"cross_entropy": "triton"}})
 
 
+def test_fused_projections_with_the_triton_swiglu_is_refused():
+    with pytest.raises(ValueError, match="kernels.swiglu=torch"):
+        GPTConfig.from_dict({**BASE, "fused_projections": True, "kernels": {"swiglu": "triton"}})
+
+
 @pytest.mark.skipif(fp8_unavailable_reason() is None, reason="fp8 can run here")
 @pytest.mark.parametrize("precision", ["fp8", "fp8_lm_head"])
 def test_fp8_refuses_in_one_line_where_it_cannot_run(precision):

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from nanigpt.kernels._launch import contiguous, fake_for, kernel_op, launch
-from nanigpt.model.mlp import GateUpSwiGLU, SwiGLU
+from nanigpt.model.mlp import SwiGLU
 
 BLOCK = 1024
 
@@ -115,13 +115,3 @@ class FusedSwiGLU(SwiGLU):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(swiglu(self.w_gate(x), self.w_up(x)))
-
-
-class FusedGateUpSwiGLU(GateUpSwiGLU):
-    """`nanigpt.model.mlp.GateUpSwiGLU` with silu(gate) * up from the fused Triton kernel (on
-    contiguous copies of the two halves: the Triton op is opaque to Inductor, which is why the
-    fused projection's default is eager torch, which Inductor fuses into one pointwise kernel)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
-        return self.w_down(swiglu(gate.contiguous(), up.contiguous()))

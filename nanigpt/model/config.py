@@ -194,6 +194,12 @@ class GPTConfig:
                 f"loss reads lm_head's weight itself, so it cannot run in fp8; expected "
                 f"precision bf16 or the torch cross-entropy"
             )
+        if self.fused_projections and self.kernel_impls["swiglu"] == "triton":
+            raise ValueError(
+                "model.fused_projections=true with kernels.swiglu=triton: the Triton SwiGLU reads "
+                "gate and up as separate tensors, so the fused gate-up output would be copied "
+                "apart again; expected kernels.swiglu=torch (Inductor fuses silu(g) * u itself)"
+            )
         if self.moe is not None:
             if not self.moe_layers:
                 raise ValueError(

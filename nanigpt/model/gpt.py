@@ -180,10 +180,6 @@ class Block(nn.Module):
         self.is_moe = layer in cfg.moe_layers
         if self.is_moe:
             self.mlp = MoE(cfg.d_model, cfg.mlp_hidden, cfg.moe)
-        elif cfg.fused_projections and cfg.kernel_impls["swiglu"] == "triton":
-            from nanigpt.kernels.swiglu import FusedGateUpSwiGLU
-
-            self.mlp = FusedGateUpSwiGLU(cfg.d_model, cfg.mlp_hidden)
         elif cfg.fused_projections:
             self.mlp = GateUpSwiGLU(cfg.d_model, cfg.mlp_hidden)
         elif cfg.kernel_impls["swiglu"] == "triton":

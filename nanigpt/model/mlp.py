@@ -34,9 +34,8 @@ class SwiGLU(nn.Module):
 
 
 class GateUpSwiGLU(nn.Module):
-    """SwiGLU with one gate-up matmul: w_gate_up = [w_gate; w_up] (rows), then silu(g) * u.
-
-    `nanigpt.kernels.swiglu.FusedGateUpSwiGLU` takes silu(g) * u from the Triton kernel instead."""
+    """SwiGLU with one gate-up matmul: w_gate_up = [w_gate; w_up] (rows), then silu(g) * u (one
+    pointwise kernel under Inductor; the config refuses the Triton SwiGLU with it)."""
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
