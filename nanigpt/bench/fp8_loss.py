@@ -23,22 +23,26 @@ import argparse
 import json
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
 
-VOCAB, SEQ = 50304, 1024
-SHAPE = {"gpt2_124M_b32": (12, 768, 12, 32), "gpt2_350M_b16": (24, 1024, 16, 16)}
-BEST_BF16 = {"fused_projections": True, "fusable_rope_norm": True}
+from nanigpt.bench.throughput import GPU_SEQ as SEQ
+from nanigpt.bench.throughput import GPU_SHAPES as SHAPE
+from nanigpt.bench.throughput import GPU_VOCAB as VOCAB
+from nanigpt.bench.waterfall import settings_at
+from nanigpt.io import write_json_atomic
+
+BEST_BF16 = settings_at("fusable_rope_norm")[0]  # the waterfall's best bf16 model settings
 
 
 def stdlib_bytes(val_every: int = 20) -> tuple[bytes, bytes]:
-    """(train, val) bytes: the stdlib's .py files in sorted order, every `val_every`-th to val."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
+    """(train, val) bytes of `nanigpt.data.realtext`'s corpus (the stdlib's .py files outside
+    site-packages and test suites, sorted), every `val_every`-th file to val."""
+    from nanigpt.data.realtext import stdlib_files, stdlib_root
+
     train, val = bytearray(), bytearray()
-    for i, path in enumerate(files):
+    for i, path in enumerate(stdlib_files(stdlib_root())):
         (val if i % val_every == 0 else train).extend(path.read_bytes())
     return bytes(train), bytes(val)
 
@@ -55,7 +59,7 @@ def write_data(folder: Path) -> dict[str, Any]:
         write_shard(folder / f"{split}.bin", tokens, np.zeros(len(tokens), np.uint8),
                     byte_count=len(text), vocab_size=VOCAB)  # fmt: skip
         sizes[split] = len(tokens)
-    (folder / "ground_truth.json").write_text(json.dumps({"floor_bits_per_byte": None}))
+    write_json_atomic(folder / "ground_truth.json", {"floor_bits_per_byte": None})
     return sizes
 
 
@@ -89,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         p.error("--steps: expected an integer >= 1")
     from nanigpt.graph import commands
-    from nanigpt.io import write_json_atomic
     from nanigpt.parallel.setting import world_size
 
     data = args.work / "data"
