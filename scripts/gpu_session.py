@@ -205,7 +205,7 @@ def run_all(
         sorted(p["runs"].items(), key=lambda kv: -_cost(kv[1])) if gpus > 1 else p["runs"].items()
     )
     for run_id, run in order:
-        if (work / f"results/runs/{run_id}/summary.json").exists():
+        if (work / paths.run_summary(run_id)).exists():
             continue
         tokdir = work / paths.tokens_folder(p["tokens_dirs"][run["dataset"]])
         world = world_size(run["parallelism"])
@@ -216,8 +216,8 @@ def run_all(
                 world,
                 str(tokdir / "train.bin"),
                 str(tokdir / "val.bin"),
-                str(work / f"data/synthetic/{run['dataset']}/ground_truth.json"),
-                str(work / f"results/runs/{run_id}"),
+                str(work / paths.ground_truth(run["dataset"])),
+                str(work / paths.run_dir(run_id)),
                 python=py,
             ),
             logs / f"train_{run_id}.log",
@@ -244,7 +244,7 @@ def analyse_moe(p: dict, work: Path, logs: Path, timings: dict, gpus: int) -> No
     jobs = []
     for task in p.get("moe_analysis", []):
         rid, other = task["run_id"], task["eval_dataset"]
-        run_dir = work / f"results/runs/{rid}"
+        run_dir = work / paths.run_dir(rid)
         out = work / f"results/moe/{rid}/specialization.json"
         if not (run_dir / "summary.json").exists() or out.exists():
             continue
@@ -254,7 +254,7 @@ def analyse_moe(p: dict, work: Path, logs: Path, timings: dict, gpus: int) -> No
             val = tokdir / f"val_of_{other}.bin"
             if not val.exists():
                 tokenizer = tokdir.parent.parent / "tokenizer" / tokdir.name / "tokenizer.json"
-                text = work / f"data/synthetic/{other}/val.parquet"
+                text = work / paths.synthetic(other, "val.parquet")
                 sh(
                     commands.encode_tokens(str(tokenizer), str(text), impl, str(val), python=py),
                     logs / f"encode_val_of_{other}_{tokdir.name}.log",
@@ -346,12 +346,12 @@ def throughput(out: Path, work: Path, steps: int) -> None:
                 str(data / "train.bin"),
                 str(data / "val.bin"),
                 str(data / "ground_truth.json"),
-                str(work / f"results/runs/{name}"),
+                str(work / paths.run_dir(name)),
                 python=py,
             ),
             work / f"results/logs/train_{name}.log",
         )
-        summary = json.loads((work / f"results/runs/{name}/summary.json").read_text())
+        summary = json.loads((work / paths.run_summary(name)).read_text())
         n, tps = summary["params_total"], summary["tokens_per_s"]
         nanogpt_mfu = (6 * n + 12 * n_layer * d_model * 1024) * tps / 989e12
         print(f"{name}: {tps:,.0f} tok/s, MFU (ours) {summary['mfu']}, MFU (nanoGPT formula) "
@@ -371,7 +371,7 @@ def pick_lr(probe_path: Path, plan_path: Path, out: Path, work: Path) -> dict:
 
     losses: dict[str, dict[float, float]] = {}
     for run_id, run in probe["runs"].items():
-        summary = work / f"results/runs/{run_id}/summary.json"
+        summary = work / paths.run_summary(run_id)
         if summary.exists():
             bpb = json.loads(summary.read_text())["final_val_bpb"]
             losses.setdefault(key(run), {})[run["training"]["lr"]] = bpb

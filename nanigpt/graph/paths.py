@@ -55,8 +55,13 @@ def cross_shard(config: dict, dataset: str, other: str) -> str:
     return CROSS_SHARD.format(tokdir=tokens_dir(config, dataset), other=other)
 
 
+def synthetic(dataset: str, name: str) -> str:
+    """A file of a dataset's text folder: train.parquet, val.parquet or ground_truth.json."""
+    return f"{SYNTHETIC}/{dataset}/{name}"
+
+
 def ground_truth(dataset: str) -> str:
-    return f"{SYNTHETIC}/{dataset}/ground_truth.json"
+    return synthetic(dataset, "ground_truth.json")
 
 
 def training_inputs(config: dict, dataset: str) -> dict[str, str]:

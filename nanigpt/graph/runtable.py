@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nanigpt import fingerprint
+from nanigpt.graph import paths
 from nanigpt.graph.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -146,13 +147,13 @@ def live_run_dirs(workdir: Path) -> set[str]:
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-            if "nanigpt" not in cmdline or "results/runs/" not in cmdline:
+            if "nanigpt" not in cmdline or f"{paths.RUNS}/" not in cmdline:
                 continue
             cwd = Path(os.readlink(proc / "cwd"))
         except OSError:
             continue
         for part in cmdline.split("\0"):
-            if "results/runs/" in part:
+            if f"{paths.RUNS}/" in part:
                 folder = (cwd / part).resolve()
                 if folder.parent == runs_dir:
                     live.add(folder.name)
@@ -173,7 +174,7 @@ def run_state(run: dict, workdir: Path, live: set[str], stale: set[str]) -> str:
             built = None
         if built is not None and built != _declared_settings(run):
             return "changed"
-        return "stale" if f"results/runs/{run['run_id']}/summary.json" in stale else "done"
+        return "stale" if paths.run_summary(run["run_id"]) in stale else "done"
     if run["run_id"] in live:
         return "running"
     log = workdir / "results" / "logs" / "train_run" / f"{run['run_id']}.log"

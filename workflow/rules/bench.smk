@@ -16,7 +16,7 @@ BENCH_TARGETS = (
 
 rule bench_tokenizer:
     input:
-        [f"data/synthetic/{name}/train.parquet" for name in BENCH.get("datasets", [])],
+        [paths.synthetic(name, "train.parquet") for name in BENCH.get("datasets", [])],
     output:
         table="results/rust/tokenizer.parquet",
     log:

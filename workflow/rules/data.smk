@@ -19,9 +19,9 @@ rule synthetic_data:
         # The dataset's definition as a file (`--spec-json @PATH`; a change rebuilds the dataset).
         spec=lambda w: paths.dataset_spec(w.dataset),
     output:
-        train="data/synthetic/{dataset}/train.parquet",
-        val="data/synthetic/{dataset}/val.parquet",
-        truth="data/synthetic/{dataset}/ground_truth.json",
+        train=paths.synthetic("{dataset}", "train.parquet"),
+        val=paths.synthetic("{dataset}", "val.parquet"),
+        truth=paths.ground_truth("{dataset}"),
     log:
         f"{LOGS}/synthetic_data/{{dataset}}.log",
     benchmark:

@@ -69,7 +69,7 @@ rule encode_val_of_dataset:
     # Another dataset's validation text in this tokenizer's ids (the control scored on the mixture).
     input:
         tokenizer="data/tokenizer/{tokdir}/tokenizer.json",
-        text="data/synthetic/{other}/val.parquet",
+        text=paths.synthetic("{other}", "val.parquet"),
     output:
         paths.CROSS_SHARD,
     log:
@@ -95,7 +95,7 @@ rule encode_val_of_dataset:
 
 rule moe_specialization:
     input:
-        summary="results/runs/{run_id}/summary.json",
+        summary=paths.run_summary("{run_id}"),
         val=moe_val_shard,
     output:
         json="results/moe/{run_id}/specialization.json",

@@ -6,7 +6,7 @@ rule plot_moe_vs_dense:
     input:
         runs="results/scaling/runs.parquet",
         fits="results/scaling/fits.json",
-        truth=f"data/synthetic/{config['sweeps'][config['scaling']['sweep']]['dataset']}/ground_truth.json",
+        truth=paths.ground_truth(config["sweeps"][config["scaling"]["sweep"]]["dataset"]),
     output:
         report(
             "results/scaling/moe_vs_dense.svg",

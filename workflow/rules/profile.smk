@@ -35,10 +35,7 @@ rule hardware_ceilings:
 
 rule profile_run:
     input:
-        config="results/runs/{run_id}/config.json",
-        metrics="results/runs/{run_id}/metrics.parquet",
-        trace="results/runs/{run_id}/trace.json.gz",
-        summary="results/runs/{run_id}/summary.json",
+        **{k: v for k, v in paths.run_outputs().items() if k != "model"},
         hardware=HARDWARE_JSON,
     output:
         [  # the run's SVGs are rows of the report's run browser (category Runs)
@@ -63,7 +60,7 @@ rule profile_run:
     message:
         "profile run {wildcards.run_id}: step breakdown, MFU, roofline"
     shell:
-        "python -m nanigpt.analysis.report --run-dir results/runs/{wildcards.run_id}"
+        f"python -m nanigpt.analysis.report --run-dir {paths.RUNS}/{{wildcards.run_id}}"
         " --hardware {input.hardware} --out-dir results/profile/{wildcards.run_id} > {log} 2>&1"
 
 

@@ -11,7 +11,7 @@ def tokdir_vocab(wildcards):
 
 rule train_tokenizer:
     input:
-        lambda w: f"data/synthetic/{dataset_of_tokdir(w)}/train.parquet",
+        lambda w: paths.synthetic(dataset_of_tokdir(w), "train.parquet"),
     output:
         "data/tokenizer/{tokdir}/tokenizer.json",
     log:
@@ -37,7 +37,7 @@ rule train_tokenizer:
 rule encode_tokens:
     input:
         tokenizer="data/tokenizer/{tokdir}/tokenizer.json",
-        text=lambda w: f"data/synthetic/{dataset_of_tokdir(w)}/{w.split}.parquet",
+        text=lambda w: paths.synthetic(dataset_of_tokdir(w), f"{w.split}.parquet"),
     output:
         paths.SHARD,
     log:
