@@ -35,7 +35,7 @@ def test_the_study_fits_two_ten_minute_calls_at_the_target_speed():
     groups = table(rows, TARGET_FLOP_PER_S)
     total_s = sum(g["wall_s"] for g in groups)
     assert total_s < 800  # of 1200 s: the rest for data, start-up and compilation
-    assert all(r >= 10 for r in held_out_ratio(config, rows).values())
+    assert all(r >= 10 for r in held_out_ratio(config).values())
 
 
 def test_a_wsd_job_costs_its_stable_run_and_cooldowns(capsys):

@@ -103,7 +103,7 @@ def table(rows: list[dict[str, Any]], flop_per_s: float) -> list[dict[str, Any]]
     return sorted(out, key=lambda g: (g["sweep"], g["arch"], g["n"]))
 
 
-def held_out_ratio(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+def held_out_ratio(config: dict[str, Any]) -> dict[str, float]:
     """Per arch: the held-out runs' largest compute over the fitted sweep's largest run."""
     fitted, held = config["scaling"]["sweep"], config["scaling"].get("held_out")
     out = {}
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         rows = [r for r in rows if r["sweep"] in args.sweeps]
     flop_per_s = args.mfu * args.peak
-    print(render(table(rows, flop_per_s), held_out_ratio(config, rows), flop_per_s))
+    print(render(table(rows, flop_per_s), held_out_ratio(config), flop_per_s))
     return 0
 
 
