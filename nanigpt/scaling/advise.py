@@ -121,7 +121,6 @@ class Throughput:
     n: np.ndarray  # sorted sizes (the fit's N)
     tokens_per_s: np.ndarray
     fpt: FlopsPerToken
-    runs: int
 
     def __call__(self, n: Any) -> np.ndarray:
         n = np.asarray(n, dtype=float)
@@ -167,7 +166,7 @@ def throughput(
     per_size = (
         rows.filter(pl.col("device") == devices[0])
         .group_by(n_column)
-        .agg(pl.col("tokens_per_s").median(), pl.len().alias("runs"))
+        .agg(pl.col("tokens_per_s").median())
         .sort(n_column)
     )
     n = per_size[n_column].to_numpy().astype(float)
@@ -176,7 +175,6 @@ def throughput(
         n=n,
         tokens_per_s=per_size["tokens_per_s"].to_numpy().astype(float),
         fpt=fpt,
-        runs=int(per_size["runs"].sum()),
     )
 
 
@@ -226,7 +224,8 @@ def advise_budget(
     the time the FLOP-optimal choice takes; each with its bootstrap interval."""
     level = law.ci_level
     n, d, loss = flop_optimal(law.params, flops, fpt)
-    reps = [flop_optimal(p, flops, fpt) for p in law.bootstrap_params()]
+    boot = law.bootstrap_params()
+    reps = [flop_optimal(p, flops, fpt) for p in boot]
     out: dict[str, Any] = {"flops": flops, "flop_optimal": _choice(n, d, loss, reps, level)}
     if tput is None or not math.isfinite(n):
         return out
@@ -237,7 +236,7 @@ def advise_budget(
     )
     out["flop_optimal"]["throughput_extrapolated"] = tput.extrapolated(n)
     wn, wd, wloss = wall_optimal(law.params, seconds, tput)
-    wreps = [wall_optimal(p, seconds, tput) for p in law.bootstrap_params()]
+    wreps = [wall_optimal(p, seconds, tput) for p in boot]
     out["wall_optimal"] = {
         "wall_s": seconds,
         **_choice(wn, wd, wloss, wreps, level),
@@ -247,7 +246,7 @@ def advise_budget(
         "loss_gain_ci": percentile_interval(
             [
                 p.loss(r[0], r[1]) - p.loss(w[0], w[1])
-                for p, r, w in zip(law.bootstrap_params(), reps, wreps, strict=True)
+                for p, r, w in zip(boot, reps, wreps, strict=True)
                 if math.isfinite(r[0])
             ],
             level,
