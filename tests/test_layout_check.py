@@ -121,3 +121,28 @@ def test_advance_table_is_what_vl_convert_measures():
     for weight in ("normal", "bold"):
         measured = measure_advances(sample, weight)
         assert measured == pytest.approx({c: ADVANCES[weight][c] for c in sample}, abs=1)
+
+
+def test_a_roofline_point_far_below_its_roofs_keeps_its_label_off_the_axis(tmp_path):
+    """The default graph's h1 roofline put 'attention (est.)' over the FLOP/s axis's tick labels
+    when its point was the lowest value of the chart: the y domain keeps room below it."""
+    from nanigpt.plots.layout_check import problems
+    from nanigpt.plots.roofline import roofline_chart
+
+    hardware = {"device": "cpu", "matmul_flops_per_s": 1.8e11, "copy_bytes_per_s": 1.5e10}
+    points = [
+        {
+            "category": "matmul",
+            "intensity": 3.6,
+            "achieved_flops_per_s": 2.7e10,
+            "kernel_time_s": 1,
+        },
+        {
+            "category": "attention",
+            "intensity": 18,
+            "achieved_flops_per_s": 1.0e9,
+            "kernel_time_s": 1,
+        },
+    ]
+    path = roofline_chart(points, hardware, {"run_id": "low"}, tmp_path / "roofline.svg")
+    assert problems(path.read_text()) == []

@@ -65,9 +65,13 @@ def roofline_chart(
         title="arithmetic intensity (FLOPs / byte, bytes estimated)",
         axis=alt.Axis(format="~s"),
     )
+    # Half a decade of room below and above every point and roof, so a point's label (12 px
+    # below it) never lands on the axis's tick labels.
+    ys = [p["achieved_flops_per_s"] for p in placed] + [r["flops_per_s"] for r in roofs]
+    y_domain = [min(ys) / 3, max(ys) * 3] if ys else alt.Undefined
     y = alt.Y(
         "flops_per_s:Q",
-        scale=alt.Scale(type="log"),
+        scale=alt.Scale(type="log", domain=y_domain, nice=False),
         title="FLOP/s",
         axis=alt.Axis(format="~s"),
     )
